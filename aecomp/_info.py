@@ -1,0 +1,69 @@
+"""``aecomp info``: versions, the backends available here, and why any is missing."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+
+def collect() -> dict:
+    import torch
+
+    from . import __version__, _ext
+    from ._backend import auto_backend_name, available_backends
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception as exc:  # triton missing or broken
+        triton_version = f"not importable ({type(exc).__name__})"
+    backends = {name: {"available": ok, "reason": reason} for name, (ok, reason) in available_backends().items()}
+    info = {
+        "aecomp": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": triton_version,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "extension": _ext.build_info(),
+        "backends": backends,
+        "automatic": {"cpu": auto_backend_name("cpu")},
+    }
+    if torch.cuda.is_available():
+        info["automatic"]["cuda"] = auto_backend_name("cuda", torch.bfloat16)
+    try:
+        from .ops import mlp_fusion_info  # added with the fused chain op
+
+        info["mlp_fusion"] = mlp_fusion_info()
+    except ImportError:
+        pass
+    return info
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the same as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"aecomp {info['aecomp']}  (python {info['python']}, torch {info['torch']}, triton {info['triton']})")
+    print(f"GPU: {info['gpu'] or 'none visible'}")
+    ext = info["extension"]
+    if ext["built"]:
+        cuda = f"CUDA kernels for {ext['cuda_archs']}" if ext["cuda"] else "no CUDA kernels"
+        print(f"extension aecomp._C: built ({cuda})")
+    else:
+        print(f"extension aecomp._C: not built ({ext['error']})")
+    print("backends:")
+    for name, b in info["backends"].items():
+        mark = "yes" if b["available"] else "no "
+        print(f"  {name:<10} {mark}  {b['reason']}")
+    auto = ", ".join(f"{dev} tensors -> {name}" for dev, name in info["automatic"].items())
+    print(f"automatic selection: {auto}")
+    if "mlp_fusion" in info:
+        print(f"fused chains: {info['mlp_fusion']}")
+    return 0

@@ -1,0 +1,81 @@
+"""The fused ops, one call per fused computation, each dispatched to a backend.
+
+============  ==============================================  =====================================
+op            computes                                        backward
+============  ==============================================  =====================================
+linear_act    ``act(x @ weight.T + bias)``                    from the saved output ``y``:
+              act in {none, relu, sigmoid};                   ``gz = g * act'(y)`` (relu: ``y > 0``;
+              ``weight`` is ``[out, in]`` like nn.Linear      sigmoid: ``y (1 - y)``), ``db = sum_rows
+                                                              gz``, ``dx = gz @ W``, ``dW = gz^T x``
+mse_loss      mean / sum / none of ``(input - target)^2``     ``d input = 2 (input - target) g / n``
+                                                              (``n`` = numel for mean, 1 otherwise)
+mlp           a chain of linear_act layers                    the chain's backward
+============  ==============================================  =====================================
+
+Leading batch dimensions are flattened; a zero-size batch gives an empty result;
+non-contiguous inputs are fine. Backend selection: the ``backend=`` argument >
+``aecomp.use_backend`` > ``AECOMP_BACKEND`` > automatic (see ``aecomp._backend``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .._backend import resolve
+from ._checks import ACTIVATIONS, REDUCTIONS
+
+__all__ = ["linear_act", "linear_relu", "linear_sigmoid", "mse_loss", "mlp", "ACTIVATIONS", "REDUCTIONS"]
+
+
+def _device_dtype(op: str, arg: str, t) -> tuple:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"aecomp::{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    return t.device, t.dtype
+
+
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+               activation: str = "relu", backend: Optional[str] = None) -> torch.Tensor:
+    """``act(x @ weight.T + bias)`` with ``weight`` of shape ``[out_features, in_features]``.
+
+    ``activation`` is ``"none"``, ``"relu"`` or ``"sigmoid"``. ``x`` is ``[..., in_features]``;
+    the result is ``[..., out_features]``. Differentiable in ``x``, ``weight`` and ``bias``.
+    """
+    device, dtype = _device_dtype("linear_act", "x", x)
+    return resolve("linear_act", device, dtype, backend)(x, weight, bias, activation)
+
+
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                backend: Optional[str] = None) -> torch.Tensor:
+    """``relu(x @ weight.T + bias)``."""
+    return linear_act(x, weight, bias, "relu", backend)
+
+
+def linear_sigmoid(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   backend: Optional[str] = None) -> torch.Tensor:
+    """``sigmoid(x @ weight.T + bias)``."""
+    return linear_act(x, weight, bias, "sigmoid", backend)
+
+
+def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+             backend: Optional[str] = None) -> torch.Tensor:
+    """Mean (or sum, or elementwise) of ``(input - target)^2``, in one pass.
+
+    Unlike ``F.mse_loss`` the shapes must match exactly: a silent broadcast of a
+    ``[B, 1]`` target against a ``[B, D]`` input is a classic wrong answer.
+    """
+    device, dtype = _device_dtype("mse_loss", "input", input)
+    return resolve("mse_loss", device, dtype, backend)(input, target, reduction)
+
+
+def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        activations: Sequence[str] = (), backend: Optional[str] = None) -> torch.Tensor:
+    """A chain of ``linear_act`` layers: ``x -> act_i(x @ W_i.T + b_i)`` for each layer ``i``.
+
+    ``weights[i]`` is ``[d_{i+1}, d_i]``; ``biases`` is a list with ``None`` for a layer
+    without bias (or ``None`` for no biases at all); ``activations`` has one name per layer.
+    """
+    device, dtype = _device_dtype("mlp", "x", x)
+    if biases is None:
+        biases = [None] * len(weights)
+    return resolve("mlp", device, dtype, backend)(x, list(weights), list(biases), list(activations))

@@ -1,0 +1,80 @@
+"""The ``cpu`` and ``cuda`` backends: kernels compiled into ``aecomp._C``.
+
+Both backends call the same dispatcher ops (``torch.ops.aecomp.*``); the dispatcher picks
+the CPU or CUDA kernel from the tensors' device, and the C++ autograd function serves both.
+Outside ``torch.compile`` the ops are called through the pybind11 entry points, which skip
+the Python-side op lookup (a few microseconds a call, which matters for small layers);
+under ``torch.compile`` they are called as ``torch.ops.aecomp.*`` so dynamo sees the op.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .. import _ext
+from .._backend import Backend
+
+_is_compiling = torch.compiler.is_compiling
+
+
+def _probe_cpu():
+    mod, err = _ext.load()
+    if mod is None:
+        return False, err
+    return True, "C++ kernels in aecomp._C"
+
+
+def _probe_cuda():
+    mod, err = _ext.load()
+    if mod is None:
+        return False, err
+    info = mod.build_info()
+    if not info.get("cuda"):
+        return False, (
+            "aecomp._C was built without CUDA kernels (the build needs nvcc and a CUDA build of torch; "
+            f"this torch is {torch.__version__}, CUDA {torch.version.cuda})"
+        )
+    if not torch.cuda.is_available():
+        return False, "CUDA kernels are built but no GPU is visible (torch.cuda.is_available() is False)"
+    return True, f"CUDA kernels in aecomp._C for {info.get('cuda_archs') or 'the default arch'}"
+
+
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    if _is_compiling():
+        return torch.ops.aecomp.linear_act.default(x, weight, bias, activation)
+    return _ext._C.linear_act(x, weight, bias, activation)
+
+
+def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    if _is_compiling():
+        return torch.ops.aecomp.mse_loss.default(input, target, reduction)
+    return _ext._C.mse_loss(input, target, reduction)
+
+
+def _mlp_chain(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+               activations: Sequence[str]) -> torch.Tensor:
+    for w, b, a in zip(weights, biases, activations):
+        x = linear_act(x, w, b, a)
+    return x
+
+
+_HOW = "Build the extension with `pip install --no-build-isolation -e .`."
+
+CPU = Backend(
+    name="cpu",
+    probe=_probe_cpu,
+    devices=lambda: frozenset({"cpu"}),
+    dtypes={"cpu": frozenset({torch.float32, torch.float64})},
+    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": _mlp_chain},
+    how_to_get=_HOW,
+)
+
+CUDA = Backend(
+    name="cuda",
+    probe=_probe_cuda,
+    devices=lambda: frozenset({"cuda"}),
+    dtypes={"cuda": frozenset({torch.float32, torch.bfloat16, torch.float16})},
+    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": _mlp_chain},
+    how_to_get="Build on a machine with nvcc and a CUDA build of torch: `pip install --no-build-isolation -e .`.",
+)

@@ -1,0 +1,1 @@
+"""aecomp benchmarks: pytest-benchmark suites (bench_*.py) and the runner (python -m benchmarks.run)."""

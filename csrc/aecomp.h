@@ -1,0 +1,36 @@
+// Declarations shared by the op registration (ops.cpp), the CPU kernels (cpu/) and the
+// CUDA glue (cuda/). Kernel bodies never include this file: they take raw pointers.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace aecomp {
+
+enum class Act : int { None = 0, ReLU = 1, Sigmoid = 2 };
+
+// Parses "none" | "relu" | "sigmoid"; raises ValueError naming `op` otherwise.
+Act parse_activation(const char* op, c10::string_view activation);
+const char* act_name(Act a);
+
+enum class Reduction : int { None = 0, Mean = 1, Sum = 2 };
+Reduction parse_reduction(const char* op, c10::string_view reduction);
+
+// "[4, 7]" for error messages.
+std::string shape_str(const at::Tensor& t);
+
+// Input validation shared by every device's kernels. Each raises ValueError / TypeError
+// naming the op, the argument and the shapes. `gpu` selects the CUDA kernels' dtypes.
+void check_linear_act(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, bool gpu);
+void check_mse(const char* op, const at::Tensor& input, const at::Tensor& target, bool gpu);
+
+// x [..., K] -> [M, K] view (or copy when the strides do not allow a view).
+at::Tensor flatten_rows(const at::Tensor& x);
+// Output shape: x's leading dims with the last replaced by n.
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n);
+
+}  // namespace aecomp

@@ -1,0 +1,198 @@
+"""Build of aecomp: the Python package, the Triton kernels (``kernels/`` shipped as
+``aecomp.kernels``) and the C++/CUDA extension ``aecomp._C``.
+
+The extension always gets the C++ CPU kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp``). The CUDA
+sources (``csrc/cuda/*.cu`` and their glue ``csrc/cuda/*.cpp``) are added only when both an
+``nvcc`` and a CUDA build of torch are present; otherwise the build says why and goes on
+CPU-only. Architectures come from ``TORCH_CUDA_ARCH_LIST`` (default: the local GPU, else
+``9.0a``); ``MAX_JOBS`` sets the parallel compile jobs (ninja).
+
+torch must be installed before building (``pip install --no-build-isolation ...``): an
+isolated build environment would download a second, multi-GB torch.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH = "9.0a"
+
+# ------------------------------------------------------------------ build-configuration logic
+# Pure functions (no torch import) so tests/test_build_config.py can check them directly.
+
+
+def find_nvcc(env: Dict[str, str]) -> Optional[str]:
+    """Path of nvcc: $CUDA_HOME/bin, $CUDA_PATH/bin, PATH, then /usr/local/cuda/bin."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = env.get(var)
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    found = shutil.which("nvcc", path=env.get("PATH"))
+    if found:
+        return found
+    fallback = "/usr/local/cuda/bin/nvcc"
+    return fallback if os.path.isfile(fallback) else None
+
+
+def parse_arch_list(text: str) -> List[str]:
+    """``"8.0;9.0a"`` / ``"8.0 9.0+PTX"`` -> ``["8.0", "9.0+PTX"]``; rejects junk with a clear error."""
+    archs = []
+    for item in text.replace(",", ";").replace(" ", ";").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        base = item[:-4] if item.endswith("+PTX") else item
+        num = base[:-1] if base.endswith("a") else base
+        parts = num.split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"TORCH_CUDA_ARCH_LIST: cannot parse {item!r} (expected e.g. '8.0', '9.0a', '9.0+PTX')")
+        archs.append(item)
+    if not archs:
+        raise ValueError(f"TORCH_CUDA_ARCH_LIST: no architecture in {text!r}")
+    return archs
+
+
+def default_archs(local_capability: Optional[Sequence[int]]) -> List[str]:
+    """The local GPU's architecture (with 'a' on Hopper for wgmma), else 9.0a."""
+    if local_capability is None:
+        return [DEFAULT_ARCH]
+    major, minor = local_capability
+    return [f"{major}.{minor}{'a' if (major, minor) == (9, 0) else ''}"]
+
+
+def gencode_flags(archs: Sequence[str]) -> List[str]:
+    flags = []
+    for item in archs:
+        ptx = item.endswith("+PTX")
+        base = item[:-4] if ptx else item
+        suffix = "a" if base.endswith("a") else ""
+        num = base.rstrip("a").replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num}{suffix},code=sm_{num}{suffix}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{num}{suffix},code=compute_{num}{suffix}")
+    return flags
+
+
+def plan_build(
+    env: Dict[str, str],
+    nvcc: Optional[str],
+    torch_cuda_version: Optional[str],
+    cuda_sources: Sequence[str],
+    local_capability: Optional[Sequence[int]] = None,
+) -> dict:
+    """Decide what to build. Returns a dict with ``cuda`` (bool), ``reason``, ``archs``, ``nvcc_flags``.
+
+    CUDA is built only when there are CUDA sources, an nvcc, and a CUDA build of torch, and
+    ``AECOMP_NO_CUDA`` is not set; ``AECOMP_FORCE_CUDA=1`` turns a missing piece into an error.
+    """
+    plan = {"cuda": False, "reason": "", "archs": [], "nvcc_flags": []}
+    missing = []
+    if env.get("AECOMP_NO_CUDA", "") not in ("", "0"):
+        missing.append("AECOMP_NO_CUDA is set")
+    if not cuda_sources:
+        missing.append("no CUDA sources in csrc/cuda/")
+    if nvcc is None:
+        missing.append("nvcc not found (set CUDA_HOME)")
+    if not torch_cuda_version:
+        missing.append("torch is a CPU-only build (torch.version.cuda is None)")
+    if missing:
+        plan["reason"] = "; ".join(missing)
+        if env.get("AECOMP_FORCE_CUDA", "") not in ("", "0"):
+            raise RuntimeError("AECOMP_FORCE_CUDA is set but the CUDA kernels cannot be built: " + plan["reason"])
+        return plan
+    text = env.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    archs = parse_arch_list(text) if text else default_archs(local_capability)
+    plan.update(
+        cuda=True,
+        reason=f"nvcc {nvcc}, torch CUDA {torch_cuda_version}",
+        archs=archs,
+        nvcc_flags=["-O3", "--expt-relaxed-constexpr", "-lineinfo", *gencode_flags(archs)],
+    )
+    return plan
+
+
+# ------------------------------------------------------------------ the build itself
+
+
+def _sources(pattern: str) -> List[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _read_version() -> str:
+    with open(os.path.join(ROOT, "aecomp", "__init__.py")) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("no __version__ in aecomp/__init__.py")
+
+
+def main() -> None:
+    from setuptools import setup
+
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        sys.exit(
+            "aecomp's build needs torch installed first (pip install torch==2.13.0 for the CPU build), "
+            "then: pip install --no-build-isolation -e ."
+        )
+
+    cpu_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cuda_sources = _sources("csrc/cuda/*.cu")
+    local_cap = None
+    try:
+        if torch.cuda.is_available():
+            local_cap = torch.cuda.get_device_capability()
+    except Exception:
+        local_cap = None
+    plan = plan_build(dict(os.environ), find_nvcc(dict(os.environ)), torch.version.cuda, cuda_sources, local_cap)
+    cxx_flags = ["-O3", "-fno-math-errno"]
+    if plan["cuda"]:
+        print(f"aecomp: building CUDA kernels for {', '.join(plan['archs'])} ({plan['reason']})")
+        archs = ";".join(plan["archs"])
+        defines = [("AECOMP_WITH_CUDA", None), ("AECOMP_CUDA_ARCHS", f'"{archs}"')]
+        ext = CUDAExtension(
+            "aecomp._C",
+            cpu_sources + cuda_sources + _sources("csrc/cuda/*.cpp"),
+            define_macros=defines,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": plan["nvcc_flags"]},
+        )
+    else:
+        print(f"aecomp: building the CPU kernels only ({plan['reason']})")
+        ext = CppExtension("aecomp._C", cpu_sources, extra_compile_args={"cxx": cxx_flags})
+
+    setup(
+        name="aecomp",
+        version=_read_version(),
+        description="Fused Triton/CUDA/C++ kernels for autoencoders and network compression",
+        packages=["aecomp", "aecomp.kernels"]
+        + [f"aecomp.{p}" for p in ("ops", "nn", "models", "train", "compress") if os.path.isdir(os.path.join(ROOT, "aecomp", p))],
+        package_dir={"aecomp": "aecomp", "aecomp.kernels": "kernels"},
+        ext_modules=[ext],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+        python_requires=">=3.10",
+        install_requires=[
+            "torch>=2.4",
+            "numpy",
+            "triton>=3.2; platform_system == 'Linux'",
+            "scikit-learn",
+            "safetensors",
+            "tqdm",
+            "matplotlib",
+        ],
+        extras_require={
+            "test": ["pytest", "pytest-benchmark", "hypothesis"],
+            "export": ["onnx", "onnxruntime", "onnxscript"],
+        },
+        entry_points={"console_scripts": ["aecomp=aecomp.cli:main"]},
+        zip_safe=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""linear_act on the C++ CPU backend against the plain-PyTorch reference.
+
+Tolerances (set here, used below):
+- float32 is compared with the reference computed in float64 from the same inputs (the
+  truth; a float32 reference has errors of its own, e.g. in the bias-gradient sum, which we
+  accumulate in double). rtol 1e-5, and atol 2e-6 * sqrt(L) where L is the length of the
+  sum behind the value (K for the output, N for dx, M for dW and the bias gradient):
+  float32 rounding in a sum grows like sqrt(L).
+- float64: rtol 1e-10, atol 1e-12 * sqrt(L).
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import aecomp
+from aecomp import ops
+
+from .conftest import requires_cpu_ext
+
+pytestmark = requires_cpu_ext
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def tol(dtype, length=1):
+    base = {torch.float32: (1e-5, 2e-6), torch.float64: (1e-10, 1e-12)}[dtype]
+    return dict(rtol=base[0], atol=base[1] * max(length, 1) ** 0.5)
+ACTS = ("none", "relu", "sigmoid")
+_ACT = {"none": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+def reference(x, w, b, act):
+    return _ACT[act](F.linear(x, w, b))
+
+
+def _leaf(t):
+    return t.detach().requires_grad_(True)
+
+
+def check(x, w, b, act, dtype, backend="cpu"):
+    """Forward and all gradients of ops.linear_act against the float64 reference, same inputs."""
+    m, k, n = x.reshape(-1, x.shape[-1]).shape[0], x.shape[-1], w.shape[0]
+    xs = [_leaf(x), _leaf(x.double())]
+    ws = [_leaf(w), _leaf(w.double())]
+    bs = [_leaf(b), _leaf(b.double())] if b is not None else [None, None]
+    y = ops.linear_act(xs[0], ws[0], bs[0], act, backend=backend)
+    r = reference(xs[1], ws[1], bs[1], act)
+    assert y.shape == r.shape and y.dtype == dtype
+    torch.testing.assert_close(y, r.to(dtype), **tol(dtype, k))
+    g = torch.randn(r.shape, dtype=dtype)
+    if r.numel():
+        y.backward(g)
+        r.backward(g.double())
+        torch.testing.assert_close(xs[0].grad, xs[1].grad.to(dtype), **tol(dtype, n))
+        torch.testing.assert_close(ws[0].grad, ws[1].grad.to(dtype), **tol(dtype, m))
+        if b is not None:
+            torch.testing.assert_close(bs[0].grad, bs[1].grad.to(dtype), **tol(dtype, m))
+
+
+SHAPES = list(itertools.product((0, 1, 7, 1023), (1, 3, 784), (1, 10, 128)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_reference_on_odd_shapes(dtype, act, bias):
+    for m, k, n in SHAPES:
+        x = torch.randn(m, k, dtype=dtype)
+        w = torch.randn(n, k, dtype=dtype) / k**0.5
+        b = torch.randn(n, dtype=dtype) if bias else None
+        check(x, w, b, act, dtype)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_3d_input(act):
+    x = torch.randn(4, 5, 17)
+    w = torch.randn(9, 17)
+    b = torch.randn(9)
+    check(x, w, b, act, torch.float32)
+    assert ops.linear_act(x, w, b, act).shape == (4, 5, 9)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_non_contiguous_and_transposed_views(act):
+    # x: a transposed view; weight: a strided slice; bias: every other element.
+    x = torch.randn(33, 21).t()  # [21, 33], strides (1, 21)
+    w = torch.randn(16, 66)[:, ::2]  # [16, 33], non-contiguous
+    b = torch.randn(32)[::2]
+    assert not x.is_contiguous() and not w.is_contiguous() and not b.is_contiguous()
+    check(x, w, b, act, torch.float32)
+    # a weight that is the transpose of a contiguous [in, out] tensor
+    wt = torch.randn(33, 16).t()
+    check(x, wt, None, act, torch.float32)
+    # a 3-D input that is a permuted view
+    x3 = torch.randn(33, 5, 3).permute(2, 1, 0)
+    check(x3, w, b, act, torch.float32)
+
+
+def test_zero_batch_returns_empty_and_zero_grads():
+    x = torch.randn(0, 12, requires_grad=True)
+    w = torch.randn(5, 12, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    y = ops.linear_act(x, w, b, "relu")
+    assert y.shape == (0, 5)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_linear_relu_and_linear_sigmoid_helpers():
+    x, w, b = torch.randn(6, 4), torch.randn(3, 4), torch.randn(3)
+    torch.testing.assert_close(ops.linear_relu(x, w, b), torch.relu(F.linear(x, w, b)), **TOL[torch.float32])
+    torch.testing.assert_close(ops.linear_sigmoid(x, w, b), torch.sigmoid(F.linear(x, w, b)), **TOL[torch.float32])
+
+
+def test_only_needed_gradients_are_computed():
+    x = torch.randn(8, 6)  # data: no grad
+    w = torch.randn(4, 6, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    y = ops.linear_act(x, w, b, "sigmoid")
+    gw, gb = torch.autograd.grad(y.sum(), (w, b))
+    r = torch.sigmoid(F.linear(x, w, b))
+    rw, rb = torch.autograd.grad(r.sum(), (w, b))
+    torch.testing.assert_close(gw, rw, **TOL[torch.float32])
+    torch.testing.assert_close(gb, rb, **TOL[torch.float32])
+    assert x.grad is None
+
+
+def test_sigmoid_extremes_and_nan_propagation():
+    # one value per row (a [6, 1] x [1, 1] product) so a NaN stays in its own row
+    w = torch.ones(1, 1)
+    x = torch.tensor([-1e4, -100.0, -88.0, 0.0, 88.0, 1e4]).reshape(-1, 1)
+    torch.testing.assert_close(ops.linear_act(x, w, None, "sigmoid"), torch.sigmoid(x), rtol=1e-5, atol=1e-30)
+    special = torch.tensor([float("nan"), 1.0, -1.0, float("inf"), -float("inf"), 0.5]).reshape(-1, 1)
+    for act in ACTS:
+        y = ops.linear_act(special, w, None, act)
+        assert torch.isnan(y[0, 0]), act
+        torch.testing.assert_close(y[1:], _ACT[act](special[1:]), rtol=1e-6, atol=1e-30)
+    # NaN in the weights: NaN out, never a crash
+    assert torch.isnan(ops.linear_act(torch.randn(3, 4), torch.full((2, 4), float("nan")), None, "relu")).all()
+
+
+def test_sigmoid_accuracy_over_the_whole_float_range():
+    # the polynomial exp against torch's, on 1M points in [-30, 30]
+    x = torch.linspace(-30, 30, 1_000_000).reshape(-1, 1)
+    y = ops.linear_act(x, torch.ones(1, 1), None, "sigmoid")
+    torch.testing.assert_close(y, torch.sigmoid(x), rtol=2e-7 * 8, atol=1e-30)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gradcheck_float64(act, bias):
+    while True:  # relu: keep every pre-activation away from the kink at 0 (finite differences)
+        x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(3, dtype=torch.float64, requires_grad=True) if bias else None
+        if act != "relu" or F.linear(x, w, b).abs().min() > 1e-3:
+            break
+    inputs = (x, w, b) if bias else (x, w)
+
+    def f(*args):
+        return ops.linear_act(args[0], args[1], args[2] if bias else None, act, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_bias_gradient_is_deterministic():
+    x = torch.randn(3000, 64)
+    w = torch.randn(32, 64, requires_grad=True)
+    b = torch.randn(32, requires_grad=True)
+    g = torch.randn(3000, 32)
+    grads = []
+    for threads in (1, 2, 1):
+        torch.set_num_threads(threads)
+        try:
+            y = ops.linear_act(x, w, b, "sigmoid")
+            grads.append(torch.autograd.grad(y, b, g)[0])
+        finally:
+            torch.set_num_threads(1)
+    assert all(torch.equal(grads[0], gb) for gb in grads[1:])
+
+
+def test_all_backends_agree_through_use_backend_and_env(monkeypatch):
+    x, w, b = torch.randn(7, 5), torch.randn(3, 5), torch.randn(3)
+    expect = torch.relu(F.linear(x, w, b))
+    with aecomp.use_backend("reference"):
+        torch.testing.assert_close(ops.linear_act(x, w, b), expect)
+    monkeypatch.setenv("AECOMP_BACKEND", "cpu")
+    torch.testing.assert_close(ops.linear_act(x, w, b), expect, **TOL[torch.float32])
