@@ -16,9 +16,11 @@ from ._backend import (  # noqa: E402
     use_backend,
 )
 from . import ops  # noqa: E402
+from .nn import accelerate  # noqa: E402
 
 __all__ = [
     "BACKENDS",
+    "accelerate",
     "BackendUnavailableError",
     "auto_backend_name",
     "available_backends",
