@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up ./.venv with aecomp and its C++ extension, on a fresh machine with nothing installed.
+#
+# torch: a CPU machine gets the pinned CPU build (torch==2.13.0; a looser range would pull
+# a multi-GB CUDA build). A machine whose python already has torch (a GPU machine) keeps
+# it: create the venv with --system-site-packages there (AECOMP_SYSTEM_SITE=1).
+# The extension is built without build isolation, against that torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+venv_flags=()
+[ "${AECOMP_SYSTEM_SITE:-0}" = 1 ] && venv_flags+=(--system-site-packages)
+[ -x .venv/bin/python ] || "$PYTHON" -m venv "${venv_flags[@]}" .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip setuptools wheel
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  pip install "torch==2.13.0"
+fi
+pip install pybind11 ninja numpy
+MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation -e ".[test,export]"
+.venv/bin/python -c "import aecomp, aecomp._C; print('aecomp', aecomp.__version__, 'installed with its C++ extension')"
