@@ -1,0 +1,621 @@
+"""Data for training autoencoders: loading, splitting, preprocessing, and an in-memory batch loader.
+
+One entry point, :func:`load`, takes a *spec* string:
+
+==================  =========================================================================
+spec                data
+==================  =========================================================================
+``digits``          scikit-learn's bundled digits: 1,797 real 8x8 images, 16 grey levels,
+                    no download (64 features)
+``digits28``        the same images resized to 28x28 (bilinear), so the 784-wide reference
+                    autoencoder applies
+``mnist:DIR``       MNIST from the standard IDX files in DIR (``train-images-idx3-ubyte``,
+                    ``train-labels-idx1-ubyte``, ``t10k-...``; ``.gz`` or not)
+``mnist``           MNIST downloaded by torchvision into ``~/.cache/aecomp/mnist`` (only if
+                    torchvision is installed and a network is reachable; never required)
+``PATH.npy``        an array of samples x features (or samples x H x W images)
+``PATH.npz``        array ``x`` as above, optional integer labels ``y``
+``PATH.csv``        one sample a row; an optional header; a column named ``label`` is taken
+                    as the labels, every other column is a feature
+==================  =========================================================================
+
+``load`` returns :class:`Splits` (``train``, ``val``, ``test``), each a :class:`Dataset` that holds
+``x`` (float32, ``[n, features]``), ``y`` (int64 or ``None``), the split name, the preprocessing
+and its statistics, and ``spec``. The split is a seeded permutation: for a seed, the same samples
+land in the same split every time. MNIST keeps its own test set (``t10k``) as ``test``.
+
+Preprocessing (statistics from the TRAINING split only, then applied to all three):
+
+* ``minmax`` (default): ``x' = (x - lo) / (hi - lo)``; ``lo``, ``hi`` are the training minimum
+  and maximum, one pair for the whole image for image data and one per feature for tables (a
+  feature with ``hi == lo`` gets divisor 1). Training data lands in [0, 1]; validation and
+  test data may fall slightly outside for tables (they are not clipped).
+* ``standard``: ``x' = (x - mean) / std`` (population std; ``std == 0`` -> 1), again global for
+  images and per feature for tables.
+* ``none``: as stored.
+
+Unreadable or malformed data raises :class:`DataError` with one line that says what and where.
+
+:class:`InMemoryLoader` batches a tensor that lives whole on the training device: each epoch is
+a permutation of indices from a seeded generator, a batch is one ``index_select``; nothing is
+done per sample in Python. Its state (epoch, position, generator state at the start of the
+epoch) is JSON-able, so a run can resume in the middle of an epoch and see the same batches.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "InMemoryLoader",
+    "Preprocessing",
+    "Splits",
+    "SCALES",
+    "load",
+    "read_idx",
+]
+
+SCALES = ("minmax", "standard", "none")
+
+
+class DataError(ValueError):
+    """Data that cannot be read or used; the message is one line naming the data and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing
+
+
+@dataclass
+class Preprocessing:
+    """``x' = (x - shift) / scale`` with statistics taken from the training split.
+
+    ``kind`` is ``"minmax"``, ``"standard"`` or ``"none"``; ``shift`` and ``scale`` are float32
+    tensors, 0-dim (one value for all features) or ``[features]``.
+    """
+
+    kind: str
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(cls, kind: str, x: torch.Tensor, per_feature: bool) -> "Preprocessing":
+        """Statistics of ``x`` (``[n, features]``, float64 math) for ``kind``."""
+        if kind not in SCALES:
+            raise DataError(f"unknown scaling {kind!r}; expected one of {', '.join(SCALES)}")
+        xd = x.double()
+        if kind == "none" or x.shape[0] == 0:
+            return cls(kind, torch.zeros((), dtype=torch.float32), torch.ones((), dtype=torch.float32))
+        if kind == "minmax":
+            lo = xd.amin(0) if per_feature else xd.amin()
+            hi = xd.amax(0) if per_feature else xd.amax()
+            shift, scale = lo, hi - lo
+        else:
+            shift = xd.mean(0) if per_feature else xd.mean()
+            scale = xd.std(0, correction=0) if per_feature else xd.std(correction=0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return cls(kind, shift.float(), scale.float())
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return x
+        return (x - self.shift) / self.scale
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return x
+        return x * self.scale.to(x.device) + self.shift.to(x.device)
+
+    @property
+    def unit_range(self) -> bool:
+        """True when training data lies in [0, 1] after preprocessing (so PSNR has peak 1)."""
+        return self.kind == "minmax"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Preprocessing":
+        return cls(d["kind"], torch.tensor(d["shift"], dtype=torch.float32),
+                   torch.tensor(d["scale"], dtype=torch.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+
+
+@dataclass
+class Dataset:
+    """One split of a dataset: ``x`` ``[n, features]`` float32, ``y`` ``[n]`` int64 or None.
+
+    ``sample_shape`` is the shape of one sample before flattening (``(28, 28)`` for images,
+    ``(features,)`` for tables); ``config`` holds the :func:`load` arguments that reproduce it,
+    so ``load(**ds.config)`` gives the same data (the spec round-trips).
+    """
+
+    x: torch.Tensor
+    y: Optional[torch.Tensor]
+    split: str
+    spec: str
+    preprocessing: Preprocessing
+    sample_shape: Tuple[int, ...]
+    config: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def features(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def image_shape(self) -> Optional[Tuple[int, int]]:
+        """``(H, W)`` for image data, else None."""
+        return tuple(self.sample_shape) if len(self.sample_shape) == 2 else None  # type: ignore[return-value]
+
+    @property
+    def unit_range(self) -> bool:
+        return self.preprocessing.unit_range
+
+    def samples(self) -> torch.Tensor:
+        """``x`` viewed as ``[n, *sample_shape]``."""
+        return self.x.view(len(self), *self.sample_shape)
+
+    def __repr__(self) -> str:
+        return (f"Dataset(spec={self.spec!r}, split={self.split!r}, n={len(self)}, "
+                f"sample_shape={tuple(self.sample_shape)}, scale={self.preprocessing.kind!r}, "
+                f"labels={self.y is not None})")
+
+
+@dataclass
+class Splits:
+    """``train``, ``val`` and ``test`` of one :func:`load`."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    @property
+    def spec(self) -> str:
+        return self.train.spec
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return dict(self.train.config)
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return iter((self.train, self.val, self.test))
+
+
+# --------------------------------------------------------------------------------------------
+# readers: each returns (x float64 or uint8 numpy [n, *sample_shape], y int64 numpy or None)
+
+
+def _read_digits(size: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
+        raise DataError(f"the digits data needs scikit-learn ({exc}); pip install scikit-learn") from None
+    bunch = load_digits()
+    images = np.asarray(bunch.images, dtype=np.float32)  # [1797, 8, 8], values 0..16
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    if size is not None and size != images.shape[-1]:
+        t = torch.from_numpy(images).unsqueeze(1)
+        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        images = t.squeeze(1).numpy()
+    return images, labels
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzip-compressed or not.
+
+    Layout: two zero bytes, a type code (0x08 = uint8, ...), the number of dimensions ``d``,
+    ``d`` big-endian uint32 sizes, then the data in C order.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: IDX header says shape {tuple(dims)} ({expected} bytes of data) "
+                        f"but the file holds {len(raw) - header} bytes (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(folder: str, stem: str, kind: str) -> Optional[str]:
+    """``stem`` is ``train``/``t10k``, ``kind`` ``images``/``labels``; accepts the usual spellings."""
+    n = 3 if kind == "images" else 1
+    for name in (f"{stem}-{kind}-idx{n}-ubyte", f"{stem}-{kind}.idx{n}-ubyte"):
+        for suffix in ("", ".gz"):
+            p = os.path.join(folder, name + suffix)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def _read_mnist_folder(folder: str) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    if not os.path.isdir(folder):
+        raise DataError(f"mnist:{folder}: no such folder")
+    parts = {}
+    for stem in ("train", "t10k"):
+        imgs, labs = _find_idx(folder, stem, "images"), _find_idx(folder, stem, "labels")
+        if imgs is not None and labs is not None:
+            x, y = read_idx(imgs), read_idx(labs).astype(np.int64)
+            if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise DataError(f"mnist:{folder}: {os.path.basename(imgs)} has shape {x.shape} and "
+                                f"{os.path.basename(labs)} has shape {y.shape}; expected [n, H, W] and [n]")
+            parts[stem] = (x, y)
+    if "train" not in parts:
+        raise DataError(f"mnist:{folder}: no train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] there")
+    x, y = parts["train"]
+    return x, y, parts.get("t10k")
+
+
+def _download_mnist() -> str:
+    folder = os.path.join(os.path.expanduser("~"), ".cache", "aecomp", "mnist")
+    raw = os.path.join(folder, "MNIST", "raw")
+    if _find_idx(raw, "train", "images") and _find_idx(raw, "train", "labels"):
+        return raw
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.datasets import MNIST
+    except ImportError:
+        raise DataError("'mnist' needs a folder with the IDX files: use --data mnist:DIR "
+                        "(torchvision, which could download them, is not installed)") from None
+    try:
+        for train in (True, False):
+            MNIST(folder, train=train, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(f"could not download MNIST with torchvision ({type(exc).__name__}: {exc}); "
+                        "put the IDX files in a folder and use --data mnist:DIR") from None
+    return raw
+
+
+def _check_numeric(spec: str, arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise DataError(f"{spec}: {what} has dtype {arr.dtype}; expected numbers")
+    return arr
+
+
+def _labels(spec: str, y: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DataError(f"{spec}: labels have shape {y.shape}; expected [{n}] (one per sample)")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{spec}: labels must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _read_npy(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {path} as .npy: {exc}") from None
+    return _check_numeric(spec, arr, "the array"), None
+
+
+def _read_npz(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise DataError(f"{path}: no array named 'x' (it holds: {', '.join(z.files) or 'nothing'})")
+            x = z["x"]
+            y = z["y"] if "y" in z.files else None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    except Exception as exc:  # zipfile.BadZipFile and friends on a corrupt file
+        raise DataError(f"cannot read {path} as .npz: {type(exc).__name__}: {exc}") from None
+    return _check_numeric(spec, x, "array 'x'"), _labels(spec, y, x.shape[0] if x.ndim else 0)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_csv(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as .csv: {exc}") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"{path}: the file is empty")
+    header = None
+    if not all(_is_number(c) for c in rows[0]):
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"{path}: a header but no data rows")
+    width = len(rows[0])
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            line = i + 1 + (header is not None)
+            raise DataError(f"{path}: line {line} has {len(r)} columns, the first data row has {width}")
+    if header is not None and len(header) != width:
+        raise DataError(f"{path}: the header has {len(header)} columns, the data rows have {width}")
+    try:
+        table = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: a value is not a number ({exc})") from None
+    y = None
+    if header is not None and "label" in header:
+        j = header.index("label")
+        y = _labels(spec, table[:, j], table.shape[0])
+        table = np.delete(table, j, axis=1)
+    if table.shape[1] == 0:
+        raise DataError(f"{path}: no feature columns")
+    return table, y
+
+
+# --------------------------------------------------------------------------------------------
+# load
+
+
+def _parse_spec(spec: str) -> Tuple[str, Optional[str]]:
+    """``(kind, argument)``: kind in digits/digits28/mnist/npy/npz/csv, argument a folder or path."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"data spec must be a non-empty string, got {spec!r}")
+    s = spec.strip()
+    if s in ("digits", "digits28"):
+        return s, None
+    if s == "mnist":
+        return "mnist", None
+    if s.startswith("mnist:"):
+        return "mnist", s[len("mnist:"):]
+    ext = os.path.splitext(s)[1].lower()
+    if ext in (".npy", ".npz", ".csv"):
+        return ext[1:], s
+    if os.path.exists(s):
+        raise DataError(f"{s}: unknown file type {ext or '(no extension)'}; expected .npy, .npz or .csv")
+    raise DataError(f"unknown data {s!r}: expected digits, digits28, mnist:DIR, or a .npy/.npz/.csv file")
+
+
+def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> Tuple[torch.Tensor, ...]:
+    """Seeded permutation; test takes the first ``round(n*test_fraction)``, val the next."""
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+    return train.sort().values, val.sort().values, test.sort().values
+
+
+def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+         scale: str = "minmax", per_feature: Optional[bool] = None) -> Splits:
+    """Load ``spec`` (see the module docstring) and split it into train / val / test.
+
+    ``val_fraction`` and ``test_fraction`` are fractions of all samples (for MNIST, which
+    brings its own test set, ``val_fraction`` is a fraction of its training set and
+    ``test_fraction`` is ignored). ``seed`` fixes the split. ``scale`` is ``minmax``,
+    ``standard`` or ``none``, fitted on the training split; ``per_feature`` (default: False
+    for images, True for tables) says whether the statistics are per feature or global.
+    """
+    kind, arg = _parse_spec(spec)
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(f, (int, float)) or not 0.0 <= f < 1.0 or math.isnan(f):
+            raise DataError(f"{name} must be in [0, 1), got {f!r}")
+    if kind != "mnist" and val_fraction + test_fraction >= 1.0:
+        raise DataError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
+    if scale not in SCALES:
+        raise DataError(f"unknown scaling {scale!r}; expected one of {', '.join(SCALES)}")
+
+    fixed_test: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
+    if kind in ("digits", "digits28"):
+        canonical = kind
+        x, y = _read_digits(28 if kind == "digits28" else None)
+    elif kind == "mnist":
+        folder = os.path.abspath(arg) if arg else _download_mnist()
+        canonical = f"mnist:{folder}" if arg else "mnist"
+        x, y, fixed_test = _read_mnist_folder(folder)
+    else:
+        path = os.path.abspath(arg)  # type: ignore[arg-type]
+        canonical = path
+        if not os.path.isfile(path):
+            raise DataError(f"{arg}: no such file")
+        reader = {"npy": _read_npy, "npz": _read_npz, "csv": _read_csv}[kind]
+        x, y = reader(arg, path)  # type: ignore[arg-type]
+
+    if x.ndim < 2:
+        raise DataError(f"{spec}: data has shape {x.shape}; expected samples x features (2-D) or more")
+    if x.shape[0] == 0 or int(np.prod(x.shape[1:])) == 0:
+        raise DataError(f"{spec}: data has shape {x.shape}: no samples or no features")
+    sample_shape = tuple(int(d) for d in x.shape[1:])
+    if fixed_test is not None and tuple(fixed_test[0].shape[1:]) != sample_shape:
+        raise DataError(f"{spec}: test images have shape {fixed_test[0].shape[1:]}, training images {sample_shape}")
+
+    def flat(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(a.shape[0], -1)
+        if not torch.isfinite(t).all():
+            raise DataError(f"{spec}: the data contains NaN or infinite values")
+        return t
+
+    xt, yt = flat(x), (torch.from_numpy(y) if y is not None else None)
+    config = {"spec": canonical, "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
+              "seed": int(seed), "scale": scale, "per_feature": per_feature}
+    if fixed_test is not None:
+        n = xt.shape[0]
+        g = torch.Generator().manual_seed(int(seed))
+        perm = torch.randperm(n, generator=g)
+        n_val = int(round(n * val_fraction))
+        idx_val, idx_train = perm[:n_val].sort().values, perm[n_val:].sort().values
+        x_test = flat(fixed_test[0])
+        y_test = torch.from_numpy(fixed_test[1]) if fixed_test[1] is not None else None
+        parts = {"train": (xt[idx_train], yt[idx_train] if yt is not None else None),
+                 "val": (xt[idx_val], yt[idx_val] if yt is not None else None),
+                 "test": (x_test, y_test)}
+    else:
+        idx_train, idx_val, idx_test = _split_indices(xt.shape[0], val_fraction, test_fraction, seed)
+        parts = {name: (xt[idx], yt[idx] if yt is not None else None)
+                 for name, idx in (("train", idx_train), ("val", idx_val), ("test", idx_test))}
+    if parts["train"][0].shape[0] == 0:
+        raise DataError(f"{spec}: the training split is empty ({xt.shape[0]} samples)")
+
+    image_like = len(sample_shape) >= 2
+    pf = (not image_like) if per_feature is None else bool(per_feature)
+    prep = Preprocessing.fit(scale, parts["train"][0], per_feature=pf)
+    out = {name: Dataset(prep.apply(px).contiguous(), py, name, canonical, prep, sample_shape, dict(config))
+           for name, (px, py) in parts.items()}
+    return Splits(out["train"], out["val"], out["test"])
+
+
+# --------------------------------------------------------------------------------------------
+# the in-memory loader
+
+
+def _encode_state(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _decode_state(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+class InMemoryLoader:
+    """Shuffled mini-batches of tensors that live whole on one device.
+
+    Each epoch draws ``perm = randperm(n)`` from a CPU ``torch.Generator`` seeded with ``seed``
+    (the same permutations on every device and every run), moves it to the data's device once,
+    and yields ``x.index_select(0, perm[i*B:(i+1)*B])`` -- one gather per batch, no Python work
+    per sample. Iterating yields the batches left in the current epoch; after the last one the
+    epoch counter advances.
+
+    Sharding (``world_size > 1``): every rank draws the same permutation; a global batch of
+    ``B`` indices is cut into ``world_size`` contiguous chunks (sizes differ by at most one,
+    ``torch.tensor_split``) and rank ``r`` gets chunk ``r``. ``last_global_size`` and
+    ``last_local_size`` describe the batch just yielded, so the caller can weight its loss by
+    ``local * world_size / global`` and make the averaged gradient equal the gradient of the
+    global batch mean. A final partial batch smaller than ``world_size`` (some rank would get
+    nothing) is dropped.
+
+    State (``state_dict``): ``epoch``, ``position`` (batches of this epoch already yielded) and
+    the generator state at the start of the epoch (base64); ``load_state_dict`` regenerates
+    that epoch's permutation and continues at ``position``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, batch_size: int,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 device: Union[str, torch.device, None] = None, rank: int = 0, world_size: int = 1) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"InMemoryLoader: batch_size must be a positive integer, got {batch_size!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"InMemoryLoader: rank {rank} is not in a world of {world_size}")
+        if batch_size < world_size:
+            raise ValueError(f"InMemoryLoader: batch_size {batch_size} is smaller than the {world_size} processes")
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise ValueError(f"InMemoryLoader: x has {x.shape[0]} samples but y has {y.shape[0]}")
+        self.x = x.to(device) if device is not None else x
+        self.y = y.to(self.x.device) if y is not None else None
+        self.n = int(x.shape[0])
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.epoch = 0
+        self.position = 0
+        self._epoch_state = self.generator.get_state()
+        self._perm: Optional[torch.Tensor] = None
+        self.last_global_size = 0
+        self.last_local_size = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        full, rest = divmod(self.n, self.batch_size)
+        if rest and not self.drop_last and rest >= self.world_size:
+            return full + 1
+        return full
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            self.generator.set_state(self._epoch_state)
+            if self.shuffle:
+                perm = torch.randperm(self.n, generator=self.generator)
+            else:
+                perm = torch.arange(self.n)
+            self._perm = perm.to(self.x.device)
+        return self._perm
+
+    def __iter__(self) -> Iterator[Any]:
+        perm = self._permutation()
+        nb, B = len(self), self.batch_size
+        while self.position < nb:
+            i = self.position
+            idx = perm[i * B:min((i + 1) * B, self.n)]
+            self.last_global_size = int(idx.shape[0])
+            if self.world_size > 1:
+                idx = torch.tensor_split(idx, self.world_size)[self.rank]
+            self.last_local_size = int(idx.shape[0])
+            self.position += 1
+            xb = self.x.index_select(0, idx)
+            yield xb if self.y is None else (xb, self.y.index_select(0, idx))
+        self._next_epoch()
+
+    def _next_epoch(self) -> None:
+        self._permutation()  # the generator now sits after this epoch's draw
+        self._epoch_state = self.generator.get_state()
+        self._perm = None
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n": self.n,
+                "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "generator_state": _encode_state(self._epoch_state)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for key in ("n", "batch_size", "shuffle"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"InMemoryLoader: saved loader state has {key}={state[key]!r}, "
+                                 f"this loader has {getattr(self, key)!r}")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._epoch_state = _decode_state(state["generator_state"])
+        self._perm = None
+
+
+def batches(x: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> List[torch.Tensor]:
+    """Unshuffled slices of ``x`` (views, no copies) for evaluation; with ``world_size > 1`` only
+    rank ``rank``'s contiguous shard ``[n*rank//world_size, n*(rank+1)//world_size)``."""
+    n = int(x.shape[0])
+    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+    return [x[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
