@@ -166,13 +166,14 @@ def main() -> None:
         print(f"aecomp: building the CPU kernels only ({plan['reason']})")
         ext = CppExtension("aecomp._C", cpu_sources, extra_compile_args={"cxx": cxx_flags})
 
+    subpackages = [p for p in ("ops", "nn", "models", "train", "compress") if os.path.isdir(os.path.join(ROOT, "aecomp", p))]
+    has_kernels = os.path.isfile(os.path.join(ROOT, "kernels", "__init__.py"))
     setup(
         name="aecomp",
         version=_read_version(),
         description="Fused Triton/CUDA/C++ kernels for autoencoders and network compression",
-        packages=["aecomp", "aecomp.kernels"]
-        + [f"aecomp.{p}" for p in ("ops", "nn", "models", "train", "compress") if os.path.isdir(os.path.join(ROOT, "aecomp", p))],
-        package_dir={"aecomp": "aecomp", "aecomp.kernels": "kernels"},
+        packages=["aecomp"] + [f"aecomp.{p}" for p in subpackages] + (["aecomp.kernels"] if has_kernels else []),
+        package_dir={"aecomp": "aecomp", **({"aecomp.kernels": "kernels"} if has_kernels else {})},
         ext_modules=[ext],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
         python_requires=">=3.10",

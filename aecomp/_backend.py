@@ -42,6 +42,7 @@ class Backend:
     dtypes: Dict[str, frozenset] = field(default_factory=dict)  # device type -> dtypes
     ops: Dict[str, Callable] = field(default_factory=dict)  # op name -> implementation
     how_to_get: str = ""
+    describe_mlp: Optional[Callable[[], str]] = None  # how a chain runs here, for `aecomp info`
     _status: Optional[Tuple[bool, str]] = None
 
     def status(self) -> Tuple[bool, str]:
@@ -122,8 +123,13 @@ def requested_backend(explicit: Optional[str] = None) -> Optional[str]:
     return env or None
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype, explicit: Optional[str] = None) -> Callable:
-    """Return the implementation of ``op`` for tensors on ``device`` with ``dtype``."""
+def resolve(op: str, device: torch.device, dtype: torch.dtype, explicit: Optional[str] = None,
+            missing_ok: bool = False) -> Optional[Callable]:
+    """Return the implementation of ``op`` for tensors on ``device`` with ``dtype``.
+
+    With ``missing_ok``, a chosen backend that does not implement ``op`` gives ``None`` (the
+    caller composes ``op`` from simpler ops) instead of an error.
+    """
     name = requested_backend(explicit)
     dev = device.type
     if name is not None:
@@ -139,17 +145,19 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype, explicit: Optiona
                 f"(it runs on: {', '.join(sorted(b.devices())) or 'nothing here'}). {b.how_to_get}".rstrip()
             )
         impl = b.ops.get(op)
-        if impl is None:
+        if impl is None and not missing_ok:
             raise BackendUnavailableError(f"aecomp.ops.{op}: backend {name!r} does not implement {op}")
         return impl
     _load_backends()
     for cand in _AUTO_ORDER.get(dev, ("reference",)):
         b = _REGISTRY.get(cand)
-        if b is None or op not in b.ops:
+        if b is None or not b.status()[0] or not b.takes(dev, dtype):
             continue
-        if b.status()[0] and b.takes(dev, dtype):
+        if op in b.ops:
             return b.ops[op]
-    return _REGISTRY["reference"].ops[op]
+        if missing_ok:
+            return None
+    return _REGISTRY["reference"].ops.get(op)
 
 
 def auto_backend_name(device_type: str, dtype: torch.dtype = torch.float32, op: str = "linear_act") -> str:

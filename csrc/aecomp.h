@@ -28,6 +28,13 @@ void check_linear_act(const char* op, const at::Tensor& x, const at::Tensor& wei
                       const std::optional<at::Tensor>& bias, bool gpu);
 void check_mse(const char* op, const at::Tensor& input, const at::Tensor& target, bool gpu);
 
+// A chain's activations travel as one comma-separated string ("relu,relu,none"): one entry
+// per layer. Raises ValueError naming `op` when the count differs from n_layers.
+std::vector<Act> parse_activations(const char* op, c10::string_view activations, size_t n_layers);
+// Checks a whole chain: x [..., d0], weights[i] [d_{i+1}, d_i], biases[i] [d_{i+1}] or None.
+void check_mlp(const char* op, const at::Tensor& x, at::TensorList weights,
+               const c10::List<std::optional<at::Tensor>>& biases, bool gpu);
+
 // x [..., K] -> [M, K] view (or copy when the strides do not allow a view).
 at::Tensor flatten_rows(const at::Tensor& x);
 // Output shape: x's leading dims with the last replaced by n.

@@ -122,6 +122,53 @@ void check_mse(const char* op, const Tensor& input, const Tensor& target, bool g
                     " but input is on ", input.device(), " (shape ", shape_str(input), ")");
 }
 
+std::vector<Act> parse_activations(const char* op, c10::string_view activations, size_t n_layers) {
+  std::vector<Act> acts;
+  std::string text(activations);
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    acts.push_back(parse_activation(op, c10::string_view(text).substr(start, end - start)));
+    start = end + 1;
+  }
+  TORCH_CHECK_VALUE(acts.size() == n_layers, op, ": got ", n_layers, " weights but ", acts.size(),
+                    " activations ('", text, "'); give one activation per layer");
+  return acts;
+}
+
+void check_mlp(const char* op, const Tensor& x, at::TensorList weights,
+               const c10::List<std::optional<Tensor>>& biases, bool gpu) {
+  TORCH_CHECK_VALUE(!weights.empty(), op, ": weights must be a non-empty list of [out, in] tensors");
+  TORCH_CHECK_VALUE(biases.size() == weights.size(), op, ": got ", weights.size(), " weights but ", biases.size(),
+                    " biases (use None for a layer without bias)");
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least 1 dimension [..., in_features], got shape ",
+                    shape_str(x));
+  int64_t width = x.size(-1);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const Tensor& w = weights[i];
+    TORCH_CHECK_VALUE(w.dim() == 2, op, ": weights[", i, "] must be 2-D [out, in], got shape ", shape_str(w));
+    TORCH_CHECK_VALUE(w.size(1) == width, op, ": weights[", i, "].shape[1] = ", w.size(1), " does not match ",
+                      i == 0 ? std::string("x.shape[-1]") : "weights[" + std::to_string(i - 1) + "].shape[0]",
+                      " = ", width, " (weights[", i, "]: ", shape_str(w), ", x: ", shape_str(x), ")");
+    if (i == 0) check_dtype(op, "x", x, gpu);
+    TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": weights[", i, "] has dtype ", dtype_str(w),
+                     " but x has dtype ", dtype_str(x), " (weights[", i, "]: ", shape_str(w), ")");
+    TORCH_CHECK_VALUE(w.device() == x.device(), op, ": weights[", i, "] is on ", w.device(), " but x is on ",
+                      x.device(), " (weights[", i, "]: ", shape_str(w), ")");
+    const std::optional<Tensor> b = biases.get(i);
+    if (b.has_value() && b->defined()) {
+      TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == w.size(0), op, ": biases[", i, "] must have shape [",
+                        w.size(0), "] (weights[", i, "].shape[0]), got ", shape_str(*b));
+      TORCH_CHECK_TYPE(b->scalar_type() == x.scalar_type(), op, ": biases[", i, "] has dtype ", dtype_str(*b),
+                       " but x has dtype ", dtype_str(x));
+      TORCH_CHECK_VALUE(b->device() == x.device(), op, ": biases[", i, "] is on ", b->device(), " but x is on ",
+                        x.device());
+    }
+    width = w.size(0);
+  }
+}
+
 Tensor flatten_rows(const Tensor& x) {
   return x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});
 }
@@ -227,6 +274,219 @@ Tensor mse_loss_autograd(const Tensor& input, const Tensor& target, c10::string_
   return MseLossFunction::apply(input, target, reduction);
 }
 
+// ---------------------------------------------------------------- chain ops
+
+using BiasList = c10::List<std::optional<Tensor>>;
+using MlpFwdSig = std::vector<Tensor>(const Tensor&, at::TensorList, const BiasList&, c10::string_view);
+using MlpBwdSig = std::vector<Tensor>(const Tensor&, const Tensor&, at::TensorList, at::TensorList, c10::string_view,
+                                      bool, at::IntArrayRef);
+using MlpMseBwdSig = std::vector<Tensor>(const Tensor&, const Tensor&, at::TensorList, at::TensorList,
+                                         c10::string_view, const Tensor&, c10::string_view, bool, at::IntArrayRef);
+
+static const c10::TypedOperatorHandle<MlpFwdSig>& mlp_forward_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("aecomp::mlp_forward", "").typed<MlpFwdSig>();
+  return op;
+}
+static const c10::TypedOperatorHandle<MlpBwdSig>& mlp_backward_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("aecomp::mlp_backward", "").typed<MlpBwdSig>();
+  return op;
+}
+static const c10::TypedOperatorHandle<MlpMseBwdSig>& mlp_mse_backward_op() {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("aecomp::mlp_mse_backward", "").typed<MlpMseBwdSig>();
+  return op;
+}
+
+// Biases travel through autograd as the list of the defined ones plus a per-layer mask
+// (autograd cannot take an undefined tensor as an input).
+struct PackedBiases {
+  std::vector<Tensor> defined;
+  std::vector<int64_t> has;  // per layer: 1 if the layer has a bias
+};
+
+static PackedBiases pack_biases(const BiasList& biases) {
+  PackedBiases p;
+  for (size_t i = 0; i < biases.size(); ++i) {
+    const std::optional<Tensor> b = biases.get(i);
+    const bool has = b.has_value() && b->defined();
+    p.has.push_back(has);
+    if (has) p.defined.push_back(*b);
+  }
+  return p;
+}
+
+static PackedBiases pack_biases(const std::vector<std::optional<Tensor>>& biases) {
+  BiasList l;
+  for (const auto& b : biases) l.push_back(b);
+  return pack_biases(l);
+}
+
+static BiasList unpack_biases(at::TensorList defined, const std::vector<int64_t>& has) {
+  BiasList out;
+  size_t j = 0;
+  for (int64_t h : has) out.push_back(h ? std::optional<Tensor>(defined[j++]) : std::nullopt);
+  return out;
+}
+
+// need_bias per layer, from autograd's view of the defined biases (slots first, first+1, ...).
+static std::vector<int64_t> bias_mask(AutogradContext* ctx, const std::vector<int64_t>& has, size_t first) {
+  std::vector<int64_t> need(has.size());
+  size_t j = 0;
+  for (size_t i = 0; i < has.size(); ++i) need[i] = has[i] ? ctx->needs_input_grad(first + j++) : 0;
+  return need;
+}
+
+// Input slots as autograd counts them: x, weights (L), defined biases (nb), then `trailing` more.
+static variable_list chain_grads(const std::vector<Tensor>& g, size_t L, const std::vector<int64_t>& has,
+                                 size_t trailing, AutogradContext* ctx, const std::vector<int64_t>& need_bias) {
+  size_t nb = 0;
+  for (int64_t h : has) nb += h;
+  variable_list out(1 + L + nb + trailing);
+  if (ctx->needs_input_grad(0)) out[0] = g[0];
+  size_t j = 0;
+  for (size_t i = 0; i < L; ++i) {
+    if (ctx->needs_input_grad(1 + i)) out[1 + i] = g[1 + i];
+    if (has[i]) {
+      if (need_bias[i]) out[1 + L + j] = g[1 + L + i];
+      ++j;
+    }
+  }
+  return out;
+}
+
+// y = the chain applied to x. Saves x, the weights and every layer's output.
+class MlpFunction : public torch::autograd::Function<MlpFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, at::TensorList weights, at::TensorList biases,
+                        std::vector<int64_t> has_bias, c10::string_view activations) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::vector<Tensor> outs = mlp_forward_op().call(x, weights, unpack_biases(biases, has_bias), activations);
+    std::vector<Tensor> saved{x};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), outs.begin(), outs.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["activations"] = std::string(activations);
+    ctx->saved_data["has_bias"] = has_bias;
+    return outs.back().view(out_shape(x, weights.back().size(0)));
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> has = ctx->saved_data["has_bias"].toIntVector();
+    const size_t L = has.size();
+    // needs_input_grad is only valid here: in forward, a call with no input requiring grad has no edges
+    const std::vector<int64_t> need_bias = bias_mask(ctx, has, 1 + L);
+    std::vector<Tensor> w(saved.begin() + 1, saved.begin() + 1 + L), outs(saved.begin() + 1 + L, saved.end());
+    std::vector<Tensor> g;
+    if (grads[0].defined())
+      g = mlp_backward_op().call(grads[0], saved[0], w, outs, ctx->saved_data["activations"].toStringRef(),
+                                 ctx->needs_input_grad(0), need_bias);
+    else
+      g.assign(1 + 2 * L, Tensor());
+    return chain_grads(g, L, has, 2, ctx, need_bias);
+  }
+};
+
+// mse(chain(x), target): the fused loss entry. The backward forms the output layer's gz from
+// the loss gradient in one pass (mlp_mse_backward).
+class MlpMseFunction : public torch::autograd::Function<MlpMseFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, at::TensorList weights, at::TensorList biases,
+                        std::vector<int64_t> has_bias, c10::string_view activations, const Tensor& target,
+                        c10::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::vector<Tensor> outs = mlp_forward_op().call(x, weights, unpack_biases(biases, has_bias), activations);
+    Tensor y = outs.back().view(out_shape(x, weights.back().size(0)));
+    Tensor loss = mse_op().call(y, target, reduction);
+    std::vector<Tensor> saved{x, target};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), outs.begin(), outs.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["activations"] = std::string(activations);
+    ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["has_bias"] = has_bias;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> has = ctx->saved_data["has_bias"].toIntVector();
+    const size_t L = has.size();
+    // needs_input_grad is only valid here: in forward, a call with no input requiring grad has no edges
+    const std::vector<int64_t> need_bias = bias_mask(ctx, has, 1 + L);
+    const Tensor& x = saved[0];
+    const Tensor& target = saved[1];
+    std::vector<Tensor> w(saved.begin() + 2, saved.begin() + 2 + L), outs(saved.begin() + 2 + L, saved.end());
+    const std::string red = ctx->saved_data["reduction"].toStringRef();
+    std::vector<Tensor> g;
+    if (grads[0].defined())
+      g = mlp_mse_backward_op().call(grads[0], x, w, outs, ctx->saved_data["activations"].toStringRef(), target, red,
+                                     ctx->needs_input_grad(0), need_bias);
+    else
+      g.assign(1 + 2 * L, Tensor());
+    // trailing slots: has_bias, activations, target, reduction
+    variable_list out = chain_grads(g, L, has, 4, ctx, need_bias);
+    // needs_input_grad counts only tensor inputs (target is the one after the biases); the
+    // returned list counts every input (has_bias and activations sit before target).
+    const size_t target_slot = out.size() - 2;
+    if (grads[0].defined() && ctx->needs_input_grad(target_slot - 2)) {
+      // d loss / d target = -2 (y - t) g / n: the one term that does not pass through the chain
+      Tensor y = outs.back().view(target.sizes());
+      out[target_slot] = std::get<1>(mse_backward_op().call(grads[0], y, target, red, false, true));
+    }
+    return out;
+  }
+};
+
+Tensor mlp_autograd(const Tensor& x, at::TensorList weights, const BiasList& biases, c10::string_view activations) {
+  PackedBiases p = pack_biases(biases);
+  return MlpFunction::apply(x, weights, at::TensorList(p.defined), p.has, activations);
+}
+
+Tensor mlp_mse_loss_autograd(const Tensor& x, at::TensorList weights, const BiasList& biases,
+                             c10::string_view activations, const Tensor& target, c10::string_view reduction) {
+  PackedBiases p = pack_biases(biases);
+  return MlpMseFunction::apply(x, weights, at::TensorList(p.defined), p.has, activations, target, reduction);
+}
+
+// mse(chain(x), target) and its parameter gradients in ONE call, without the autograd
+// engine: what a fused training step needs. Returns (loss, [dW_0..dW_{L-1}], [db_0..db_{L-1}]);
+// db_i is None for a layer without bias.
+static std::tuple<Tensor, std::vector<Tensor>, std::vector<std::optional<Tensor>>> mlp_mse_value_and_grad(
+    const Tensor& x, const std::vector<Tensor>& weights, const std::vector<std::optional<Tensor>>& biases,
+    const std::string& activations, const Tensor& target, const std::string& reduction) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  at::NoGradGuard no_grad;
+  BiasList bl;
+  for (const auto& b : biases) bl.push_back(b);
+  std::vector<Tensor> outs = mlp_forward_op().call(x, weights, bl, activations);
+  Tensor y = outs.back().view(out_shape(x, weights.back().size(0)));
+  Tensor loss = mse_op().call(y, target, reduction);
+  const PackedBiases p = pack_biases(biases);
+  auto g = mlp_mse_backward_op().call(at::ones({}, loss.options()), x, weights, outs, activations, target,
+                                      reduction, false, p.has);
+  const size_t L = weights.size();
+  std::vector<Tensor> gw(g.begin() + 1, g.begin() + 1 + L);
+  std::vector<std::optional<Tensor>> gb(L);
+  for (size_t i = 0; i < L; ++i)
+    if (p.has[i]) gb[i] = g[1 + L + i];
+  return {loss, gw, gb};
+}
+
+static Tensor mlp_py(const Tensor& x, const std::vector<Tensor>& weights,
+                     const std::vector<std::optional<Tensor>>& biases, const std::string& activations) {
+  PackedBiases p = pack_biases(biases);
+  return MlpFunction::apply(x, at::TensorList(weights), at::TensorList(p.defined), p.has, activations);
+}
+
+static Tensor mlp_mse_loss_py(const Tensor& x, const std::vector<Tensor>& weights,
+                              const std::vector<std::optional<Tensor>>& biases, const std::string& activations,
+                              const Tensor& target, const std::string& reduction) {
+  PackedBiases p = pack_biases(biases);
+  return MlpMseFunction::apply(x, at::TensorList(weights), at::TensorList(p.defined), p.has, activations, target,
+                               reduction);
+}
+
 // What was compiled into this extension, for `aecomp info`.
 static pybind11::dict build_info() {
   pybind11::dict d;
@@ -258,11 +518,25 @@ TORCH_LIBRARY(aecomp, m) {
   m.def(
       "mse_loss_backward(Tensor grad, Tensor input, Tensor target, str reduction, bool need_input, "
       "bool need_target) -> (Tensor, Tensor)");
+  // Chains: `activations` is one comma-separated string, one entry per layer ("relu,relu,none").
+  m.def("mlp(Tensor x, Tensor[] weights, Tensor?[] biases, str activations) -> Tensor");
+  m.def("mlp_forward(Tensor x, Tensor[] weights, Tensor?[] biases, str activations) -> Tensor[]");
+  m.def(
+      "mlp_backward(Tensor grad, Tensor x, Tensor[] weights, Tensor[] outputs, str activations, bool need_x, "
+      "int[] need_bias) -> Tensor[]");
+  m.def(
+      "mlp_mse_loss(Tensor x, Tensor[] weights, Tensor?[] biases, str activations, Tensor target, "
+      "str reduction) -> Tensor");
+  m.def(
+      "mlp_mse_backward(Tensor grad, Tensor x, Tensor[] weights, Tensor[] outputs, str activations, "
+      "Tensor target, str reduction, bool need_x, int[] need_bias) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(aecomp, Autograd, m) {
   m.impl("linear_act", &aecomp::linear_act_autograd);
   m.impl("mse_loss", &aecomp::mse_loss_autograd);
+  m.impl("mlp", &aecomp::mlp_autograd);
+  m.impl("mlp_mse_loss", &aecomp::mlp_mse_loss_autograd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
@@ -272,6 +546,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("linear_act", &aecomp::linear_act_autograd, "act(x @ weight.T + bias) with autograd",
           pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("activation"));
   mod.def("mse_loss", &aecomp::mse_loss_autograd, "MSE loss with autograd", pybind11::arg("input"),
+          pybind11::arg("target"), pybind11::arg("reduction"));
+  mod.def("mlp", &aecomp::mlp_py, "a chain of linear_act layers with autograd", pybind11::arg("x"),
+          pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("activations"));
+  mod.def("mlp_mse_loss", &aecomp::mlp_mse_loss_py, "mse_loss(mlp(x), target) with the fused loss entry",
+          pybind11::arg("x"), pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("activations"),
+          pybind11::arg("target"), pybind11::arg("reduction"));
+  mod.def("mlp_mse_value_and_grad", &aecomp::mlp_mse_value_and_grad,
+          "(loss, weight grads, bias grads) of mse_loss(mlp(x), target) in one call, no autograd",
+          pybind11::arg("x"), pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("activations"),
           pybind11::arg("target"), pybind11::arg("reduction"));
   mod.def("build_info", &aecomp::build_info, "what this extension was built with");
 }

@@ -83,3 +83,9 @@ def test_gradcheck_float64(reduction):
     a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     t = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y: ops.mse_loss(x, y, reduction, backend="cpu"), (a, t))
+
+
+def test_overflow_gives_inf_not_an_error():
+    a = torch.full((1000,), 3e37)
+    assert torch.isinf(ops.mse_loss(a, -a, "sum"))
+    assert torch.isinf(ops.mse_loss(a, -a, "mean"))

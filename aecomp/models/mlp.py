@@ -56,3 +56,13 @@ class Autoencoder(AutoencoderBase):
     def loss(self, batch) -> torch.Tensor:
         x = self.batch_input(batch)
         return self.criterion(self(x), x)
+
+    def fused_chain(self):
+        """``(layers, backend)``: the loss is ``mse(chain(x), x)`` over these layers, which is
+        what ``aecomp.train.FusedStep`` needs to run a training step as one fused call."""
+        cls = type(self)
+        if cls.loss is not Autoencoder.loss or cls.forward is not Autoencoder.forward:
+            raise NotImplementedError(f"FusedStep: {cls.__name__} overrides loss or forward")
+        if self.criterion.reduction != "mean":
+            raise NotImplementedError("FusedStep: the fused chain step takes reduction='mean'")
+        return list(self.encoder.layers) + list(self.decoder.layers), self.encoder.backend

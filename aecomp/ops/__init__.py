@@ -10,6 +10,9 @@ linear_act    ``act(x @ weight.T + bias)``                    from the saved out
 mse_loss      mean / sum / none of ``(input - target)^2``     ``d input = 2 (input - target) g / n``
                                                               (``n`` = numel for mean, 1 otherwise)
 mlp           a chain of linear_act layers                    the chain's backward
+mlp_mse_loss  ``mse_loss(mlp(x), target)``                    the fused loss entry: the output
+                                                              layer's ``gz = 2 (y - t) g / n *
+                                                              act'(y)`` in one pass, then the chain
 ============  ==============================================  =====================================
 
 Leading batch dimensions are flattened; a zero-size batch gives an empty result;
@@ -25,7 +28,17 @@ import torch
 from .._backend import resolve
 from ._checks import ACTIVATIONS, REDUCTIONS
 
-__all__ = ["linear_act", "linear_relu", "linear_sigmoid", "mse_loss", "mlp", "ACTIVATIONS", "REDUCTIONS"]
+__all__ = [
+    "linear_act",
+    "linear_relu",
+    "linear_sigmoid",
+    "mse_loss",
+    "mlp",
+    "mlp_mse_loss",
+    "mlp_fusion_info",
+    "ACTIVATIONS",
+    "REDUCTIONS",
+]
 
 
 def _device_dtype(op: str, arg: str, t) -> tuple:
@@ -76,6 +89,51 @@ def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[Seque
     without bias (or ``None`` for no biases at all); ``activations`` has one name per layer.
     """
     device, dtype = _device_dtype("mlp", "x", x)
-    if biases is None:
-        biases = [None] * len(weights)
-    return resolve("mlp", device, dtype, backend)(x, list(weights), list(biases), list(activations))
+    weights, biases, activations = _chain_args(weights, biases, activations)
+    return resolve("mlp", device, dtype, backend)(x, weights, biases, activations)
+
+
+def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                 biases: Optional[Sequence[Optional[torch.Tensor]]] = None, activations: Sequence[str] = (),
+                 target: Optional[torch.Tensor] = None, reduction: str = "mean",
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """``mse_loss(mlp(x, weights, biases, activations), target)`` with the fused loss entry.
+
+    ``target=None`` means ``x`` itself (an autoencoder's reconstruction loss). The backward
+    starts from the output layer's ``gz = 2 (y - t) g / n * act'(y)``, formed in one pass:
+    the loss gradient and the output activation's gradient are never written out apart.
+    """
+    device, dtype = _device_dtype("mlp_mse_loss", "x", x)
+    weights, biases, activations = _chain_args(weights, biases, activations)
+    target = x if target is None else target
+    impl = resolve("mlp_mse_loss", device, dtype, backend, missing_ok=True)
+    if impl is None:  # the backend has no fused loss entry: compose it
+        return mse_loss(mlp(x, weights, biases, activations, backend), target, reduction, backend)
+    return impl(x, weights, biases, activations, target, reduction)
+
+
+def _chain_args(weights, biases, activations):
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, (list, tuple)):
+        raise TypeError(f"aecomp::mlp: weights must be a list of tensors, got {type(weights).__name__}")
+    weights = list(weights)
+    biases = [None] * len(weights) if biases is None else list(biases)
+    if isinstance(activations, str):
+        activations = [activations] * len(weights)
+    activations = list(activations)
+    for a in activations:
+        if a not in ACTIVATIONS:
+            raise ValueError(f"aecomp::mlp: unknown activation {a!r}; expected one of 'none', 'relu', 'sigmoid'")
+    return weights, biases, activations
+
+
+def mlp_fusion_info() -> dict:
+    """How each available backend runs a chain (for ``aecomp info``)."""
+    from .._backend import available_backends, get_backend
+
+    out = {}
+    for name, (ok, _) in available_backends().items():
+        if not ok:
+            continue
+        describe = getattr(get_backend(name), "describe_mlp", None)
+        out[name] = describe() if describe else "one linear_act per layer"
+    return out

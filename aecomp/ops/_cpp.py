@@ -52,11 +52,20 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch
     return _ext._C.mse_loss(input, target, reduction)
 
 
-def _mlp_chain(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
-               activations: Sequence[str]) -> torch.Tensor:
-    for w, b, a in zip(weights, biases, activations):
-        x = linear_act(x, w, b, a)
-    return x
+def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+        activations: Sequence[str]) -> torch.Tensor:
+    acts = ",".join(activations)
+    if _is_compiling():
+        return torch.ops.aecomp.mlp.default(x, weights, biases, acts)
+    return _ext._C.mlp(x, weights, biases, acts)
+
+
+def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+                 activations: Sequence[str], target: torch.Tensor, reduction: str) -> torch.Tensor:
+    acts = ",".join(activations)
+    if _is_compiling():
+        return torch.ops.aecomp.mlp_mse_loss.default(x, weights, biases, acts, target, reduction)
+    return _ext._C.mlp_mse_loss(x, weights, biases, acts, target, reduction)
 
 
 _HOW = "Build the extension with `pip install --no-build-isolation -e .`."
@@ -66,8 +75,9 @@ CPU = Backend(
     probe=_probe_cpu,
     devices=lambda: frozenset({"cpu"}),
     dtypes={"cpu": frozenset({torch.float32, torch.float64})},
-    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": _mlp_chain},
+    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp, "mlp_mse_loss": mlp_mse_loss},
     how_to_get=_HOW,
+    describe_mlp=lambda: "whole chain in one C++ call (any widths), fused MSE loss entry",
 )
 
 CUDA = Backend(
@@ -75,6 +85,7 @@ CUDA = Backend(
     probe=_probe_cuda,
     devices=lambda: frozenset({"cuda"}),
     dtypes={"cuda": frozenset({torch.float32, torch.bfloat16, torch.float16})},
-    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": _mlp_chain},
+    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp, "mlp_mse_loss": mlp_mse_loss},
+    describe_mlp=lambda: "whole chain in one C++ call; one CUDA kernel launch set per layer",
     how_to_get="Build on a machine with nvcc and a CUDA build of torch: `pip install --no-build-isolation -e .`.",
 )

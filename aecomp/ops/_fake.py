@@ -29,6 +29,47 @@ def register() -> None:
             return input.new_empty(input.shape)
         return input.new_empty(())
 
+    def _chain_outputs(x, weights):
+        rows = 1
+        for d in x.shape[:-1]:
+            rows = rows * d
+        return [x.new_empty((rows, w.shape[0])) for w in weights]
+
+    def _check_chain(op, x, weights, biases, activations):
+        acts = activations.split(",")
+        _checks.check_mlp(op, x, list(weights), list(biases), acts)
+
+    @torch.library.register_fake("aecomp::mlp")
+    def _mlp_fake(x, weights, biases, activations):
+        _check_chain("aecomp::mlp", x, weights, biases, activations)
+        return x.new_empty((*x.shape[:-1], weights[-1].shape[0]))
+
+    @torch.library.register_fake("aecomp::mlp_forward")
+    def _mlp_forward_fake(x, weights, biases, activations):
+        _check_chain("aecomp::mlp", x, weights, biases, activations)
+        return _chain_outputs(x, weights)
+
+    def _chain_grads(x, weights, need_x, need_bias):
+        gx = x.new_empty(x.shape) if need_x else x.new_empty((0,))
+        gw = [w.new_empty(w.shape) for w in weights]
+        gb = [w.new_empty((w.shape[0],)) if nb else w.new_empty((0,)) for w, nb in zip(weights, need_bias)]
+        return [gx, *gw, *gb]
+
+    @torch.library.register_fake("aecomp::mlp_backward")
+    def _mlp_backward_fake(grad, x, weights, outputs, activations, need_x, need_bias):
+        return _chain_grads(x, weights, need_x, need_bias)
+
+    @torch.library.register_fake("aecomp::mlp_mse_loss")
+    def _mlp_mse_fake(x, weights, biases, activations, target, reduction):
+        _check_chain("aecomp::mlp_mse_loss", x, weights, biases, activations)
+        out = x.new_empty((*x.shape[:-1], weights[-1].shape[0]))
+        _checks.check_mse("aecomp::mse_loss", out, target, reduction)
+        return out if reduction == "none" else x.new_empty(())
+
+    @torch.library.register_fake("aecomp::mlp_mse_backward")
+    def _mlp_mse_backward_fake(grad, x, weights, outputs, activations, target, reduction, need_x, need_bias):
+        return _chain_grads(x, weights, need_x, need_bias)
+
     @torch.library.register_fake("aecomp::mse_loss_backward")
     def _mse_backward_fake(grad, input, target, reduction, need_input, need_target):
         gi = input.new_empty(input.shape) if need_input else input.new_empty((0,))

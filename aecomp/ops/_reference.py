@@ -27,3 +27,7 @@ def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optio
     for w, b, a in zip(weights, biases, activations):
         x = linear_act(x, w, b, a)
     return x
+
+
+def mlp_mse_loss(x, weights, biases, activations, target, reduction):
+    return mse_loss(mlp(x, weights, biases, activations), target, reduction)

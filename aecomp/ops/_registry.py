@@ -12,7 +12,13 @@ register_backend(
         name="reference",
         probe=lambda: (True, "plain PyTorch"),
         devices=lambda: frozenset({"cpu", "cuda", "mps", "xpu", "meta"}),
-        ops={"linear_act": _reference.linear_act, "mse_loss": _reference.mse_loss, "mlp": _reference.mlp},
+        ops={
+            "linear_act": _reference.linear_act,
+            "mse_loss": _reference.mse_loss,
+            "mlp": _reference.mlp,
+            "mlp_mse_loss": _reference.mlp_mse_loss,
+        },
+        describe_mlp=lambda: "one F.linear + activation per layer (plain PyTorch)",
     )
 )
 

@@ -104,6 +104,29 @@ AECOMP_BIAS_ACT_F32(bias_sigmoid_f32, sigmoid_f32(v))
 AECOMP_ACT_GRAD_F32(grad_relu_f32, (yv > 0.0f ? gv : 0.0f))
 AECOMP_ACT_GRAD_F32(grad_sigmoid_f32, gv * (yv * (1.0f - yv)))
 
+// gz = s * (y - t) * act'(y) with s = scale * g (g a scalar or per element), and the column sums.
+#define AECOMP_LOSS_GRAD_F32(NAME, DACT_EXPR)                                                             \
+  AECOMP_CLONES void NAME(const float* __restrict y, const float* __restrict t, const float* __restrict g, \
+                          int64_t gs, float scale, float* __restrict gz, double* __restrict acc, int64_t rows, \
+                          int64_t cols) {                                                                 \
+    for (int64_t i = 0; i < rows; ++i) {                                                                  \
+      const float* yr = y + i * cols;                                                                     \
+      const float* tr = t + i * cols;                                                                     \
+      const float* gr = g + i * cols * gs;                                                                \
+      float* zr = gz + i * cols;                                                                          \
+      for (int64_t j = 0; j < cols; ++j) {                                                                \
+        const float yv = yr[j];                                                                           \
+        zr[j] = (scale * gr[j * gs]) * (yv - tr[j]) * (DACT_EXPR);                                        \
+      }                                                                                                   \
+      if (acc)                                                                                            \
+        for (int64_t j = 0; j < cols; ++j) acc[j] += static_cast<double>(zr[j]);                          \
+    }                                                                                                     \
+  }
+
+AECOMP_LOSS_GRAD_F32(loss_grad_none_f32, 1.0f)
+AECOMP_LOSS_GRAD_F32(loss_grad_relu_f32, (yv > 0.0f ? 1.0f : 0.0f))
+AECOMP_LOSS_GRAD_F32(loss_grad_sigmoid_f32, yv * (1.0f - yv))
+
 AECOMP_CLONES void col_sum_f32(const float* __restrict g, double* __restrict acc, int64_t rows, int64_t cols) {
   for (int64_t i = 0; i < rows; ++i) {
     const float* __restrict gr = g + i * cols;
@@ -154,6 +177,29 @@ void act_grad_f64(const double* g, const double* y, double* gz, double* acc, int
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t k = i * cols + j;
       double v = act == 1 ? act_grad<double, 1>(g[k], y[k]) : act == 2 ? act_grad<double, 2>(g[k], y[k]) : g[k];
+      gz[k] = v;
+      if (acc) acc[j] += v;
+    }
+  }
+}
+
+void loss_act_grad_f32(const float* y, const float* t, const float* g, int64_t g_stride, float scale, float* gz,
+                       double* acc, int64_t rows, int64_t cols, int act) {
+  switch (act) {
+    case 1: loss_grad_relu_f32(y, t, g, g_stride, scale, gz, acc, rows, cols); break;
+    case 2: loss_grad_sigmoid_f32(y, t, g, g_stride, scale, gz, acc, rows, cols); break;
+    default: loss_grad_none_f32(y, t, g, g_stride, scale, gz, acc, rows, cols);
+  }
+}
+
+void loss_act_grad_f64(const double* y, const double* t, const double* g, int64_t g_stride, double scale, double* gz,
+                       double* acc, int64_t rows, int64_t cols, int act) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t k = i * cols + j;
+      const double yv = y[k];
+      const double d = act == 1 ? (yv > 0.0 ? 1.0 : 0.0) : act == 2 ? yv * (1.0 - yv) : 1.0;
+      const double v = scale * g[k * g_stride] * (yv - t[k]) * d;
       gz[k] = v;
       if (acc) acc[j] += v;
     }

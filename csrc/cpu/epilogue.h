@@ -24,6 +24,16 @@ void bias_act_f64(double* y, const double* bias, int64_t rows, int64_t cols, int
 void act_grad_f32(const float* g, const float* y, float* gz, double* acc, int64_t rows, int64_t cols, int act);
 void act_grad_f64(const double* g, const double* y, double* gz, double* acc, int64_t rows, int64_t cols, int act);
 
+// The fused loss entry of a chain that ends in an MSE loss against t:
+//   gz = (scale * g) * (y - t) * act'(y),  acc += sum_rows gz
+// with scale = 2/n (mean) or 2 (sum) and g the incoming gradient of the loss (g_stride 0: a
+// scalar; 1: per element, for reduction 'none'). One pass: the loss backward and the output
+// layer's activation backward are never written out separately.
+void loss_act_grad_f32(const float* y, const float* t, const float* g, int64_t g_stride, float scale, float* gz,
+                       double* acc, int64_t rows, int64_t cols, int act);
+void loss_act_grad_f64(const double* y, const double* t, const double* g, int64_t g_stride, double scale, double* gz,
+                       double* acc, int64_t rows, int64_t cols, int act);
+
 // sum((a - b)^2) in double, fixed order, and the element-wise (a - b)^2.
 double sq_err_sum_f32(const float* a, const float* b, int64_t n);
 double sq_err_sum_f64(const double* a, const double* b, int64_t n);
@@ -43,6 +53,14 @@ inline void act_grad(const float* g, const float* y, float* gz, double* acc, int
 }
 inline void act_grad(const double* g, const double* y, double* gz, double* acc, int64_t r, int64_t c, int act) {
   act_grad_f64(g, y, gz, acc, r, c, act);
+}
+inline void loss_act_grad(const float* y, const float* t, const float* g, int64_t gs, double scale, float* gz,
+                          double* acc, int64_t r, int64_t c, int act) {
+  loss_act_grad_f32(y, t, g, gs, static_cast<float>(scale), gz, acc, r, c, act);
+}
+inline void loss_act_grad(const double* y, const double* t, const double* g, int64_t gs, double scale, double* gz,
+                          double* acc, int64_t r, int64_t c, int act) {
+  loss_act_grad_f64(y, t, g, gs, scale, gz, acc, r, c, act);
 }
 inline double sq_err_sum(const float* a, const float* b, int64_t n) { return sq_err_sum_f32(a, b, n); }
 inline double sq_err_sum(const double* a, const double* b, int64_t n) { return sq_err_sum_f64(a, b, n); }

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -52,7 +53,15 @@ Tensor mse_loss_cpu(const Tensor& input, const Tensor& target, c10::string_view 
   double s = 0.0;
   for (double p : partial) s += p;
   if (red == Reduction::Mean) s = n > 0 ? s / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
-  return at::scalar_tensor(s, a.options());
+  // Write the value directly: at::scalar_tensor would refuse a sum past float32's range,
+  // where the right answer (as in torch) is inf.
+  Tensor out = at::empty({}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "aecomp_mse_store", [&] {
+    const double lim = static_cast<double>(std::numeric_limits<scalar_t>::max());
+    const double v = std::isfinite(s) && std::abs(s) > lim ? std::copysign(std::numeric_limits<double>::infinity(), s) : s;
+    *out.data_ptr<scalar_t>() = static_cast<scalar_t>(v);
+  });
+  return out;
 }
 
 std::tuple<Tensor, Tensor> mse_loss_backward_cpu(const Tensor& grad, const Tensor& input, const Tensor& target,
