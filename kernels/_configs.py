@@ -1,0 +1,172 @@
+"""Launch configurations for the Triton kernels: curated autotuning lists per GPU family.
+
+A GEMM kernel computes an output tile ``[A, B]`` and loops over a reduction dimension ``R``
+in steps of ``r``. The three linear_act kernels assign the problem dimensions (``M`` batch
+rows, ``N`` out features, ``K`` in features) to those roles differently:
+
+=========  ================================  =========  =========  =========
+kernel     computes                          tile ``a``  tile ``b``  step ``r``
+=========  ================================  =========  =========  =========
+``fwd``    ``y[M, N] = act(x W^T + b)``      BLOCK_M    BLOCK_N    BLOCK_K
+``dgrad``  ``dx[M, K] = gz W``               BLOCK_M    BLOCK_K    BLOCK_N
+``wgrad``  ``dW[N, K] = gz^T x``, ``db``      BLOCK_N    BLOCK_K    BLOCK_M
+=========  ================================  =========  =========  =========
+
+so one list of :class:`Tile` serves all three. Families:
+
+* ``hopper`` (sm_90: H100, H200): tiles sized for ``wgmma`` (one or two warp groups of 4 warps,
+  128-row tiles) and its 227 KB of shared memory per block; deep pipelines (3-4 stages).
+  The 32/64-wide tiles are for the narrow layers of an autoencoder (N = 32, 64).
+* ``default`` (any other GPU): smaller tiles and 3 stages, fitting the ~100 KB of shared
+  memory of consumer parts as well as the 164 KB of an A100.
+* ``interpreter`` (``TRITON_INTERPRET=1``): one small tile. Autotuning under the interpreter
+  would only measure Python overhead; 32-wide tiles keep the interpreter's per-program cost
+  down while small test shapes (33, 40, 64) still cross tile edges in every dimension.
+
+Shared memory of a pipelined GEMM is about ``stages * (a*r + r*b) * element_size`` bytes, so
+the 32-bit (float32 / tf32) lists halve the reduction step ``r`` of the 16-bit lists (and are
+shorter: float32 is the slow path, bfloat16 the one that matters).
+``tests/test_triton_aot.py`` compiles every entry for sm_90 and checks it fits.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+# Per-block opt-in shared memory limit of H100/H200 (sm_90): 227 KB.
+HOPPER_SMEM_BYTES = 232448
+GROUP_M = 8  # programs along M that share W tiles in L2 (grouped launch order)
+
+
+@dataclass(frozen=True)
+class Tile:
+    a: int
+    b: int
+    r: int
+    warps: int
+    stages: int
+
+
+# bfloat16 / float16 tiles for sm_90: one or two warp groups, 3-4 stages.
+_HOPPER_16 = (
+    Tile(128, 256, 64, 8, 3),  # wide outputs (784, 4096)
+    Tile(128, 128, 64, 4, 4),
+    Tile(128, 64, 64, 4, 4),  # the narrow layers of an autoencoder (N = 64, 32)
+    Tile(128, 32, 64, 4, 4),
+)
+# float32 tiles for sm_90 (tf32 tensor cores or full-precision FMA): half the reduction step.
+_HOPPER_32 = (
+    Tile(128, 128, 32, 8, 3),
+    Tile(128, 64, 32, 4, 4),
+    Tile(128, 32, 32, 4, 4),
+)
+_DEFAULT_16 = (
+    Tile(128, 128, 32, 8, 3),
+    Tile(128, 64, 32, 4, 3),
+    Tile(64, 64, 32, 4, 3),
+    Tile(64, 32, 32, 4, 3),
+)
+_DEFAULT_32 = (
+    Tile(128, 64, 16, 4, 3),
+    Tile(64, 64, 16, 4, 3),
+    Tile(64, 32, 16, 4, 3),
+)
+_INTERPRETER = (Tile(32, 32, 32, 1, 1),)
+
+GEMM_TILES: Dict[Tuple[str, int], Tuple[Tile, ...]] = {
+    ("hopper", 2): _HOPPER_16,
+    ("hopper", 4): _HOPPER_32,
+    ("default", 2): _DEFAULT_16,
+    ("default", 4): _DEFAULT_32,
+    ("interpreter", 2): _INTERPRETER,
+    ("interpreter", 4): _INTERPRETER,
+}
+
+# Which kernel parameter plays which role (see the table above).
+GEMM_ROLES: Dict[str, Tuple[str, str, str]] = {
+    "fwd": ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+    "dgrad": ("BLOCK_M", "BLOCK_K", "BLOCK_N"),
+    "wgrad": ("BLOCK_N", "BLOCK_K", "BLOCK_M"),
+}
+
+# Streaming (elementwise / reduction) kernels: elements per program and warps. 4096
+# elements over 8 warps is 16 per thread: four 16-byte loads of float32 per operand.
+STREAM: Dict[str, Dict[str, int]] = {
+    "hopper": {"BLOCK": 4096, "warps": 8, "REDUCE_BLOCK": 1024, "reduce_warps": 4},
+    "default": {"BLOCK": 2048, "warps": 8, "REDUCE_BLOCK": 1024, "reduce_warps": 4},
+    "interpreter": {"BLOCK": 64, "warps": 1, "REDUCE_BLOCK": 16, "reduce_warps": 1},
+}
+
+
+def gemm_tiles(family: str, element_size: int) -> Tuple[Tile, ...]:
+    return GEMM_TILES[(family, 4 if element_size >= 4 else 2)]
+
+
+def gemm_configs(kernel: str, family: str, element_size: int) -> List:
+    """``triton.Config`` objects for ``kernel`` ('fwd', 'dgrad', 'wgrad')."""
+    import triton
+
+    ra, rb, rr = GEMM_ROLES[kernel]
+    return [
+        triton.Config({ra: t.a, rb: t.b, rr: t.r, "GROUP_M": GROUP_M}, num_warps=t.warps, num_stages=t.stages)
+        for t in gemm_tiles(family, element_size)
+    ]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def make_prune(kernel: str, dims: Tuple[str, str]):
+    """An ``early_config_prune`` that drops tiles much wider than the output.
+
+    ``dims`` names the kernel arguments holding the output tile's extents (roles ``a``, ``b``).
+    A tile wider than the next power of two of its extent (floor 32) computes only padding;
+    dropping it saves compile and benchmark time. At least the smallest tile is kept. The
+    function never fails: if the sizes are not plain ints (e.g. symbolic under tracing) every
+    config is kept.
+    """
+    ra, rb, _ = GEMM_ROLES[kernel]
+
+    def prune(configs, named_args, **kwargs):
+        try:
+            ea = _next_pow2(int(named_args[dims[0]]))
+            eb = _next_pow2(int(named_args[dims[1]]))
+        except Exception:
+            return configs
+        kept = [c for c in configs if c.kwargs[ra] <= max(ea, 64) and c.kwargs[rb] <= max(eb, 32)]
+        if not kept:
+            kept = [min(configs, key=lambda c: c.kwargs[ra] * c.kwargs[rb])]
+        return kept
+
+    return prune
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_family(index: int) -> Tuple[str, int]:
+    """(config family, streaming multiprocessor count) of CUDA device ``index``."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    return ("hopper" if props.major == 9 else "default"), props.multi_processor_count
+
+
+def device_family(device, interpreted: bool) -> Tuple[str, int]:
+    """(config family, SM count) for kernels launched on ``device`` (a ``torch.device``)."""
+    if interpreted or device.type != "cuda":
+        return "interpreter", 4
+    import torch
+
+    return cuda_family(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def interpreting() -> bool:
+    """Whether ``@triton.jit`` defines kernels for Triton's interpreter in this process."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
