@@ -43,6 +43,9 @@ class Backend:
     ops: Dict[str, Callable] = field(default_factory=dict)  # op name -> implementation
     how_to_get: str = ""
     describe_mlp: Optional[Callable[[], str]] = None  # how a chain runs here, for `aecomp info`
+    # Eager-only entry points with the same signatures as `ops` (e.g. pybind11 functions that
+    # skip a Python frame); never used under torch.compile, which needs traceable `ops`.
+    fast_ops: Dict[str, Callable] = field(default_factory=dict)
     _status: Optional[Tuple[bool, str]] = None
 
     def status(self) -> Tuple[bool, str]:
@@ -73,6 +76,7 @@ def register_backend(backend: Backend) -> None:
     if backend.name not in BACKENDS:
         raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKENDS}")
     _REGISTRY[backend.name] = backend
+    _FAST.clear()
 
 
 def get_backend(name: str) -> Backend:
@@ -123,15 +127,8 @@ def requested_backend(explicit: Optional[str] = None) -> Optional[str]:
     return env or None
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype, explicit: Optional[str] = None,
-            missing_ok: bool = False) -> Optional[Callable]:
-    """Return the implementation of ``op`` for tensors on ``device`` with ``dtype``.
-
-    With ``missing_ok``, a chosen backend that does not implement ``op`` gives ``None`` (the
-    caller composes ``op`` from simpler ops) instead of an error.
-    """
-    name = requested_backend(explicit)
-    dev = device.type
+def _pick(op: str, dev: str, dtype: torch.dtype, name: Optional[str], missing_ok: bool) -> Optional[Backend]:
+    """The backend that runs ``op`` (None: it must be composed, with ``missing_ok``)."""
     if name is not None:
         b = get_backend(_check_name(name))
         ok, reason = b.status()
@@ -144,20 +141,69 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype, explicit: Optiona
                 f"aecomp.ops.{op}: backend {name!r} does not run on {dev} tensors "
                 f"(it runs on: {', '.join(sorted(b.devices())) or 'nothing here'}). {b.how_to_get}".rstrip()
             )
-        impl = b.ops.get(op)
-        if impl is None and not missing_ok:
+        if op not in b.ops:
+            if missing_ok:
+                return None
             raise BackendUnavailableError(f"aecomp.ops.{op}: backend {name!r} does not implement {op}")
-        return impl
+        return b
     _load_backends()
     for cand in _AUTO_ORDER.get(dev, ("reference",)):
         b = _REGISTRY.get(cand)
         if b is None or not b.status()[0] or not b.takes(dev, dtype):
             continue
         if op in b.ops:
-            return b.ops[op]
+            return b
         if missing_ok:
             return None
-    return _REGISTRY["reference"].ops.get(op)
+    return _REGISTRY["reference"]
+
+
+def resolve(op: str, device: torch.device, dtype: torch.dtype, explicit: Optional[str] = None,
+            missing_ok: bool = False) -> Optional[Callable]:
+    """Return the implementation of ``op`` for tensors on ``device`` with ``dtype``.
+
+    This is the path torch.compile traces. With ``missing_ok``, a chosen backend that does
+    not implement ``op`` gives ``None`` (the caller composes ``op`` from simpler ops).
+    """
+    b = _pick(op, device.type, dtype, requested_backend(explicit), missing_ok)
+    return None if b is None else b.ops.get(op)
+
+
+# Eager fast path. Resolution is cached per (op, requested backend, device type, dtype); the
+# environment variable is still read on every call, from os.environ's own dict (os.environ.get
+# re-encodes the key each time: ~2 us, more than a small layer's whole forward).
+_FAST: Dict[tuple, Optional[Callable]] = {}
+_ENV_DATA = getattr(os.environ, "_data", None)
+try:
+    _ENV_KEY = os.environ.encodekey(ENV_VAR)  # type: ignore[attr-defined]
+except AttributeError:  # not CPython's os._Environ
+    _ENV_DATA = None
+
+
+def _env_backend() -> Optional[str]:
+    if _ENV_DATA is None:
+        return os.environ.get(ENV_VAR) or None
+    raw = _ENV_DATA.get(_ENV_KEY)
+    return os.environ.decodevalue(raw) or None if raw else None  # type: ignore[attr-defined]
+
+
+def resolve_fast(op: str, t: torch.Tensor, explicit: Optional[str] = None, missing_ok: bool = False):
+    """``resolve`` for eager calls: cached, and may return a backend's ``fast_ops`` entry."""
+    name = explicit
+    if name is None:
+        name = _STATE["backend"]
+        if name is None:
+            name = _env_backend()
+    dev = "cuda" if t.is_cuda else ("cpu" if t.is_cpu else t.device.type)
+    key = (op, name, dev, t.dtype)
+    try:
+        return _FAST[key]
+    except KeyError:
+        pass
+    b = _pick(op, dev, t.dtype, name, missing_ok)
+    impl = None if b is None else b.fast_ops.get(op, b.ops.get(op))
+    _FAST[key] = impl
+    return impl
 
 
 def auto_backend_name(device_type: str, dtype: torch.dtype = torch.float32, op: str = "linear_act") -> str:

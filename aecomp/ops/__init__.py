@@ -25,8 +25,18 @@ from typing import Optional, Sequence
 
 import torch
 
-from .._backend import resolve
+from .._backend import resolve, resolve_fast
 from ._checks import ACTIVATIONS, REDUCTIONS
+
+_is_compiling = torch.compiler.is_compiling
+
+
+def _impl(op: str, arg: str, t, backend: Optional[str], missing_ok: bool = False):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"aecomp::{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    if _is_compiling():  # the traceable path: no caches, no pybind11 entry points
+        return resolve(op, t.device, t.dtype, backend, missing_ok)
+    return resolve_fast(op, t, backend, missing_ok)
 
 __all__ = [
     "linear_act",
@@ -41,12 +51,6 @@ __all__ = [
 ]
 
 
-def _device_dtype(op: str, arg: str, t) -> tuple:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"aecomp::{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-    return t.device, t.dtype
-
-
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                activation: str = "relu", backend: Optional[str] = None) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` with ``weight`` of shape ``[out_features, in_features]``.
@@ -54,8 +58,7 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     ``activation`` is ``"none"``, ``"relu"`` or ``"sigmoid"``. ``x`` is ``[..., in_features]``;
     the result is ``[..., out_features]``. Differentiable in ``x``, ``weight`` and ``bias``.
     """
-    device, dtype = _device_dtype("linear_act", "x", x)
-    return resolve("linear_act", device, dtype, backend)(x, weight, bias, activation)
+    return _impl("linear_act", "x", x, backend)(x, weight, bias, activation)
 
 
 def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -77,8 +80,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
     Unlike ``F.mse_loss`` the shapes must match exactly: a silent broadcast of a
     ``[B, 1]`` target against a ``[B, D]`` input is a classic wrong answer.
     """
-    device, dtype = _device_dtype("mse_loss", "input", input)
-    return resolve("mse_loss", device, dtype, backend)(input, target, reduction)
+    return _impl("mse_loss", "input", input, backend)(input, target, reduction)
 
 
 def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
@@ -88,9 +90,9 @@ def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[Seque
     ``weights[i]`` is ``[d_{i+1}, d_i]``; ``biases`` is a list with ``None`` for a layer
     without bias (or ``None`` for no biases at all); ``activations`` has one name per layer.
     """
-    device, dtype = _device_dtype("mlp", "x", x)
+    impl = _impl("mlp", "x", x, backend)
     weights, biases, activations = _chain_args(weights, biases, activations)
-    return resolve("mlp", device, dtype, backend)(x, weights, biases, activations)
+    return impl(x, weights, biases, activations)
 
 
 def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor],
@@ -103,10 +105,9 @@ def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor],
     starts from the output layer's ``gz = 2 (y - t) g / n * act'(y)``, formed in one pass:
     the loss gradient and the output activation's gradient are never written out apart.
     """
-    device, dtype = _device_dtype("mlp_mse_loss", "x", x)
+    impl = _impl("mlp_mse_loss", "x", x, backend, missing_ok=True)
     weights, biases, activations = _chain_args(weights, biases, activations)
     target = x if target is None else target
-    impl = resolve("mlp_mse_loss", device, dtype, backend, missing_ok=True)
     if impl is None:  # the backend has no fused loss entry: compose it
         return mse_loss(mlp(x, weights, biases, activations, backend), target, reduction, backend)
     return impl(x, weights, biases, activations, target, reduction)

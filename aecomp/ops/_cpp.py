@@ -70,6 +70,12 @@ def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Seque
 
 _HOW = "Build the extension with `pip install --no-build-isolation -e .`."
 
+def _fast_ops() -> dict:
+    """The pybind11 functions themselves where the signature already matches."""
+    mod = _ext.load()[0]
+    return {} if mod is None else {"linear_act": mod.linear_act, "mse_loss": mod.mse_loss}
+
+
 CPU = Backend(
     name="cpu",
     probe=_probe_cpu,
@@ -78,6 +84,7 @@ CPU = Backend(
     ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp, "mlp_mse_loss": mlp_mse_loss},
     how_to_get=_HOW,
     describe_mlp=lambda: "whole chain in one C++ call (any widths), fused MSE loss entry",
+    fast_ops=_fast_ops(),
 )
 
 CUDA = Backend(
@@ -87,5 +94,6 @@ CUDA = Backend(
     dtypes={"cuda": frozenset({torch.float32, torch.bfloat16, torch.float16})},
     ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp, "mlp_mse_loss": mlp_mse_loss},
     describe_mlp=lambda: "whole chain in one C++ call; one CUDA kernel launch set per layer",
+    fast_ops=_fast_ops(),
     how_to_get="Build on a machine with nvcc and a CUDA build of torch: `pip install --no-build-isolation -e .`.",
 )
