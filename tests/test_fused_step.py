@@ -67,3 +67,24 @@ def test_trainer_uses_the_fused_step():
     step = t._make_step(m.loss, torch.optim.Adam(m.parameters()))
     assert getattr(step, "kind", None) == "fused"
     assert Trainer(VAE((16, 8, 4)), progress=False)._make_step(m.loss, torch.optim.Adam(m.parameters())).kind == "plain"
+
+
+def test_cuda_graph_needs_a_capturable_optimizer():
+    m = Autoencoder((10, 4))
+    with pytest.raises(ValueError, match="capturable=True"):
+        FusedStep(m, torch.optim.Adam(m.parameters()), cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_step_matches_eager_step_on_gpu():
+    torch.manual_seed(0)
+    m1 = Autoencoder((784, 128, 64, 32)).cuda()
+    m2 = copy.deepcopy(m1)
+    f1 = FusedStep(m1, torch.optim.Adam(m1.parameters(), lr=1e-3, capturable=True), cuda_graph=True)
+    f2 = FusedStep(m2, torch.optim.Adam(m2.parameters(), lr=1e-3, capturable=True))
+    for _ in range(10):
+        x = torch.rand(64, 784, device="cuda")
+        l1, l2 = f1.step(x), f2.step(x)
+        torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-6)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
