@@ -1,0 +1,60 @@
+"""Compressing networks with autoencoders, and measuring it honestly.
+
+=====================  =========================================================================
+module                 what
+=====================  =========================================================================
+``net``                :class:`CompressedNet` (an autoencoder's encoder + a small head; modes
+                       replace / frozen / finetune), classifier training, configs
+``baselines``          LeNet-300-100, PCA + logistic regression, the linear autoencoder, and the
+                       published Deep Compression row
+``quantize``           post-training int8 per-channel weight quantization (plain tensors)
+``prune``              per-layer magnitude pruning, retraining under the mask
+``storage``            the files that hold the models: safetensors, dense or sparse (CSR /
+                       bitmask), float32 or int8; ``bytes`` = their size on disk
+``report``             :func:`compress_report` (report.json, report.md, accuracy-vs-bytes PNG),
+                       single-thread latency
+``export``             ONNX export (standard Gemm/Relu/Sigmoid), checked in onnxruntime
+``pipeline``           :func:`run_compression`, the whole job behind ``aecomp compress`` / ``demo``
+``cli``, ``export_cli``  the ``aecomp compress`` and ``aecomp export`` subcommands
+=====================  =========================================================================
+"""
+from __future__ import annotations
+
+from .baselines import DEEP_COMPRESSION_LENET_300_100, PCABaseline, PCAClassifier, lenet_300_100, linear_autoencoder
+from .net import MODES, CompressedNet, accuracy, build_model, classifier_config, fit_classifier, train_compressed
+from .pipeline import CompressError, CompressSettings, run_compression
+from .prune import magnitude_masks, prune_, prune_and_retrain, sparsity
+from .quantize import dequantize_per_channel, quantize_model, quantize_per_channel
+from .report import compress_report, format_table, measure_latency
+from .storage import load_packed, payload_bytes, save_packed
+
+__all__ = [
+    "DEEP_COMPRESSION_LENET_300_100",
+    "MODES",
+    "CompressError",
+    "CompressSettings",
+    "CompressedNet",
+    "PCABaseline",
+    "PCAClassifier",
+    "accuracy",
+    "build_model",
+    "classifier_config",
+    "compress_report",
+    "dequantize_per_channel",
+    "fit_classifier",
+    "format_table",
+    "lenet_300_100",
+    "linear_autoencoder",
+    "load_packed",
+    "magnitude_masks",
+    "measure_latency",
+    "payload_bytes",
+    "prune_",
+    "prune_and_retrain",
+    "quantize_model",
+    "quantize_per_channel",
+    "save_packed",
+    "run_compression",
+    "sparsity",
+    "train_compressed",
+]

@@ -1,0 +1,143 @@
+"""``aecomp compress``: train an autoencoder, compress a classifier with its encoder, and report.
+
+Examples::
+
+    aecomp compress --data digits --latent 16 --mode all --out runs/compress
+    aecomp compress --data mnist:/data/mnist --latent 32 --mode replace --epochs 10 --out runs/mnist
+    aecomp compress --data samples.npz --latent 8 --mode frozen --out runs/mine   # .npz with x and y
+
+Runs ``aecomp.compress.pipeline.run_compression`` (baseline LeNet-300-100, PCA, linear and
+nonlinear autoencoders, CompressedNet in each mode, int8 and pruned variants), writes
+``report.json``, ``report.md``, ``accuracy_vs_bytes.png``, the model files, checkpoints and
+ONNX files into ``--out``, and prints the table. Mistakes (unknown mode, data without labels,
+a latent not smaller than the input) print one line and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+try:
+    from ..cli import UsageError
+except ImportError:  # pragma: no cover - the top-level CLI not present
+
+    class UsageError(Exception):  # type: ignore[no-redef]
+        """A mistake in the command line or its inputs: one line, exit code 2."""
+
+
+__all__ = ["add_arguments", "run", "settings_from_args", "apply_threads"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> None:
+    """Options shared by ``aecomp compress`` and ``aecomp demo``."""
+    from .pipeline import CompressSettings
+
+    d = CompressSettings()
+    a = parser.add_argument
+    a("--latent", type=int, default=d.latent, metavar="K", help=f"width of the autoencoder's code (default: {d.latent})")
+    a("--mode", default=d.mode, help="replace | frozen | finetune | all (default: all)")
+    a("--out", default=out_default, metavar="DIR", help=f"output folder (default: {out_default})")
+    a("--hidden", default=None, metavar="H[,H...]",
+      help="encoder hidden widths, e.g. 32 (default: twice the latent when that is below the input width)")
+    a("--ae-epochs", type=int, default=d.ae_epochs, dest="ae_epochs",
+      help=f"autoencoder epochs (default: {d.ae_epochs}, then a third as many at a tenth of the rate)")
+    a("--epochs", type=int, default=d.epochs, help=f"classifier epochs (default: {d.epochs})")
+    a("--lr", type=float, default=d.lr, help=f"learning rate of the baseline and replace mode (default: {d.lr:g})")
+    a("--batch-size", type=int, default=d.batch_size, dest="batch_size", help=f"batch size (default: {d.batch_size})")
+    a("--sparsity", type=float, default=d.sparsity,
+      help=f"fraction of the baseline's weights pruned (default: {d.sparsity:g})")
+    a("--sparsity-compressed", type=float, default=d.sparsity_compressed, dest="sparsity_compressed",
+      help=f"fraction of a compressed net's weights pruned (default: {d.sparsity_compressed:g})")
+    a("--prune-epochs", type=int, default=d.prune_epochs, dest="prune_epochs",
+      help=f"retraining epochs after pruning (default: {d.prune_epochs})")
+    a("--prune-lr", type=float, default=d.prune_lr, dest="prune_lr",
+      help=f"learning rate of the retraining after pruning (default: {d.prune_lr:g})")
+    a("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batch order (default: 0)")
+    a("--test-fraction", type=float, default=d.test_fraction, dest="test_fraction",
+      help=f"test share of the samples (default: {d.test_fraction:g})")
+    a("--val-fraction", type=float, default=d.val_fraction, dest="val_fraction",
+      help=f"validation share (default: {d.val_fraction:g})")
+    a("--latency-repeats", type=int, default=d.latency_repeats, dest="latency_repeats",
+      help=f"timed runs per latency at batch 1 (a quarter as many at batch 256; default: {d.latency_repeats})")
+    a("--no-export", action="store_true", dest="no_export", help="skip the ONNX files")
+    a("--backend", default=None, help="op backend: reference | cpu | triton | cuda (default: automatic)")
+    a("--threads", type=int, default=1,
+      help="torch threads for training (default: 1; these layers are too small to split across threads, "
+           "0 = torch's default)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits",
+                        help="digits (default) | digits28 | mnist:DIR | FILE.npz/.csv with labels")
+    add_common_arguments(parser, "aecomp-compress")
+
+
+def _parse_hidden(text: Optional[str]) -> Optional[List[int]]:
+    if text is None:
+        return None
+    if text.strip() in ("", "none"):
+        return []
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated integers like 32 or 64,32, got {text!r}") from None
+
+
+def settings_from_args(args: argparse.Namespace):
+    from .net import MODES
+    from .pipeline import CompressSettings
+
+    if args.mode not in MODES + ("all",):
+        raise UsageError(f"unknown --mode {args.mode!r}; expected one of {', '.join(MODES)} or all")
+    if args.backend is not None:
+        import aecomp
+
+        if args.backend not in aecomp.BACKENDS:
+            raise UsageError(f"unknown --backend {args.backend!r}; expected one of {', '.join(aecomp.BACKENDS)}")
+        ok, reason = aecomp.available_backends()[args.backend]
+        if not ok:
+            raise UsageError(f"--backend {args.backend} is not available here: {reason}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    if args.latency_repeats < 1:
+        raise UsageError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
+    return CompressSettings(
+        data=args.data, latent=args.latent, mode=args.mode, out=args.out, hidden=_parse_hidden(args.hidden),
+        ae_epochs=args.ae_epochs, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        sparsity=args.sparsity, sparsity_compressed=args.sparsity_compressed, prune_epochs=args.prune_epochs,
+        prune_lr=args.prune_lr,
+        seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        latency_repeats=args.latency_repeats, export=not args.no_export, backend=args.backend)
+
+
+def apply_threads(n: int) -> int:
+    """Set torch's intra-op threads (0: leave torch's default); returns the number in use."""
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def print_result(result, stream=None) -> None:
+    stream = stream or sys.stdout
+    print(result["table"], file=stream)
+    print(file=stream)
+    print(f"wrote ({result['seconds']:.1f} s, {result['report']['torch_threads']} torch thread(s) for training):",
+          file=stream)
+    for p in result["files"]:
+        print(f"  {p}", file=stream)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .pipeline import CompressError, run_compression
+
+    settings = settings_from_args(args)
+    apply_threads(args.threads)
+    try:
+        result = run_compression(settings)
+    except CompressError as exc:
+        raise UsageError(str(exc)) from None
+    print_result(result)
+    return 0

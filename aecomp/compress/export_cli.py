@@ -1,0 +1,144 @@
+"""``aecomp export``: a checkpoint (or a packed model file) to ONNX, checked in onnxruntime.
+
+Examples::
+
+    aecomp export aecomp-demo/checkpoints/compressed-replace --format onnx --out net.onnx
+    aecomp export runs/train --format onnx --out ae.onnx      # -> ae.encoder.onnx + ae.decoder.onnx
+    aecomp export aecomp-demo/models/compressed-frozen-int8.safetensors --out net_int8.onnx
+
+``CHECKPOINT`` is a checkpoint folder (``ckpt-*``), a folder of checkpoints, or a run's output
+folder, as written by ``aecomp train`` or ``aecomp compress`` (the newest complete checkpoint is
+used; its ``state.json`` names the model config), or a packed ``.safetensors`` model written by
+``aecomp compress`` (int8 and pruned files are decoded to float32 first). A classifier
+(CompressedNet or the baseline MLP) becomes one file; an autoencoder becomes the sender's
+encoder file and the receiver's decoder file. Unless ``--no-check``, each file is run in
+onnxruntime on random inputs and the largest absolute difference from torch is printed; above
+``--tolerance`` the command fails (exit 1).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+try:
+    from ..cli import UsageError
+except ImportError:  # pragma: no cover
+
+    class UsageError(Exception):  # type: ignore[no-redef]
+        """A mistake in the command line or its inputs: one line, exit code 2."""
+
+
+__all__ = ["add_arguments", "load_any", "run"]
+
+FORMATS = ("onnx",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("checkpoint", metavar="CHECKPOINT",
+      help="checkpoint folder or run folder (aecomp train / aecomp compress), or a packed .safetensors model")
+    a("--format", default="onnx", help="output format: onnx (the only one)")
+    a("--out", default=None, metavar="FILE",
+      help="output file (default: <checkpoint name>.onnx); an autoencoder writes FILE's .encoder.onnx and .decoder.onnx")
+    a("--no-check", action="store_true", dest="no_check", help="do not run the exported files in onnxruntime")
+    a("--tolerance", type=float, default=1e-5, help="largest allowed |onnxruntime - torch| (default: 1e-5)")
+
+
+def load_any(path: str):
+    """``(model, kind)`` from a checkpoint or a packed file; kind is ``classifier`` or ``autoencoder``."""
+    from ..train.checkpoint import CheckpointError, resolve_checkpoint
+    from .net import CompressedNet, build_model
+    from ..nn import FusedMLP
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        from .storage import StorageError, load_packed
+
+        try:
+            model = load_packed(p)
+        except StorageError as exc:
+            raise UsageError(str(exc)) from None
+        return model, "classifier"
+    if not p.exists():
+        raise UsageError(f"{path}: no such checkpoint folder or file")
+    try:
+        ckpt = resolve_checkpoint(p)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    config = ckpt.state.get("model_config")
+    if not isinstance(config, dict) or "type" not in config:
+        raise UsageError(f"checkpoint {ckpt.path} has no model config (state.json 'model_config'), so the model "
+                         f"cannot be rebuilt")
+    try:
+        model = build_model(config)
+        model.load_state_dict(ckpt.model)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise UsageError(f"checkpoint {ckpt.path}: cannot rebuild the model ({exc})".splitlines()[0]) from None
+    kind = "classifier" if isinstance(model, (CompressedNet, FusedMLP)) else "autoencoder"
+    return model.eval(), kind
+
+
+def _example_input(model):
+    import torch
+
+    from ..nn import FusedMLP
+    from .net import CompressedNet
+
+    g = torch.Generator().manual_seed(0)
+    if isinstance(model, CompressedNet):
+        shape: Tuple[int, ...] = (model.in_features,)
+    elif isinstance(model, FusedMLP):
+        shape = (model.dims[0],)
+    else:
+        shape = tuple(8 if s is None else int(s) for s in model.input_shape)  # a free time axis: 8 steps
+    return torch.rand(64, *shape, generator=g)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import use_backend
+    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, require_onnx
+
+    if args.format not in FORMATS:
+        raise UsageError(f"unknown --format {args.format!r}; expected one of {', '.join(FORMATS)}")
+    try:
+        require_onnx(runtime=not args.no_check)
+    except MissingDependencyError as exc:
+        raise UsageError(str(exc)) from None
+    model, kind = load_any(args.checkpoint)
+    out = Path(args.out) if args.out else Path(Path(args.checkpoint).name.split(".")[0] + ".onnx")
+    x = _example_input(model)
+    written: List[Tuple[Path, object, torch.Tensor]] = []
+    try:
+        if kind == "classifier":
+            path = export_onnx(model, out, x[:2])
+            written.append((path, model, x))
+        else:
+            enc, dec = export_autoencoder(model, out, x[:2])
+            with torch.no_grad(), use_backend("reference"):
+                z = model.encode(x)
+            written += [(enc, model.encode, x), (dec, model.decode, z)]
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except Exception as exc:  # the exporter's errors come in many types; keep it to one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"aecomp export: error: torch.onnx.export failed for {type(model).__name__} "
+              f"({type(exc).__name__}: {msg})", file=sys.stderr)
+        return 1
+    worst = 0.0
+    for path, fn, inp in written:
+        line = f"wrote {path} ({path.stat().st_size:,} bytes)"
+        if not args.no_check:
+            with use_backend("reference"):
+                diff = check_onnx(path, fn, inp)
+            worst = max(worst, diff)
+            line += f"; onnxruntime max |diff| vs torch on {inp.shape[0]} random inputs: {diff:.3g}"
+        print(line)
+    if not args.no_check and worst > args.tolerance:
+        print(f"aecomp export: error: the ONNX output differs from torch by {worst:.3g} > --tolerance "
+              f"{args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,417 @@
+"""The compression pipeline behind ``aecomp compress`` and ``aecomp demo``.
+
+On one dataset and one seeded train / val / test split:
+
+1. **baseline**: LeNet-300-100 (``in-300-100-C``) trained with Adam on the cross-entropy;
+2. **pca-K**: PCA with ``K`` components (reconstruction MSE) + logistic regression on them;
+3. **autoencoder-linear**: the purely linear autoencoder ``in -> K -> in`` (should match PCA's
+   reconstruction error), and **autoencoder**: the nonlinear one ``in -relu-> h -> K -relu-> h -> in``
+   (sigmoid output for data in [0, 1]) whose encoder is reused below;
+4. **compressed-<mode>** for each mode (replace / frozen / finetune, see
+   ``aecomp.compress.net``): the encoder plus a head;
+5. for the baseline and each compressed net: **-int8** (post-training per-channel int8
+   weights), **-pruned<S>** (magnitude pruning to sparsity ``S`` and a few epochs of retraining
+   under the mask, stored sparse) and **-pruned<S>-int8** (both);
+6. the report (``aecomp.compress.report``) and, when onnx is installed, ONNX files of the
+   compressed nets and of the autoencoder's encoder and decoder, each checked in onnxruntime.
+
+Every classifier's accuracy is measured on the model loaded back from the file that holds it,
+so ``bytes`` and ``accuracy`` describe the same thing. Autoencoders train with
+``aecomp.train.Trainer`` (Adam, then a tenth of the learning rate for a third as many epochs).
+
+Layout of the output folder::
+
+    report.json  report.md  accuracy_vs_bytes.png
+    models/<name>.safetensors         the file behind each row's ``bytes``
+    checkpoints/<name>/ckpt-*/        trained float32 models (``aecomp export`` reads these)
+    onnx/<name>.onnx, onnx/autoencoder.encoder.onnx, onnx/autoencoder.decoder.onnx
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .. import data as data_mod
+from . import storage
+from .baselines import DEEP_COMPRESSION_LENET_300_100, PCABaseline, lenet_300_100, linear_autoencoder
+from .net import MODES, CompressedNet, accuracy, classifier_config, fit_classifier, linear_layers, train_compressed
+from .prune import prune_and_retrain
+from .report import compress_report, format_table, measure_latency
+
+__all__ = ["CompressError", "CompressSettings", "fit_autoencoder", "run_compression"]
+
+
+class CompressError(ValueError):
+    """A setting or dataset the pipeline cannot work with; the message is one line."""
+
+
+@dataclass
+class CompressSettings:
+    """Everything that shapes a compression run (defaults suit the digits data)."""
+
+    data: str = "digits"
+    latent: int = 16
+    mode: str = "all"  # replace | frozen | finetune | all
+    out: str = "aecomp-compress"
+    hidden: Optional[List[int]] = None  # encoder hidden widths; None: (2 * latent,) when that is < the input
+    ae_epochs: int = 60
+    ae_lr: float = 1e-2
+    epochs: int = 30  # classifier epochs (baseline, replace, frozen head, finetune)
+    lr: float = 1e-3  # baseline and replace
+    head_lr: float = 1e-2  # the head on a frozen encoder
+    finetune_lr: float = 1e-3  # encoder + head together, after the frozen head
+    batch_size: int = 64
+    sparsity: float = 0.9  # pruning of the baseline
+    sparsity_compressed: float = 0.7  # pruning of the (already small) compressed nets
+    prune_epochs: int = 30
+    prune_lr: float = 3e-3  # retraining after pruning
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    latency_repeats: int = 100
+    export: bool = True
+    backend: Optional[str] = None
+
+    def modes(self) -> Tuple[str, ...]:
+        return MODES if self.mode == "all" else (self.mode,)
+
+
+def _check(s: CompressSettings) -> None:
+    if s.mode != "all" and s.mode not in MODES:
+        raise CompressError(f"unknown --mode {s.mode!r}; expected one of {', '.join(MODES)} or all")
+    if not isinstance(s.latent, int) or s.latent < 1:
+        raise CompressError(f"--latent must be a positive integer, got {s.latent!r}")
+    for name in ("ae_epochs", "epochs", "prune_epochs"):
+        if getattr(s, name) < 0:
+            raise CompressError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(s, name)}")
+    if s.batch_size < 1:
+        raise CompressError(f"--batch-size must be positive, got {s.batch_size}")
+    for name in ("sparsity", "sparsity_compressed"):
+        v = getattr(s, name)
+        if not 0.0 <= v < 1.0:
+            raise CompressError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
+    for name in ("ae_lr", "lr", "head_lr", "finetune_lr", "prune_lr"):
+        v = getattr(s, name)
+        if not (math.isfinite(v) and v > 0):
+            raise CompressError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+    if s.hidden is not None and any(h < 1 for h in s.hidden):
+        raise CompressError(f"--hidden widths must be positive, got {s.hidden}")
+
+
+def load_labeled(s: CompressSettings) -> data_mod.Splits:
+    """The splits of ``s.data``, checked for what the pipeline needs (labels, latent < features)."""
+    try:
+        splits = data_mod.load(s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed)
+    except data_mod.DataError as exc:
+        raise CompressError(str(exc)) from None
+    features = splits.train.features
+    if splits.train.y is None:
+        raise CompressError(f"{s.data} has no labels; compress trains classifiers and needs them (digits, "
+                            f"mnist:DIR, a .npz with an array 'y', or a .csv with a 'label' column)")
+    if s.latent >= features:
+        raise CompressError(f"--latent {s.latent} is not smaller than the {features} input features of {s.data}; "
+                            f"an autoencoder compresses only with a latent below {features}")
+    if len(splits.test) == 0 or len(splits.val) == 0:
+        raise CompressError(f"{s.data}: the validation or test split is empty ({len(splits.train)} / "
+                            f"{len(splits.val)} / {len(splits.test)} samples); use more data or larger fractions")
+    classes = int(splits.train.y.max()) + 1
+    if int(splits.train.y.min()) < 0:
+        raise CompressError(f"{s.data}: labels must be 0, 1, 2, ... (found {int(splits.train.y.min())})")
+    if classes < 2:
+        raise CompressError(f"{s.data}: the labels hold only one class; a classifier needs two or more")
+    return splits
+
+
+def encoder_dims(s: CompressSettings, features: int) -> List[int]:
+    hidden = s.hidden if s.hidden is not None else ([2 * s.latent] if 2 * s.latent < features else [])
+    return [features, *hidden, s.latent]
+
+
+def fit_autoencoder(model: nn.Module, train: data_mod.Dataset, val: data_mod.Dataset, *, epochs: int, lr: float,
+                    batch_size: int, seed: int) -> int:
+    """Train with ``aecomp.train.Trainer``: ``epochs`` at ``lr``, then ``epochs // 3`` at ``lr / 10``
+    (a step decay: Adam at a fixed rate stalls a little above the minimum). Returns the steps."""
+    from ..train import Trainer
+
+    steps = 0
+    for e, rate in ((epochs, lr), (epochs // 3, lr / 10)):
+        if e == 0:
+            continue
+        trainer = Trainer(model, epochs=e, batch_size=batch_size, lr=rate, seed=seed, device="cpu",
+                          progress=False, log=lambda msg: None)
+        steps += trainer.fit(train, val).steps
+    return steps
+
+
+def recon_mse(model: nn.Module, x: torch.Tensor) -> float:
+    """``sum (model(x) - x)^2 / numel`` (model = an autoencoder, output = reconstruction)."""
+    with torch.no_grad():
+        model.eval()
+        return float(((model(x).double() - x.double()) ** 2).mean())
+
+
+class _Run:
+    def __init__(self, s: CompressSettings, log: Callable[[str], None]) -> None:
+        self.s = s
+        self.out = Path(s.out)
+        self.log_fn = log
+        self.t0 = time.perf_counter()
+        self.rows: List[Dict[str, Any]] = []
+        self.timings: Dict[str, float] = {}
+
+    def log(self, msg: str) -> None:
+        self.log_fn(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}")
+
+    def timed(self, key: str, t: float) -> None:
+        self.timings[key] = round(time.perf_counter() - t, 3)
+
+    # --------------------------------------------------------------------- files
+    def checkpoint(self, name: str, model: nn.Module, step: int, metrics: Dict[str, Any],
+                   splits: data_mod.Splits) -> Path:
+        from ..train.checkpoint import save_checkpoint
+
+        state = {"model_config": classifier_config(model), "run": {"settings": asdict(self.s), "data": splits.config},
+                 "metrics": metrics, "written_by": "aecomp compress"}
+        return save_checkpoint(self.out / "checkpoints" / name, step, model_state=model.state_dict(), state=state,
+                               keep=1)
+
+    def latency(self, fn, x_test: torch.Tensor) -> Tuple[float, float]:
+        n = x_test.shape[0]
+        x256 = x_test[torch.arange(256) % n].contiguous()
+        reps = self.s.latency_repeats
+        return (measure_latency(fn, x_test[:1].contiguous(), repeats=reps),
+                measure_latency(fn, x256, repeats=max(reps // 4, 1)))
+
+    # --------------------------------------------------------------------- rows
+    def classifier_row(self, name: str, description: str, model: nn.Module, splits: data_mod.Splits,
+                       values: str = "float32", sparse: bool = False) -> Dict[str, Any]:
+        """Write ``model`` packed, load it back, and measure what was loaded."""
+        path = self.out / "models" / f"{name}.safetensors"
+        nbytes = storage.save_packed(model, path, values=values, sparse=sparse)
+        loaded = storage.load_packed(path, backend=self.s.backend)
+        te = splits.test
+        b1, b256 = self.latency(loaded, te.x)
+        # a dense file stores every parameter; a sparse one the nonzero weights (and all biases)
+        nonzero = sum((int((layer.weight != 0).sum()) if sparse else layer.weight.numel())
+                      + (layer.bias.numel() if layer.bias is not None else 0) for layer in linear_layers(loaded))
+        row = {"name": name, "description": description, "params": nonzero, "bytes": nbytes,
+               "accuracy": accuracy(loaded, te.x, te.y), "recon_mse": None, "latency_ms_b1": b1,
+               "latency_ms_b256": b256, "macs": storage.macs(loaded, sparse=sparse),
+               "float32_bytes": storage.payload_bytes(model, "float32", sparse),
+               "int8_bytes": storage.payload_bytes(model, "int8", sparse), "values": values,
+               "storage": "sparse" if sparse else "dense", "file": str(path)}
+        if isinstance(model, CompressedNet):
+            row["trainable_params"] = model.num_params(trainable_only=True) if not sparse and values == "float32" else None
+        self.rows.append(row)
+        self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
+        return row
+
+    def autoencoder_row(self, name: str, description: str, ae: nn.Module, splits: data_mod.Splits) -> Dict[str, Any]:
+        path = self.out / "models" / f"{name}.safetensors"
+        nbytes = storage.save_float32(ae.state_dict(), path, metadata={"aecomp": json.dumps({"config": ae.config})})
+        te = splits.test
+        b1, b256 = self.latency(ae, te.x)
+        params = sum(p.numel() for p in ae.parameters())
+        row = {"name": name, "description": description, "params": params, "bytes": nbytes, "accuracy": None,
+               "recon_mse": recon_mse(ae, te.x), "latency_ms_b1": b1, "latency_ms_b256": b256,
+               "macs": sum(layer.weight.numel() for layer in ae.encoder.layers + ae.decoder.layers),
+               "float32_bytes": 4 * params,
+               "int8_bytes": storage.payload_bytes(ae.encoder, "int8") + storage.payload_bytes(ae.decoder, "int8"),
+               "values": "float32", "storage": "dense", "file": str(path)}
+        self.rows.append(row)
+        self.log(f"{name}: test reconstruction MSE {row['recon_mse']:.5f}, {nbytes:,} bytes")
+        return row
+
+
+def run_compression(settings: CompressSettings, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Run the whole pipeline; returns ``{"rows", "paths", "report", "table", "files", "seconds"}``."""
+    s = settings
+    _check(s)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    splits = load_labeled(s)
+    run = _Run(s, log)
+    tr, va, te = splits
+    features = tr.features
+    classes = int(torch.cat([tr.y, va.y, te.y]).max()) + 1
+    run.out.mkdir(parents=True, exist_ok=True)
+    run.log(f"data {splits.spec}: {len(tr)} train / {len(va)} val / {len(te)} test, {features} features, "
+            f"{classes} classes; latent {s.latent}; modes {', '.join(s.modes())}")
+    fit_kw = dict(x_val=va.x, y_val=va.y, batch_size=s.batch_size, seed=s.seed)
+    models: Dict[str, nn.Module] = {}
+
+    # 1. baseline ----------------------------------------------------------------------------
+    t = time.perf_counter()
+    torch.manual_seed(s.seed)
+    base = lenet_300_100(features, classes, backend=s.backend)
+    fit = fit_classifier(base, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+    run.timed("baseline", t)
+    run.checkpoint("baseline", base, s.epochs, fit, splits)
+    models["baseline"] = base
+    run.classifier_row("baseline", f"uncompressed classifier LeNet-300-100 ({'-'.join(map(str, base.dims))})",
+                       base, splits)
+
+    # 2. PCA ---------------------------------------------------------------------------------
+    t = time.perf_counter()
+    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=s.seed)
+    pca_mod = pca.to_module(classes)
+    run.timed("pca", t)
+    path = run.out / "models" / f"pca-{s.latent}.safetensors"
+    nbytes = storage.save_float32(dict(pca_mod.named_buffers()), path)
+    b1, b256 = run.latency(pca_mod, te.x)
+    k = s.latent
+    pca_row = {"name": f"pca-{k}", "description": f"PCA, {k} components + logistic regression",
+               "params": pca_mod.num_params, "bytes": nbytes, "accuracy": accuracy(pca_mod, te.x, te.y),
+               "recon_mse": pca.recon_mse(te.x), "latency_ms_b1": b1, "latency_ms_b256": b256,
+               "macs": pca_mod.macs, "float32_bytes": 4 * pca_mod.num_params,
+               "int8_bytes": (k * features + classes * k) + 4 * (k + classes) + 4 * (features + classes),
+               "values": "float32", "storage": "dense", "file": str(path)}
+    run.rows.append(pca_row)
+    run.log(f"pca-{k}: accuracy {pca_row['accuracy']:.2f}%, test reconstruction MSE {pca_row['recon_mse']:.5f}")
+
+    # 3. autoencoders -------------------------------------------------------------------------
+    ae_kw = dict(epochs=s.ae_epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=s.seed)
+    t = time.perf_counter()
+    torch.manual_seed(s.seed)
+    lin = linear_autoencoder(features, s.latent, backend=s.backend)
+    fit_autoencoder(lin, tr, va, **ae_kw)
+    run.timed("autoencoder_linear", t)
+    run.autoencoder_row("autoencoder-linear", f"linear autoencoder {features}-{s.latent}-{features} (no activations)",
+                        lin, splits)
+    from ..models import Autoencoder
+
+    t = time.perf_counter()
+    torch.manual_seed(s.seed)
+    dims = encoder_dims(s, features)
+    ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
+    steps = fit_autoencoder(ae, tr, va, **ae_kw)
+    run.timed("autoencoder", t)
+    run.checkpoint("autoencoder", ae, steps, {"test_recon_mse": recon_mse(ae, te.x)}, splits)
+    run.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}", ae, splits)
+
+    # 4. compressed nets -----------------------------------------------------------------------
+    frozen: Optional[CompressedNet] = None
+    for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
+        t = time.perf_counter()
+        torch.manual_seed(s.seed + 1)
+        if mode == "replace":
+            net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
+                                                 backend=s.backend)
+            fit = train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+        elif mode == "frozen":
+            net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
+            fit = train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
+            frozen = net
+        else:
+            if frozen is not None:
+                import copy
+
+                net = copy.deepcopy(frozen)
+                head_ready = True
+            else:
+                net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
+                head_ready = False
+            fit = train_compressed(net, tr.x, tr.y, mode="finetune", epochs=s.epochs, lr=s.head_lr,
+                                   finetune_factor=s.finetune_lr / s.head_lr, head_ready=head_ready, **fit_kw)
+        name = f"compressed-{mode}"
+        run.timed(name, t)
+        run.checkpoint(name, net, s.epochs, fit, splits)
+        models[name] = net
+        run.classifier_row(name, f"encoder {'-'.join(map(str, net.encoder.dims))} + head "
+                                 f"{'-'.join(map(str, net.head.dims))}, {mode}", net, splits)
+
+    # 5. pruning and int8 ----------------------------------------------------------------------
+    for name, model in models.items():
+        sp = s.sparsity if name == "baseline" else s.sparsity_compressed
+        tag = f"pruned{int(round(sp * 100))}"
+        run.classifier_row(f"{name}-int8", f"{name}, int8 per-channel weights", model, splits, values="int8")
+        t = time.perf_counter()
+        pruned = prune_and_retrain(model, sp, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr, **fit_kw)
+        run.timed(f"{name}-{tag}", t)
+        run.classifier_row(f"{name}-{tag}", f"{name}, {sp:.0%} of weights pruned, sparse float32", pruned, splits,
+                           sparse=True)
+        run.classifier_row(f"{name}-{tag}-int8", f"{name}, {sp:.0%} pruned, sparse int8", pruned, splits,
+                           values="int8", sparse=True)
+
+    # 6. ONNX ----------------------------------------------------------------------------------
+    onnx_info: List[Dict[str, Any]] = []
+    notes: List[str] = []
+    if s.export:
+        t = time.perf_counter()
+        onnx_info, note = export_all(run.out / "onnx", models, ae, te.x)
+        if note:
+            notes.append(note)
+            run.log(note)
+        run.timed("onnx", t)
+
+    # 7. report --------------------------------------------------------------------------------
+    notes += [
+        f"Data: {splits.spec}, split seed {s.seed}: {len(tr)} train / {len(va)} val / {len(te)} test samples; "
+        f"accuracy is top-1 on the test split in percent (one test sample = {100 / len(te):.2f} points).",
+        "bytes = size of the safetensors file that holds the model (models/<name>.safetensors); ratio = baseline "
+        "bytes / model bytes; int8 files hold int8 weights + per-channel float32 scales; pruned files hold only "
+        "the nonzero weights (CSR or bitmask, whichever is smaller); biases stay float32.",
+        "Every classifier row is measured on the model loaded back from its file (int8 is dequantized at load, "
+        "so latency is that of float32 compute; pruned models run dense).",
+        "Latency: median of repeated single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
+        "recon MSE: mean over all test elements of (x_hat - x)^2 for the autoencoders and PCA.",
+        f"Modes: replace = encoder in place of the baseline's first layer, head = the baseline's back layers "
+        f"(latent-100-classes) trained end-to-end at lr {s.lr:g}; frozen = encoder frozen, linear head only (lr "
+        f"{s.head_lr:g}); finetune = the frozen net, then encoder and head together at lr "
+        f"{s.finetune_lr:g}.",
+    ]
+    report_rows = _order(run.rows)
+    extra = {"settings": asdict(s), "classes": classes, "features": features, "samples": {
+        "train": len(tr), "val": len(va), "test": len(te)}, "onnx": onnx_info, "timings_s": run.timings,
+        "torch_threads": torch.get_num_threads()}
+    paths = compress_report(report_rows, run.out, dataset=splits.spec, latent=s.latent,
+                            published=[DEEP_COMPRESSION_LENET_300_100], notes=notes, extra=extra)
+    report = json.loads(paths["json"].read_text())
+    seconds = time.perf_counter() - run.t0
+    run.log(f"done in {seconds:.1f} s")
+    files = [paths["json"], paths["md"], paths["png"]] + sorted((run.out / "models").glob("*.safetensors")) \
+        + sorted((run.out / "checkpoints").iterdir()) + [Path(o["file"]) for o in onnx_info]
+    return {"rows": report["models"], "paths": paths, "report": report, "table": format_table(report["models"]),
+            "files": files, "seconds": seconds}
+
+
+def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """baseline family, PCA, autoencoders, then each compressed family (replace, frozen, finetune);
+    within a family: float32, int8, pruned, pruned + int8."""
+    def key(r):
+        n = r["name"]
+        fam = 0 if n.startswith("baseline") else 1 if n.startswith("pca") else 2 if n.startswith("autoencoder") else 3
+        mode = next((i for i, m in enumerate(MODES) if n.startswith(f"compressed-{m}")), len(MODES))
+        return (fam, mode, "pruned" in n, n.endswith("int8"), n)
+    return sorted(rows, key=key)
+
+
+def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module,
+               x_test: torch.Tensor) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    """ONNX files of the compressed nets and of the autoencoder's two halves, each checked in
+    onnxruntime on the test split; returns (one dict per file, a note when skipped)."""
+    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, require_onnx
+
+    try:
+        require_onnx(runtime=True)
+    except MissingDependencyError as exc:
+        return [], f"ONNX export skipped: {exc}"
+    info = []
+    for name, model in models.items():
+        if not name.startswith("compressed"):
+            continue
+        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2])
+        info.append({"name": name, "file": str(path), "max_abs_diff": check_onnx(path, model, x_test)})
+    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2])
+    with torch.no_grad():
+        z = ae.encode(x_test)
+    info.append({"name": "autoencoder.encoder", "file": str(enc), "max_abs_diff": check_onnx(enc, ae.encode, x_test)})
+    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(dec, ae.decode, z)})
+    return info, None

@@ -1,0 +1,213 @@
+"""CompressedNet, the baselines (LeNet-300-100, PCA, the linear autoencoder) and the report, on digits."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aecomp import data, models
+from aecomp.compress import (
+    DEEP_COMPRESSION_LENET_300_100,
+    MODES,
+    CompressedNet,
+    PCABaseline,
+    accuracy,
+    build_model,
+    classifier_config,
+    compress_report,
+    fit_classifier,
+    lenet_300_100,
+    linear_autoencoder,
+    measure_latency,
+    train_compressed,
+)
+from aecomp.compress.pipeline import fit_autoencoder, recon_mse
+from aecomp.nn import FusedMLP
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", test_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained_ae(digits):
+    """A small nonlinear autoencoder 64-32-8 trained briefly (shared by the CompressedNet tests)."""
+    torch.manual_seed(0)
+    ae = models.Autoencoder([64, 32, 8], output="sigmoid")
+    fit_autoencoder(ae, digits.train, digits.val, epochs=15, lr=1e-2, batch_size=64, seed=0)
+    return ae
+
+
+# ---------------------------------------------------------------------------------------- CompressedNet
+def test_compressed_net_is_encoder_plus_head_and_drops_the_decoder(trained_ae):
+    net = CompressedNet.from_autoencoder(trained_ae, 10)
+    assert isinstance(net.encoder, FusedMLP) and isinstance(net.head, FusedMLP)
+    assert net.encoder.dims == (64, 32, 8) and net.head.dims == (8, 10)
+    assert not any("decoder" in k for k in net.state_dict())
+    # a copy: training the net leaves the autoencoder alone
+    assert net.encoder.layers[0].weight.data_ptr() != trained_ae.encoder.layers[0].weight.data_ptr()
+    x = torch.rand(7, 64)
+    with torch.no_grad():
+        want = trained_ae.encoder.to_sequential()(x) @ net.head.layers[0].weight.T + net.head.layers[0].bias
+        torch.testing.assert_close(net(x), want, rtol=1e-5, atol=1e-5)  # float32, one fused chain vs two steps
+        torch.testing.assert_close(net(x), net.to_sequential()(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.features(x), trained_ae.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def test_modes_decide_what_trains(trained_ae):
+    frozen = CompressedNet.from_autoencoder(trained_ae, 10, mode="frozen")
+    assert frozen.num_params(trainable_only=True) == 8 * 10 + 10
+    assert all(not p.requires_grad for p in frozen.encoder.parameters())
+    for mode in ("replace", "finetune"):
+        net = CompressedNet.from_autoencoder(trained_ae, 10, mode=mode)
+        assert net.num_params(trainable_only=True) == net.num_params()
+    replace = CompressedNet.from_autoencoder(trained_ae, 10, mode="replace", head_hidden=(100,))
+    assert replace.head.dims == (8, 100, 10) and replace.head.activations == ("relu", "none")
+
+
+def test_frozen_training_leaves_the_encoder_unchanged_and_learns(digits, trained_ae):
+    tr, va, te = digits
+    net = CompressedNet.from_autoencoder(trained_ae, 10, mode="frozen")
+    before = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+    result = train_compressed(net, tr.x, tr.y, x_val=va.x, y_val=va.y, epochs=4, lr=1e-2)
+    for k, v in net.encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert result["val_accuracy"] > 60  # chance is 10%
+    assert accuracy(net, te.x, te.y) > 60
+
+
+def test_finetune_and_replace_move_the_encoder(digits, trained_ae):
+    tr, va, _ = digits
+    for mode in ("finetune", "replace"):
+        net = CompressedNet.from_autoencoder(trained_ae, 10, mode=mode, head_hidden=(16,) if mode == "replace" else ())
+        before = net.encoder.layers[0].weight.detach().clone()
+        train_compressed(net, tr.x, tr.y, x_val=None, y_val=None, epochs=1, lr=1e-2)
+        assert not torch.equal(net.encoder.layers[0].weight, before), mode
+        assert net.mode == mode
+
+
+def test_fit_classifier_keeps_the_best_validation_epoch(digits):
+    tr, va, _ = digits
+    torch.manual_seed(0)
+    model = FusedMLP([64, 16, 10], ["relu", "none"])
+    result = fit_classifier(model, tr.x, tr.y, x_val=va.x, y_val=va.y, epochs=3, lr=1e-2)
+    assert 1 <= result["best_epoch"] <= 3
+    assert result["val_accuracy"] == pytest.approx(accuracy(model, va.x, va.y))
+
+
+def test_config_round_trip_rebuilds_the_same_architecture(trained_ae):
+    net = CompressedNet.from_autoencoder(trained_ae, 10, mode="replace", head_hidden=(12,))
+    cfg = json.loads(json.dumps(classifier_config(net)))
+    again = build_model(cfg)
+    again.load_state_dict(net.state_dict())
+    x = torch.rand(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x))
+    assert again.mode == "replace"
+    base = lenet_300_100(64, 10)
+    assert isinstance(build_model(classifier_config(base)), FusedMLP)
+    assert isinstance(build_model(trained_ae.config), models.Autoencoder)
+
+
+def test_compressed_net_bad_inputs_say_what_is_wrong(trained_ae):
+    with pytest.raises(ValueError, match="unknown mode 'squeeze'"):
+        CompressedNet.from_autoencoder(trained_ae, 10, mode="squeeze")
+    with pytest.raises(ValueError, match="takes 9 features but the encoder gives 8"):
+        CompressedNet(FusedMLP([64, 8]), FusedMLP([9, 10]))
+    with pytest.raises(TypeError, match="encoder must be a FusedMLP"):
+        CompressedNet(nn.Linear(64, 8), num_classes=10)
+    with pytest.raises(ValueError, match="num_classes"):
+        CompressedNet(FusedMLP([64, 8]))
+    with pytest.raises(TypeError, match="FusedMLP"):
+        CompressedNet.from_autoencoder(nn.Linear(3, 3), 10)
+    assert set(MODES) == {"replace", "frozen", "finetune"}
+
+
+# ---------------------------------------------------------------------------------------- baselines
+def test_lenet_300_100_shape():
+    net = lenet_300_100(784, 10)
+    assert net.dims == (784, 300, 100, 10) and net.activations == ("relu", "relu", "none")
+    n = sum(p.numel() for p in net.parameters())
+    assert n == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10  # 266,610: the published "267K"
+    assert abs(n - DEEP_COMPRESSION_LENET_300_100["params"]) < 1000
+
+
+def test_linear_autoencoder_matches_pca_and_the_nonlinear_one_beats_it(digits, trained_ae):
+    """PCA is the optimal rank-K linear reconstruction: a trained linear AE gets within 5% of it."""
+    tr, va, te = digits
+    k = 8
+    pca = PCABaseline.fit(tr.x, tr.y, k)
+    pca_mse = pca.recon_mse(te.x)
+    torch.manual_seed(0)
+    lin = linear_autoencoder(64, k)
+    assert lin.encoder.activations == ("none",) and lin.decoder.activations == ("none",)
+    fit_autoencoder(lin, tr, va, epochs=30, lr=3e-2, batch_size=64, seed=0)  # measured: within 1.3% of PCA
+    lin_mse = recon_mse(lin, te.x)
+    assert abs(lin_mse - pca_mse) <= 0.05 * pca_mse, (lin_mse, pca_mse)
+    # the nonlinear 64-32-8 autoencoder, trained as briefly, reconstructs better than PCA
+    assert recon_mse(trained_ae, te.x) < pca_mse
+
+
+def test_pca_baseline_reconstruction_and_classifier_module(digits):
+    tr, _, te = digits
+    pca = PCABaseline.fit(tr.x, tr.y, 16)
+    x = te.x
+    # reference: project onto the top-16 right singular vectors of the centred training data
+    mu = tr.x.double().mean(0)
+    _, _, vt = torch.linalg.svd(tr.x.double() - mu, full_matrices=False)
+    v = vt[:16]
+    ref = ((x.double() - mu) @ v.T) @ v + mu
+    assert pca.recon_mse(x) == pytest.approx(float(((ref - x.double()) ** 2).mean()), rel=1e-6)
+    mod = pca.to_module(10)
+    torch.testing.assert_close(mod.decode(mod.encode(x)), ref.float(), rtol=1e-4, atol=1e-5)
+    sk = pca.classifier.predict(pca.pca.transform(x.double().numpy()))
+    assert (mod(x).argmax(1).numpy() == sk).mean() > 0.99
+    assert accuracy(mod, te.x, te.y) > 85
+    assert mod.num_params == 64 + 16 * 64 + 10 * 16 + 10
+
+
+# ---------------------------------------------------------------------------------------- report
+def _rows():
+    return [
+        {"name": "baseline", "params": 100, "bytes": 4000, "accuracy": 97.0, "recon_mse": None,
+         "latency_ms_b1": 0.1, "latency_ms_b256": 1.0, "macs": 90, "float32_bytes": 400, "int8_bytes": 140},
+        {"name": "compressed-frozen-int8", "params": 10, "bytes": 100, "accuracy": 96.0, "recon_mse": None,
+         "latency_ms_b1": 0.05, "latency_ms_b256": 0.2},
+        {"name": "pca-8", "params": 20, "bytes": 200, "accuracy": 90.0, "recon_mse": 0.01,
+         "latency_ms_b1": 0.01, "latency_ms_b256": 0.1},
+        {"name": "autoencoder", "params": 30, "bytes": 300, "accuracy": None, "recon_mse": float("nan")},
+    ]
+
+
+def test_compress_report_writes_json_markdown_and_plot(tmp_path):
+    paths = compress_report(_rows(), tmp_path, dataset="digits", latent=8, published=[DEEP_COMPRESSION_LENET_300_100],
+                            notes=["a note"])
+    doc = json.loads(paths["json"].read_text())
+    assert doc["dataset"] == "digits" and doc["latent"] == 8
+    names = [m["name"] for m in doc["models"]]
+    assert names == ["baseline", "compressed-frozen-int8", "pca-8", "autoencoder"]
+    for m in doc["models"]:
+        for key in ("name", "params", "bytes", "accuracy", "recon_mse", "latency_ms_b1", "latency_ms_b256", "ratio"):
+            assert key in m, (m["name"], key)
+    by = {m["name"]: m for m in doc["models"]}
+    assert by["baseline"]["ratio"] == 1.0
+    assert by["compressed-frozen-int8"]["ratio"] == pytest.approx(40.0)
+    assert by["autoencoder"]["recon_mse"] is None  # NaN is not JSON: null
+    assert by["autoencoder"]["latency_ms_b1"] is None
+    md = paths["md"].read_text()
+    assert "| baseline |" in md and "MACs/sample" in md and "float32 KB" in md and "int8 KB" in md
+    assert "40.0x" in md and "1070 KB" in md and "a note" in md
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_measure_latency_is_single_threaded_and_restores_threads():
+    seen = []
+    before = torch.get_num_threads()
+    ms = measure_latency(lambda x: seen.append(torch.get_num_threads()), torch.zeros(1), repeats=3, warmup=1)
+    assert seen == [1, 1, 1, 1] and ms >= 0 and math.isfinite(ms)
+    assert torch.get_num_threads() == before

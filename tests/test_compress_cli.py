@@ -1,0 +1,177 @@
+"""``aecomp compress``, ``aecomp export`` and ``aecomp demo`` end to end on digits (small settings)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from aecomp.cli import main
+
+FAST = ["--ae-epochs", "3", "--epochs", "2", "--prune-epochs", "1", "--latency-repeats", "2"]
+FIELDS = ("name", "params", "bytes", "accuracy", "recon_mse", "latency_ms_b1", "latency_ms_b256", "ratio")
+
+
+def _one_line_error(capsys, argv, *needles):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aecomp: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def compress_run(tmp_path_factory):
+    """One small ``aecomp compress --mode all`` run (no ONNX) shared by the tests below."""
+    out = tmp_path_factory.mktemp("compress")
+    code = main(["compress", "--data", "digits", "--latent", "8", "--mode", "all", "--out", str(out),
+                 "--no-export", *FAST])
+    assert code == 0
+    return out
+
+
+def test_compress_writes_the_report_and_every_file_it_names(compress_run):
+    doc = json.loads((compress_run / "report.json").read_text())
+    assert doc["dataset"] == "digits" and doc["latent"] == 8
+    rows = {m["name"]: m for m in doc["models"]}
+    for name in ("baseline", "baseline-int8", "baseline-pruned90", "baseline-pruned90-int8", "pca-8",
+                 "autoencoder", "autoencoder-linear"):
+        assert name in rows, sorted(rows)
+    for mode in ("replace", "frozen", "finetune"):
+        for suffix in ("", "-int8", "-pruned70", "-pruned70-int8"):
+            assert f"compressed-{mode}{suffix}" in rows, sorted(rows)
+    for m in rows.values():
+        for f in FIELDS:
+            assert f in m, (m["name"], f)
+        assert m["bytes"] == os.path.getsize(m["file"])  # bytes = the file that holds the model
+        assert m["ratio"] == pytest.approx(rows["baseline"]["bytes"] / m["bytes"])
+        assert m["latency_ms_b1"] > 0 and m["latency_ms_b256"] > 0
+    assert rows["autoencoder"]["accuracy"] is None and rows["autoencoder"]["recon_mse"] > 0
+    assert rows["pca-8"]["recon_mse"] > 0 and rows["pca-8"]["accuracy"] > 50
+    assert rows["baseline"]["recon_mse"] is None
+    # int8 and sparse files are what they claim: much smaller than float32
+    assert rows["baseline-int8"]["bytes"] < rows["baseline"]["bytes"] / 3.3
+    assert rows["baseline-pruned90"]["bytes"] < rows["baseline"]["bytes"] / 4
+    assert rows["compressed-frozen"]["params"] * 5 < rows["baseline"]["params"]
+    md = (compress_run / "report.md").read_text()
+    assert "| compressed-replace-int8 |" in md and "Han et al." in md
+    assert (compress_run / "accuracy_vs_bytes.png").stat().st_size > 5000
+
+
+def test_compress_bad_inputs_give_one_clear_line(tmp_path, capsys):
+    _one_line_error(capsys, ["compress", "--data", "digits", "--mode", "squash", "--out", str(tmp_path)],
+                    "unknown --mode 'squash'", "replace, frozen, finetune or all")
+    _one_line_error(capsys, ["compress", "--data", "digits", "--latent", "100", "--out", str(tmp_path)],
+                    "--latent 100", "64 input features")
+    unlabeled = tmp_path / "x.npy"
+    np.save(unlabeled, np.random.rand(50, 12).astype(np.float32))
+    _one_line_error(capsys, ["compress", "--data", str(unlabeled), "--latent", "4", "--out", str(tmp_path)],
+                    "has no labels")
+    _one_line_error(capsys, ["compress", "--data", "nowhere.npz", "--out", str(tmp_path)], "nowhere.npz")
+    _one_line_error(capsys, ["compress", "--data", "digits", "--sparsity", "1.5", "--out", str(tmp_path)],
+                    "--sparsity")
+    _one_line_error(capsys, ["compress", "--data", "digits", "--latent", "0", "--out", str(tmp_path)], "--latent")
+
+
+def test_compress_on_a_labeled_npz(tmp_path, capsys):
+    g = np.random.default_rng(0)
+    y = g.integers(0, 3, size=120)
+    x = (g.normal(size=(120, 10)) + y[:, None]).astype(np.float32)  # three separable clusters
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code = main(["compress", "--data", str(tmp_path / "d.npz"), "--latent", "3", "--mode", "frozen",
+                 "--out", str(tmp_path / "run"), "--no-export", *FAST])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "| compressed-frozen |" in out and "report.json" in out
+    doc = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {m["name"] for m in doc["models"]} >= {"baseline", "compressed-frozen", "pca-3"}
+    assert not any(m["name"].startswith("compressed-replace") for m in doc["models"])
+
+
+@pytest.mark.parametrize("name", ["compressed-replace", "autoencoder"])
+def test_export_a_checkpoint_written_by_compress(compress_run, tmp_path, capsys, name):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / f"{name}.onnx"
+    code = main(["export", str(compress_run / "checkpoints" / name), "--format", "onnx", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    if name == "autoencoder":
+        files = [tmp_path / "autoencoder.encoder.onnx", tmp_path / "autoencoder.decoder.onnx"]
+    else:
+        files = [out]
+    for f in files:
+        assert f.is_file() and str(f) in stdout
+    assert stdout.count("max |diff|") == len(files)
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in stdout.splitlines() if "max |diff|" in line]
+    assert max(diffs) <= 1e-5
+
+
+def test_export_a_packed_int8_file(compress_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from aecomp.compress import load_packed
+    from aecomp.compress.export import run_onnx
+
+    packed = compress_run / "models" / "compressed-frozen-int8.safetensors"
+    out = tmp_path / "int8.onnx"
+    assert main(["export", str(packed), "--out", str(out)]) == 0
+    capsys.readouterr()
+    x = torch.rand(11, 64)
+    with torch.no_grad():
+        want = load_packed(packed)(x)
+    assert float((run_onnx(out, x) - want).abs().max()) <= 1e-5
+
+
+def test_export_bad_inputs_give_one_clear_line(tmp_path, capsys, compress_run):
+    _one_line_error(capsys, ["export", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx")], "no such")
+    _one_line_error(capsys, ["export", str(compress_run / "checkpoints" / "baseline"), "--format", "tflite"],
+                    "unknown --format 'tflite'")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(capsys, ["export", str(tmp_path / "empty")], "no checkpoint")
+
+
+def test_demo_runs_end_to_end_and_lists_its_files(tmp_path, capsys):
+    """The demo with tiny settings and ONNX export on: the table, then every file it wrote."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--mode", "frozen", *FAST])
+    stdout, _ = capsys.readouterr()
+    assert code == 0
+    table, _, listing = stdout.partition("\nwrote (")
+    assert table.startswith("| model |") and "| compressed-frozen-int8 |" in table
+    paths = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
+    assert str(out / "report.json") in paths and str(out / "onnx" / "autoencoder.decoder.onnx") in paths
+    for p in paths:
+        assert os.path.exists(p), p
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["dataset"] == "digits"
+    assert all(o["max_abs_diff"] <= 1e-5 for o in doc["onnx"]) and len(doc["onnx"]) == 3
+
+
+def test_the_demo_settings_meet_the_targets(tmp_path):
+    """The demo's own settings (seed 0, no ONNX, fewer latency repeats): a CompressedNet with >= 5x fewer
+    parameters within 2 points of the baseline, and its int8 file >= 20x smaller within 2.5 points.
+    (Measured on seeds 0-3: finetune and replace meet both; frozen loses 1.7-3.6 points.)"""
+    from aecomp.compress.pipeline import CompressSettings, run_compression
+
+    result = run_compression(CompressSettings(out=str(tmp_path), export=False, latency_repeats=3),
+                             log=lambda msg: None)
+    rows = {m["name"]: m for m in result["rows"]}
+    base = rows["baseline"]
+    assert base["accuracy"] > 90
+    for mode in ("finetune", "replace"):
+        net, q = rows[f"compressed-{mode}"], rows[f"compressed-{mode}-int8"]
+        assert base["params"] / net["params"] >= 5, mode
+        assert net["accuracy"] >= base["accuracy"] - 2, (mode, net["accuracy"], base["accuracy"])
+        assert q["ratio"] >= 20 and q["bytes"] * 20 <= base["bytes"], mode
+        assert q["accuracy"] >= base["accuracy"] - 2.5, (mode, q["accuracy"], base["accuracy"])
+    # the nonlinear autoencoder beats PCA's reconstruction; the linear one matches it
+    pca = rows["pca-16"]["recon_mse"]
+    assert rows["autoencoder"]["recon_mse"] < pca
+    assert abs(rows["autoencoder-linear"]["recon_mse"] - pca) <= 0.05 * pca

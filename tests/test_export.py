@@ -1,0 +1,100 @@
+"""ONNX export of a CompressedNet and of an autoencoder's two halves, checked in onnxruntime."""
+from __future__ import annotations
+
+import builtins
+
+import pytest
+import torch
+
+from aecomp import data, models
+from aecomp.compress import CompressedNet, fit_classifier
+from aecomp.compress.pipeline import fit_autoencoder
+
+pytest.importorskip("onnx", reason="pip install onnx onnxruntime")
+pytest.importorskip("onnxruntime", reason="pip install onnx onnxruntime")
+pytest.importorskip("onnxscript", reason="pip install onnxscript")
+
+from aecomp.compress.export import (  # noqa: E402
+    MissingDependencyError,
+    check_onnx,
+    encoder_decoder_paths,
+    export_autoencoder,
+    export_onnx,
+    onnx_ops,
+    require_onnx,
+    run_onnx,
+)
+
+STANDARD_OPS = {"Gemm", "MatMul", "Add", "Relu", "Sigmoid"}
+TOL = 1e-5  # float32: onnxruntime's Gemm against torch's addmm, same math, different summation order
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", test_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    tr, va, _ = digits
+    torch.manual_seed(0)
+    ae = models.Autoencoder([64, 32, 8], output="sigmoid")
+    fit_autoencoder(ae, tr, va, epochs=3, lr=1e-2, batch_size=64, seed=0)
+    net = CompressedNet.from_autoencoder(ae, 10, mode="replace", head_hidden=(16,))
+    fit_classifier(net, tr.x, tr.y, epochs=2, lr=3e-3)
+    return ae, net
+
+
+def test_compressed_net_exports_to_standard_ops_and_matches(tmp_path, digits, trained):
+    _, net = trained
+    te = digits.test
+    path = export_onnx(net, tmp_path / "net.onnx", te.x[:2])
+    ops = onnx_ops(path)
+    assert set(ops) <= STANDARD_OPS, ops
+    assert ops.count("Relu") == 2 and ops.count("Gemm") + ops.count("MatMul") == 4
+    assert check_onnx(path, net, te.x) <= TOL  # the whole test split, dynamic batch 359
+    assert run_onnx(path, te.x[:1]).shape == (1, 10)  # batch 1 too
+
+
+def test_autoencoder_exports_as_encoder_and_decoder(tmp_path, digits, trained):
+    ae, _ = trained
+    te = digits.test
+    enc, dec = export_autoencoder(ae, tmp_path / "ae.onnx", te.x[:2])
+    assert (enc, dec) == encoder_decoder_paths(tmp_path / "ae.onnx")
+    assert enc.name == "ae.encoder.onnx" and dec.name == "ae.decoder.onnx"
+    assert set(onnx_ops(enc)) <= STANDARD_OPS and "Sigmoid" not in onnx_ops(enc)
+    assert onnx_ops(dec)[-1] == "Sigmoid" and set(onnx_ops(dec)) <= STANDARD_OPS
+    with torch.no_grad():
+        z = ae.encode(te.x)
+    assert check_onnx(enc, ae.encode, te.x) <= TOL
+    assert check_onnx(dec, ae.decode, z) <= TOL
+    # sender -> receiver: the two files chained give the reconstruction
+    x_hat = run_onnx(dec, run_onnx(enc, te.x))
+    with torch.no_grad():
+        assert float((x_hat - ae(te.x)).abs().max()) <= TOL
+
+
+def test_a_non_mlp_autoencoder_exports_through_the_reference_backend(tmp_path):
+    import aecomp
+
+    ae = models.VAE([64, 16, 4]).eval()
+    x = torch.rand(5, 64)
+    enc, dec = export_autoencoder(ae, tmp_path / "vae.onnx")
+    with aecomp.use_backend("reference"):
+        assert check_onnx(enc, ae.encode, x) <= TOL
+        assert check_onnx(dec, ae.decode, ae.encode(x)) <= TOL
+    assert not any(op.startswith("aecomp") for op in onnx_ops(enc) + onnx_ops(dec))
+
+
+def test_missing_onnx_names_the_package(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    require_onnx()  # export alone needs no runtime
+    with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
+        require_onnx(runtime=True)
