@@ -27,28 +27,38 @@ class UsageError(Exception):
     """A mistake in the command line or its inputs: reported in one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported (the others are
+    listed for --help but cost nothing: `aecomp info` need not import the benchmark runner)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="aecomp", description="Fused kernels for autoencoders and network compression.")
     parser.add_argument("--version", action="version", version=f"aecomp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-                continue  # that layer is not in this version
+                p.set_defaults(_missing=f"'{name}' is not available in this installation ({exc})")
+                continue
             raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
+    args = parser.parse_args(args_list)
+    if getattr(args, "_missing", None):
+        print(f"aecomp: error: {args._missing}", file=sys.stderr)
+        return 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
