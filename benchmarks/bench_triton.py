@@ -15,9 +15,14 @@ It compares, in one process on random data: aecomp's triton ``linear_act`` (thro
 one layer at a time, a graph would add a copy of ``x`` into its static input buffer),
 at the six layers of the reference autoencoder (784-128-64-32-64-128-784), batch 4096 and
 65536, bfloat16 and float32, forward and forward+backward (gradients of x, W and b); then
-``mse_loss``, and a 4096^3 bfloat16 layer against ``torch.mm``. Times are medians of
-``triton.testing.do_bench`` (CUDA events, after warm-up; gradients reset to None each call).
-Ceilings measured in the same run: an 8192^3 bfloat16 ``torch.mm`` (TFLOP/s) and a 1 GiB
+``mse_loss``, and a 4096^3 bfloat16 layer against ``torch.mm``; then the whole reference
+autoencoder as a chain: the training step's kernel work (``mlp_mse_loss`` forward + backward:
+the loss and every parameter gradient, the reconstruction loss against the input) and the
+chain forward alone, for the fused chain (``ops.mlp_mse_loss`` / ``ops.mlp``: one forward
+kernel, one dgrad-chain kernel + six weight-gradient GEMMs), the triton backend one layer at a
+time (six ``linear_act`` + ``mse_loss``), torch eager and ``torch.compile`` of the eager chain.
+Times are medians of ``triton.testing.do_bench`` (CUDA events, after warm-up; gradients reset
+to None each call). Ceilings measured in the same run: an 8192^3 bfloat16 ``torch.mm`` (TFLOP/s) and a 1 GiB
 device-to-device copy (GB/s of read + write). Each row has the achieved TFLOP/s and GB/s
 (minimum traffic: every operand read once, every result written once) and both fractions.
 
@@ -76,6 +81,43 @@ def triton_mse(a, t):
 
 def eager_mse(a, t):
     return F.mse_loss(a, t)
+
+
+def triton_chain_loss(x, ws, bs, acts):
+    """The fused chain with the fused MSE entry (what FusedStep runs on the triton backend)."""
+    from aecomp import ops
+
+    return ops.mlp_mse_loss(x, ws, bs, acts, None, "mean", backend="triton")
+
+
+def triton_layers_loss(x, ws, bs, acts):
+    """The triton backend one layer at a time: six linear_act calls and mse_loss."""
+    from aecomp import ops
+
+    h = x
+    for w, b, a in zip(ws, bs, acts):
+        h = ops.linear_act(h, w, b, a, backend="triton")
+    return ops.mse_loss(h, x, "mean", backend="triton")
+
+
+def eager_chain_loss(x, ws, bs, acts):
+    h = x
+    for w, b, a in zip(ws, bs, acts):
+        h = eager_linear_act(h, w, b, a)
+    return F.mse_loss(h, x)
+
+
+def triton_chain(x, ws, bs, acts):
+    from aecomp import ops
+
+    return ops.mlp(x, ws, bs, acts, backend="triton")
+
+
+def eager_chain(x, ws, bs, acts):
+    h = x
+    for w, b, a in zip(ws, bs, acts):
+        h = eager_linear_act(h, w, b, a)
+    return h
 
 
 def _compiled(fn: Callable, mode: Optional[str]) -> Callable:
@@ -300,6 +342,48 @@ class Sweep:
                 self.add({"op": "mse_loss", "impl": impl, "dtype": dname, "shape": list(shape), "mode": "fwd+bwd"},
                          lambda fn=fn: fn(a, t).backward(), 6 * a.numel(), 5 * n, [a])
 
+    def chain_rows(self, with_compile: bool) -> None:
+        """The reference autoencoder as one chain: loss + backward ("train step") and forward.
+
+        FLOPs: 2 M sum(k n) forward, 3x that with the backward (dgrad + wgrad; the first
+        layer's dgrad is not needed and not counted). Bytes: the minimum any implementation
+        must move -- x read once, the parameters read and (train step) their gradients
+        written; the forward also writes the output.
+        """
+        layers = SIZES["layers"]
+        acts = [a for _, _, a in layers]
+        dev = SIZES["device"]
+        n_params = sum(k * n + n for k, n, _ in layers)
+        mk = sum(k * n for k, n, _ in layers)
+        for dname in DTYPES:
+            dtype = DTYPES[dname]
+            for batch in SIZES["batches"]:
+                x = torch.rand(batch, layers[0][0], device=dev, dtype=dtype)
+                ws = [(torch.randn(n, k, device=dev) / math.sqrt(k)).to(dtype).requires_grad_() for k, n, _ in layers]
+                bs = [(torch.rand(n, device=dev) * 0.2 - 0.1).to(dtype).requires_grad_() for _, n, _ in layers]
+                params = ws + bs
+                esz = x.element_size()
+                impls = {"triton fused chain": (triton_chain_loss, triton_chain),
+                         "triton per layer": (triton_layers_loss, None),
+                         "eager": (eager_chain_loss, eager_chain)}
+                if with_compile:
+                    impls = {"compile": (eager_chain_loss, eager_chain)}
+                for impl, (loss_fn, fwd_fn) in impls.items():
+                    if with_compile:
+                        loss_fn = _compiled(loss_fn, None)
+                        fwd_fn = _compiled(fwd_fn, None)
+                    row = {"op": "autoencoder chain", "impl": impl, "dtype": dname, "batch": batch,
+                           "chain": "-".join(str(k) for k, _, _ in layers) + f"-{layers[-1][1]}"}
+                    self.add(dict(row, mode="train step (loss fwd+bwd)"),
+                             lambda f=loss_fn: f(x, ws, bs, acts).backward(),
+                             3 * 2 * batch * mk, (batch * layers[0][0] + 2 * n_params) * esz, params,
+                             need_s=40 if with_compile else 5)
+                    if fwd_fn is not None:
+                        with torch.no_grad():
+                            self.add(dict(row, mode="fwd"), lambda f=fwd_fn: f(x, ws, bs, acts),
+                                     2 * batch * mk, (batch * (layers[0][0] + layers[-1][1]) + n_params) * esz,
+                                     need_s=40 if with_compile else 5)
+
     def gemm_rows(self) -> None:
         dev, m = SIZES["device"], SIZES["gemm"]
         x = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
@@ -343,8 +427,10 @@ def main(argv=None) -> int:
     s.stage("layers: triton + eager", lambda: s.layer_rows(
         {"triton": triton_linear_act, "eager": eager_linear_act}, batches, DTYPES, both, need_s=5))
     s.stage("mse", s.mse_rows)
+    s.stage("autoencoder chain: fused vs per layer vs eager", lambda: s.chain_rows(False))
     s.stage("layers: torch.compile", lambda: s.layer_rows(
         {"compile": eager_linear_act}, batches, DTYPES, both, need_s=40, make_fn=lambda f: _compiled(f, None)))
+    s.stage("autoencoder chain: torch.compile", lambda: s.chain_rows(True))
     s.stage("layers: torch.compile max-autotune", lambda: s.layer_rows(
         {"compile-max-autotune": eager_linear_act}, batches, ("bfloat16",), both, need_s=90,
         make_fn=lambda f: _compiled(f, "max-autotune-no-cudagraphs")))

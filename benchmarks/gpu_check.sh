@@ -9,8 +9,8 @@
 #   install  pip install --no-build-isolation --no-deps -e . (offline; TORCH_CUDA_ARCH_LIST=9.0a,
 #            MAX_JOBS=16); if the CUDA extension fails to build, once more with AECOMP_NO_CUDA=1:
 #            the triton backend needs only the Python package        -> $OUT/install*.log
-#   tests    the GPU tests: tests/test_triton_ops.py -k "gpu or trace_into", tests/test_cuda_ops.py,
-#            tests/test_fused_step.py -k gpu (those that exist; GPU_TESTS overrides the list)
+#   tests    the GPU tests: tests/test_triton_ops.py, test_triton_mlp.py, test_fused_step.py -k gpu,
+#            tests/test_cuda_ops.py, test_cuda_mlp.py (those that exist; GPU_TESTS overrides the list)
 #                                                     -> $OUT/tests.log, $OUT/pytest_gpu.xml
 #   bench    python -m benchmarks.run --device cuda: ceilings (8192^3 bf16/fp32 torch.mm, 1 GiB
 #            device-to-device copy), then aecomp (triton, cuda if built) against eager,
@@ -108,8 +108,10 @@ else
     [ -f tests/test_triton_ops.py ] && TESTS+=(tests/test_triton_ops.py)
     [ -f tests/test_cuda_ops.py ] && TESTS+=(tests/test_cuda_ops.py)
     [ -f tests/test_fused_step.py ] && TESTS+=(tests/test_fused_step.py)
-    # the GPU tests of the first and last, the whole middle one (it skips without a GPU)
-    TESTS+=(-k "gpu or trace_into or cuda_ops")
+    [ -f tests/test_triton_mlp.py ] && TESTS+=(tests/test_triton_mlp.py)
+    [ -f tests/test_cuda_mlp.py ] && TESTS+=(tests/test_cuda_mlp.py)
+    # the GPU tests of the triton files and the fused step; the whole CUDA files (they skip without a GPU)
+    TESTS+=(-k "gpu or trace_into or traces_into or cuda_ops or cuda_mlp")
   fi
   stage tests "$(limit 200 150)" "$PY" -m pytest -q -rs "${TESTS[@]}" \
     --junitxml="$OUT/pytest_gpu.xml" -p no:cacheprovider || true

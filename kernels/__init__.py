@@ -4,6 +4,8 @@
   epilogue, a dgrad kernel and a wgrad kernel (with the bias gradient) for the backward.
 * :mod:`.mse` -- mean/sum/none of ``(a - b)^2`` in one pass, deterministic two-stage sum,
   fused backward.
+* :mod:`.mlp` -- a whole chain of linear_act layers in one forward kernel (intermediates on
+  chip) and one backward kernel, with the fused MSE loss entry.
 * :mod:`._configs` -- the autotuning lists.
 
 Kernels never check user input; the op layer (``aecomp.ops._triton``) does.

@@ -170,3 +170,81 @@ def interpreting() -> bool:
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
+
+
+# ----------------------------------------------------------------------------------------
+# Fused layer chains (kernels/mlp.py)
+# ----------------------------------------------------------------------------------------
+# A chain kernel keeps every intermediate activation of a BLOCK_M-row tile on chip, and loads
+# each middle layer's whole weight as one [P_in, P_out] tile (P = the width padded to a power
+# of two, at least 16). What bounds the intermediate widths is that weight tile in shared
+# memory next to the activation tile (the tensor cores read B from shared memory):
+#   16-bit, P = 256: W 256 x 256 x 2 = 128 KB + h 64 x 256 x 2 = 32 KB   -> fits 227 KB (Hopper)
+#   float32, P = 256: W alone is 256 KB                                   -> does not fit
+#   float32, P = 128: W 64 KB + h 64 x 128 x 4 = 32 KB                    -> fits
+# Intermediate widths above the limit split the chain there (see kernels/mlp.py plan_chain).
+# The interpreter uses Hopper's limits so that the tests exercise the GPU's plan.
+CHAIN_MAX_WIDTH: Dict[Tuple[str, int], int] = {
+    ("hopper", 2): 256,
+    ("hopper", 4): 128,
+    ("default", 2): 128,  # ~100 KB of shared memory on consumer parts
+    ("default", 4): 64,
+    ("interpreter", 2): 256,
+    ("interpreter", 4): 128,
+}
+CHAIN_NARROW = 128  # a chain whose widest intermediate is at most this takes the "narrow" tiles
+
+
+@dataclass(frozen=True)
+class ChainTile:
+    """Tiles of the chain kernels: ``m`` rows per program; ``k`` the step over the chain's input
+    width (forward) and the tile of ``dx`` (backward); ``n`` the tile of the chain's output width."""
+
+    m: int
+    k: int
+    n: int
+    warps: int
+    stages: int
+
+
+# Register budget: the float32 accumulator of a [m, P] layer is m * P / (32 * warps) registers a
+# thread (128 x 128 over 8 warps: 64); "wide" chains (P = 256) halve m to stay clear of spills.
+# Checked by the sm_90 AOT compile (tests/test_triton_aot.py, which reads cuobjdump's register and
+# stack counts): every 16-bit chain tile below compiles without spills (reference autoencoder:
+# 128-row tiles 197 registers forward, 174 backward). float32 with full-precision ("ieee") dots
+# runs on FMA units, whose operands live in registers: a 128-deep product needs ~K registers
+# per operand row, so some float32 tiles spill; each kernel (fwd, bwd) has one spill-free tile in
+# the list (fwd: 64-row, bwd: 32-row) and autotuning picks per kernel. float32 with tf32 allowed
+# uses wgmma and does not spill.
+CHAIN_TILES: Dict[Tuple[str, int, str], Tuple[ChainTile, ...]] = {
+    ("hopper", 2, "narrow"): (ChainTile(128, 64, 64, 8, 3), ChainTile(64, 64, 64, 4, 3)),
+    ("hopper", 2, "wide"): (ChainTile(64, 64, 64, 8, 2), ChainTile(64, 32, 32, 8, 3)),
+    ("hopper", 4, "narrow"): (ChainTile(64, 32, 32, 8, 2), ChainTile(32, 32, 32, 8, 2)),
+    ("default", 2, "narrow"): (ChainTile(64, 32, 64, 4, 2), ChainTile(128, 32, 64, 8, 2)),
+    ("default", 4, "narrow"): (ChainTile(32, 32, 32, 4, 2),),
+    # one small tile (the interpreter's cost is per program and per helper call): batch 33 crosses
+    # a row-tile edge, input/output widths 50 a K/N-tile edge
+    ("interpreter", 2, "narrow"): (ChainTile(32, 32, 32, 1, 1),),
+    ("interpreter", 2, "wide"): (ChainTile(32, 32, 32, 1, 1),),
+    ("interpreter", 4, "narrow"): (ChainTile(32, 32, 32, 1, 1),),
+}
+
+
+def chain_max_width(family: str, element_size: int) -> int:
+    return CHAIN_MAX_WIDTH[(family, 4 if element_size >= 4 else 2)]
+
+
+def chain_tiles(family: str, element_size: int, widest: int) -> Tuple[ChainTile, ...]:
+    """The tiles for a chain whose widest padded intermediate is ``widest``."""
+    esize = 4 if element_size >= 4 else 2
+    kind = "narrow" if widest <= CHAIN_NARROW else "wide"
+    return CHAIN_TILES[(family, esize, kind)]
+
+
+def chain_configs(family: str, element_size: int, widest: int) -> List:
+    import triton
+
+    return [
+        triton.Config({"BLOCK_M": t.m, "BLOCK_K": t.k, "BLOCK_N": t.n}, num_warps=t.warps, num_stages=t.stages)
+        for t in chain_tiles(family, element_size, widest)
+    ]

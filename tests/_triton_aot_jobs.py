@@ -4,8 +4,12 @@ and benchmarks/gpu_check.sh).
 A job is a plain dict (picklable, built without importing triton); :func:`compile_job` runs
 one in a worker process: it compiles the kernel with
 ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32))``,
-which needs no GPU, and reports the shared memory the kernel needs and whether its PTX uses
-Hopper's ``wgmma`` instructions.
+which needs no GPU, and reports the shared memory the kernel needs, whether its PTX uses
+Hopper's ``wgmma`` instructions (and how many), and -- from the ``cuobjdump`` that ships with
+Triton -- the registers a thread and the stack bytes (register spills) of the cubin.
+
+The generated fused-chain kernels (``aecomp.kernels.mlp``) are jobs with a ``factory``: the
+worker calls ``mlp.fwd_kernel(L)`` / ``mlp.bwd_kernel(L)`` to build the ``L``-layer kernel.
 
 Specialisation mirrors what the JIT does for the common case, contiguous operands whose sizes
 are multiples of 16 (every layer of the reference autoencoder and 4096^3): unit strides are
@@ -38,12 +42,65 @@ _GEMM_FLAGS = {
 _TL = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def _job(module, kernel, dtype, constexprs, fp32_ptrs=(), unit_strides=(), float_args=(), warps=4, stages=1, label=""):
+def _job(module, kernel, dtype, constexprs, fp32_ptrs=(), unit_strides=(), float_args=(), warps=4, stages=1, label="",
+         factory=None):
     return {
         "module": module, "kernel": kernel, "dtype": dtype, "constexprs": dict(constexprs),
         "fp32_ptrs": list(fp32_ptrs), "unit_strides": list(unit_strides), "float_args": list(float_args),
-        "num_warps": warps, "num_stages": stages, "label": label,
+        "num_warps": warps, "num_stages": stages, "label": label, "factory": factory,
     }
+
+
+# The fused chains compiled ahead of time: (name, widths, activations, [(dtype, precision,
+# which Hopper chain tiles)]). The reference autoencoder as ONE kernel in bfloat16 and float32
+# (every tile; tf32 for the first), its encoder and decoder alone (the first tile), and a chain
+# at the 16-bit on-chip limit (P = 256, the "wide" tiles) for shared memory.
+#
+# float32 "ieee" chain kernels (FMA dot products) take 15-40 s each to compile on two cores, so by
+# default only the first float32 tile is compiled; AECOMP_AOT_ALL=1 compiles every tile (and lets
+# test_triton_aot.py check that each float32 chain kernel has a spill-free tile).
+ALL_CHAIN_TILES = os.environ.get("AECOMP_AOT_ALL", "0") not in ("", "0")
+CHAINS = (
+    ("autoencoder", (784, 128, 64, 32, 64, 128, 784), ("relu", "relu", "none", "relu", "relu", "sigmoid"),
+     (("bfloat16", "ieee", "all"), ("float32", "ieee", "all" if ALL_CHAIN_TILES else "first"),
+      ("float32", "tf32", "first"))),
+    ("encoder", (784, 128, 64, 32), ("relu", "relu", "none"), (("bfloat16", "ieee", "first"),)),
+    ("decoder", (32, 64, 128, 784), ("relu", "relu", "sigmoid"), (("bfloat16", "ieee", "first"),)),
+    ("wide256", (784, 256, 256, 784), ("relu", "relu", "sigmoid"), (("bfloat16", "ieee", "all"),)),
+)
+_ACT_CODE = {"none": 0, "relu": 1, "sigmoid": 2}
+
+
+def chain_jobs() -> List[Dict]:
+    """The chain kernels of :data:`CHAINS`: the forward with the fused MSE (per-row partial
+    sums) and the dgrad chain with the fused MSE entry (mean/sum), per chosen Hopper tile."""
+    from aecomp.kernels import _configs
+    from aecomp.kernels.mlp import pad
+
+    jobs = []
+    for name, widths, acts, variants in CHAINS:
+        L = len(widths) - 1
+        widest = max(pad(w) for w in widths[1:-1])
+        pads = {f"P{i}": pad(widths[i]) for i in range(1, L)}
+        for dtype, prec, which in variants:
+            tiles = _configs.chain_tiles("hopper", 4 if dtype == "float32" else 2, widest)
+            for t in tiles[:1] if which == "first" else tiles:
+                blocks = {"BLOCK_M": t.m, "BLOCK_K": t.k, "BLOCK_N": t.n}
+                fwd = {**blocks, **pads, "LOSS": 1, "PRECISION": prec}
+                bwd = {**blocks, **pads, "ENTRY": 1, "NEED_X": False, "PRECISION": prec}
+                for i, a in enumerate(acts):
+                    fwd[f"ACT{i}"] = bwd[f"ACT{i}"] = _ACT_CODE[a]
+                    fwd[f"HAS_BIAS{i}"] = True
+                tag = f"{t.m}x{t.k}x{t.n} w{t.warps} s{t.stages} {dtype}" + (f" {prec}" if dtype == "float32" else "")
+                jobs.append(_job(
+                    "mlp", f"mlp_fwd_{L}", dtype, fwd, ("l_ptr",),
+                    ("sxk", "stn", *(f"swk{i}" for i in range(L)), *(f"sb{i}" for i in range(L))),
+                    (), t.warps, t.stages, f"chain fwd {name} {tag}", factory=("fwd_kernel", L)))
+                jobs.append(_job(
+                    "mlp", f"mlp_bwd_{L}", dtype, bwd, (),
+                    ("sgn", "stn", *(f"swk{i}" for i in range(L)), *(f"son{i}" for i in range(L))),
+                    ("scale",), t.warps, t.stages, f"chain bwd {name} {tag}", factory=("bwd_kernel", L)))
+    return jobs
 
 
 def aot_jobs() -> List[Dict]:
@@ -84,13 +141,39 @@ def aot_jobs() -> List[Dict]:
             _job("linear_act", "sum_splits_kernel", dtype, {"BLOCK": rb}, ("src_ptr",), (), (), rw, 1,
                  f"sum_splits {rb} w{rw} {dtype}"),
         ]
-    return jobs
+    return jobs + chain_jobs()
 
 
 def init_worker() -> None:
     """Pool initializer: compiled (not interpreted) kernels whatever the parent runs with."""
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 = its default
+
+
+def _resource_usage(kernel) -> Dict:
+    """Registers a thread and local memory (spills, stack) of the compiled cubin, from the
+    ``cuobjdump`` Triton ships (``{}`` where it is missing or its output is not understood)."""
+    import re
+    import subprocess
+    import tempfile
+
+    try:
+        from triton import knobs
+
+        tool = knobs.nvidia.cuobjdump.path
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                  timeout=60).stdout
+    except Exception:
+        return {}
+    out = {}
+    for key, name in (("REG", "registers"), ("STACK", "stack_bytes"), ("LOCAL", "local_bytes")):
+        m = re.search(rf"\b{key}:(\d+)", text)
+        if m:
+            out[name] = int(m.group(1))
+    return out
 
 
 def compile_job(job: Dict) -> Dict:
@@ -108,7 +191,8 @@ def compile_job(job: Dict) -> Dict:
         mod = importlib.import_module(f"aecomp.kernels.{job['module']}")
         if mod.INTERPRETED:
             raise RuntimeError("kernels were defined under TRITON_INTERPRET=1; AOT needs compiled kernels")
-        fn = getattr(mod, job["kernel"])
+        factory = job.get("factory")
+        fn = getattr(mod, factory[0])(*factory[1:]) if factory else getattr(mod, job["kernel"])
         data = _TL[job["dtype"]]
         constexprs = dict(job["constexprs"])
         signature, attrs = {}, {}
@@ -134,7 +218,8 @@ def compile_job(job: Dict) -> Dict:
         kernel = triton.compile(src, target=GPUTarget(*HOPPER),
                                 options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
         ptx = kernel.asm["ptx"]
-        out.update(ok=True, shared=int(kernel.metadata.shared), wgmma="wgmma" in ptx)
+        out.update(ok=True, shared=int(kernel.metadata.shared), wgmma="wgmma" in ptx,
+                   wgmma_count=ptx.count("wgmma.mma_async"), **_resource_usage(kernel))
     except Exception:
         out.update(ok=False, error=traceback.format_exc())
     out["seconds"] = round(time.time() - t0, 2)

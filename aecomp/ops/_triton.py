@@ -9,10 +9,35 @@ Ops (namespace ``aecomp_triton``, separate from the C++ ``aecomp`` ops; same sch
     aecomp_triton::mse_loss_backward(grad, input, target, reduction,
                                      need_input, need_target) -> (d input, d target)
 
+    aecomp_triton::mlp_forward(x, weights[], biases[], has_bias[], activations) -> [y_0 .. y_{L-1}]
+    aecomp_triton::mlp_backward(grad, x, weights[], outputs[], activations, need_x,
+                                need_bias[]) -> [dx, dW_0 .. dW_{L-1}, db_0 .. db_{L-1}]
+    aecomp_triton::mlp_mse_forward(x, weights[], biases[], has_bias[], activations, target,
+                                   reduction) -> [loss, y_0 .. y_{L-1}]
+    aecomp_triton::mlp_mse_backward(grad, x, weights[], outputs[], activations, target, reduction,
+                                    need_x, need_bias[]) -> [dx, dW_0 .., db_0 ..]
+    aecomp_triton::mlp(x, weights[], biases?[], activations) -> y
+    aecomp_triton::mlp_mse_loss(x, weights[], biases?[], activations, target, reduction) -> loss
+
+The chain ops take the activations as ONE comma-separated string ("relu,relu,none"), like
+the C++ ``aecomp::mlp*`` ops, whose schemas ``mlp``, ``mlp_forward``, ``mlp_backward``,
+``mlp_mse_loss`` and ``mlp_mse_backward`` share. ``mlp_forward`` returns every layer's output
+(``[M, D_{i+1}]``, batch dims flattened: what the backward needs) and ``mlp_mse_forward`` the
+loss first; ``mlp`` and ``mlp_mse_loss`` are CompositeImplicitAutograd ops over them (the
+last output viewed to ``[..., D_L]``; the loss), so they need no autograd or fake of their
+own and torch.compile sees through them to the kernels.
+
+Biases: the two forward ops take the *defined* biases as a ``Tensor[]`` plus a per-layer
+``has_bias`` mask (the packing the C++ autograd function does too), not ``Tensor?[]``:
+``torch.library``'s autograd treats a tensor list that holds a ``None`` as one opaque
+argument, so a chain with some bias-free layers would silently get no bias gradients.
+
 A gradient that is not needed comes back as an empty tensor of shape ``[0]``. Autograd is
 registered with ``torch.library.register_autograd``: linear_act saves ``x``, ``weight`` and
-its output ``y`` (the backward uses ``act'(y)``); mse_loss saves ``input`` and ``target``.
-``mlp`` is a Python chain of ``linear_act`` for now.
+its output ``y`` (the backward uses ``act'(y)``); mse_loss saves ``input`` and ``target``;
+mlp_forward saves ``x``, the weights and every layer output (the intermediates are marked
+non-differentiable: only the last output carries a gradient), mlp_mse_forward the same plus
+``target``; the loss gradient enters the chain backward in one kernel (the fused entry).
 
 Registration depends on how this process runs Triton (decided when triton is imported):
 
@@ -27,7 +52,7 @@ Registration depends on how this process runs Triton (decided when triton is imp
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -35,6 +60,7 @@ import triton
 from aecomp.kernels.linear_act import INTERPRETED
 from aecomp.kernels.linear_act import linear_act_backward as _linear_act_backward_launch
 from aecomp.kernels.linear_act import linear_act_forward as _linear_act_forward_launch
+from aecomp.kernels import mlp as _mlp_kernels
 from aecomp.kernels.mse import mse_backward as _mse_backward_launch
 from aecomp.kernels.mse import mse_forward as _mse_forward_launch
 
@@ -122,6 +148,176 @@ def _mse_loss_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Te
 
 
 # ----------------------------------------------------------------------------------------
+# chain op bodies
+# ----------------------------------------------------------------------------------------
+def _acts(op: str, activations, n: int) -> List[str]:
+    if not isinstance(activations, str):
+        raise TypeError(f"{op}: activations must be one comma-separated string, got {type(activations).__name__}")
+    acts = activations.split(",")
+    if len(acts) != n:
+        raise ValueError(f"{op}: got {n} weights but {len(acts)} activations ({activations!r}); "
+                         "give one activation per layer")
+    for a in acts:
+        _checks.check_activation(op, a)
+    return acts
+
+
+def _check_chain(op: str, x, weights, biases, activations) -> List[str]:
+    """The C++ check_mlp's checks and wording, plus the backend's dtypes and device."""
+    _checks.check_tensor(op, "x", x)
+    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
+        raise ValueError(f"{op}: weights must be a non-empty list of [out, in] tensors")
+    n = len(weights)
+    if biases is None:
+        biases = [None] * n
+    if len(biases) != n:
+        raise ValueError(f"{op}: got {n} weights but {len(biases)} biases (use None for a layer without bias)")
+    acts = _acts(op, activations, n)
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least 1 dimension [..., in_features], got shape {_checks.shape_str(x)}")
+    _checks.check_dtype(op, "x", x, DTYPES)
+    width = x.shape[-1]
+    for i, w in enumerate(weights):
+        _checks.check_tensor(op, f"weights[{i}]", w)
+        ws = _checks.shape_str(w)
+        if w.dim() != 2:
+            raise ValueError(f"{op}: weights[{i}] must be 2-D [out, in], got shape {ws}")
+        if w.shape[1] != width:
+            prev = "x.shape[-1]" if i == 0 else f"weights[{i - 1}].shape[0]"
+            raise ValueError(f"{op}: weights[{i}].shape[1] = {w.shape[1]} does not match {prev} = {width} "
+                             f"(weights[{i}]: {ws}, x: {_checks.shape_str(x)})")
+        if w.dtype != x.dtype:
+            raise TypeError(f"{op}: weights[{i}] has dtype {w.dtype} but x has dtype {x.dtype} (weights[{i}]: {ws})")
+        if w.device != x.device:
+            raise ValueError(f"{op}: weights[{i}] is on {w.device} but x is on {x.device} (weights[{i}]: {ws})")
+        b = biases[i]
+        if b is not None:
+            _checks.check_tensor(op, f"biases[{i}]", b)
+            if b.dim() != 1 or b.shape[0] != w.shape[0]:
+                raise ValueError(f"{op}: biases[{i}] must have shape [{w.shape[0]}] (weights[{i}].shape[0]), "
+                                 f"got {_checks.shape_str(b)}")
+            if b.dtype != x.dtype:
+                raise TypeError(f"{op}: biases[{i}] has dtype {b.dtype} but x has dtype {x.dtype}")
+            if b.device != x.device:
+                raise ValueError(f"{op}: biases[{i}] is on {b.device} but x is on {x.device}")
+        width = w.shape[0]
+    _check_device(op, "x", x)
+    return acts
+
+
+def _chain_out_shape(x, weights) -> Tuple[int, ...]:
+    return (*x.shape[:-1], weights[-1].shape[0])
+
+
+def _check_target(op: str, x, weights, target, reduction) -> None:
+    _checks.check_tensor(op, "target", target)
+    _checks.check_reduction(op, reduction)
+    want = _chain_out_shape(x, weights)
+    if tuple(target.shape) != want:
+        raise ValueError(f"{op}: target must have the chain output's shape [{', '.join(map(str, want))}], "
+                         f"got {_checks.shape_str(target)} (x: {_checks.shape_str(x)}, "
+                         f"weights[-1]: {_checks.shape_str(weights[-1])})")
+    if target.dtype != x.dtype:
+        raise TypeError(f"{op}: target has dtype {target.dtype} but x has dtype {x.dtype} "
+                        f"(target: {_checks.shape_str(target)})")
+    if target.device != x.device:
+        raise ValueError(f"{op}: target is on {target.device} but x is on {x.device} "
+                         f"(target: {_checks.shape_str(target)})")
+
+
+def _check_chain_backward(op: str, x, weights, outputs, activations, need_bias) -> List[str]:
+    acts = _check_chain(op, x, weights, None, activations)
+    n = len(weights)
+    if len(outputs) != n or len(need_bias) != n:
+        raise ValueError(f"{op}: got {n} weights, {len(outputs)} saved outputs and {len(need_bias)} need_bias "
+                         "flags; they must match")
+    rows = 1
+    for d in x.shape[:-1]:
+        rows *= d
+    for i, (o, w) in enumerate(zip(outputs, weights)):
+        _checks.check_tensor(op, f"outputs[{i}]", o)
+        want = (rows, w.shape[0])
+        if tuple(o.shape) != want and tuple(o.shape) != (*x.shape[:-1], w.shape[0]):
+            raise ValueError(f"{op}: outputs[{i}] must have shape [{rows}, {w.shape[0]}] (layer {i}'s output, "
+                             f"batch dims flattened), got {_checks.shape_str(o)} (x: {_checks.shape_str(x)})")
+        if o.dtype != x.dtype or o.device != x.device:
+            raise TypeError(f"{op}: outputs[{i}] is {o.dtype} on {o.device} but x is {x.dtype} on {x.device}")
+    return acts
+
+
+def _check_grad(op: str, grad, x, weights, want_shapes) -> None:
+    _checks.check_tensor(op, "grad", grad)
+    if tuple(grad.shape) not in want_shapes:
+        alts = " or ".join("[" + ", ".join(map(str, s)) + "]" for s in want_shapes)
+        raise ValueError(f"{op}: grad must have shape {alts}, got {_checks.shape_str(grad)} "
+                         f"(x: {_checks.shape_str(x)}, weights[-1]: {_checks.shape_str(weights[-1])})")
+    if grad.dtype != x.dtype or grad.device != x.device:
+        raise TypeError(f"{op}: grad is {grad.dtype} on {grad.device} but x is {x.dtype} on {x.device}")
+
+
+def _rows_of(x) -> int:
+    rows = 1
+    for d in x.shape[:-1]:
+        rows *= d
+    return rows
+
+
+def _unpack_biases(op: str, biases, has_bias, n: int) -> List[Optional[torch.Tensor]]:
+    """Layer-ordered biases (None where a layer has none) from the defined ones and the mask."""
+    if len(has_bias) != n or sum(1 for h in has_bias if h) != len(biases):
+        raise ValueError(f"{op}: has_bias {list(has_bias)} must have one flag per layer ({n}) and as many set "
+                         f"flags as defined biases ({len(biases)})")
+    it = iter(biases)
+    return [next(it) if h else None for h in has_bias]
+
+
+def _pack_biases(biases) -> Tuple[List[torch.Tensor], List[int]]:
+    return [b for b in biases if b is not None], [int(b is not None) for b in biases]
+
+
+def _mlp_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor], has_bias: List[int],
+                 activations: str) -> List[torch.Tensor]:
+    op = f"{NAMESPACE}::mlp"
+    biases = _unpack_biases(op, biases, has_bias, len(weights))
+    acts = _check_chain(op, x, weights, biases, activations)
+    outputs, _ = _mlp_kernels.chain_forward(x, weights, biases, acts, wrap_triton=_wrap)
+    return outputs
+
+
+def _mlp_backward(grad: torch.Tensor, x: torch.Tensor, weights: List[torch.Tensor], outputs: List[torch.Tensor],
+                  activations: str, need_x: bool, need_bias: List[int]) -> List[torch.Tensor]:
+    op = f"{NAMESPACE}::mlp_backward"
+    acts = _check_chain_backward(op, x, weights, outputs, activations, need_bias)
+    n = weights[-1].shape[0]
+    _check_grad(op, grad, x, weights, [(_rows_of(x), n), _chain_out_shape(x, weights)])
+    dx, dws, dbs = _mlp_kernels.chain_backward(grad, x, weights, outputs, acts, need_x, [bool(b) for b in need_bias],
+                                               wrap_triton=_wrap)
+    return [dx, *dws, *dbs]
+
+
+def _mlp_mse_forward(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor], has_bias: List[int],
+                     activations: str, target: torch.Tensor, reduction: str) -> List[torch.Tensor]:
+    op = f"{NAMESPACE}::mlp_mse_loss"
+    biases = _unpack_biases(op, biases, has_bias, len(weights))
+    acts = _check_chain(op, x, weights, biases, activations)
+    _check_target(op, x, weights, target, reduction)
+    outputs, loss = _mlp_kernels.chain_forward(x, weights, biases, acts, target, reduction, wrap_triton=_wrap)
+    return [loss, *outputs]
+
+
+def _mlp_mse_backward(grad: torch.Tensor, x: torch.Tensor, weights: List[torch.Tensor], outputs: List[torch.Tensor],
+                      activations: str, target: torch.Tensor, reduction: str, need_x: bool,
+                      need_bias: List[int]) -> List[torch.Tensor]:
+    op = f"{NAMESPACE}::mlp_mse_backward"
+    acts = _check_chain_backward(op, x, weights, outputs, activations, need_bias)
+    _check_target(op, x, weights, target, reduction)
+    _check_grad(op, grad, x, weights, [tuple(target.shape) if reduction == "none" else ()])
+    dx, dws, dbs = _mlp_kernels.chain_backward(grad, x, weights, outputs, acts, need_x, [bool(b) for b in need_bias],
+                                               target, reduction, wrap_triton=_wrap)
+    return [dx, *dws, *dbs]
+
+
+# ----------------------------------------------------------------------------------------
 # shape functions (interpreted mode's fakes)
 # ----------------------------------------------------------------------------------------
 def _linear_act_fake(x, weight, bias, activation):
@@ -147,13 +343,51 @@ def _mse_loss_backward_fake(grad, input, target, reduction, need_input, need_tar
             target.new_empty(target.shape) if need_target else target.new_empty((0,)))
 
 
-def _define(name: str, body, fake):
+def _mlp_forward_fake(x, weights, biases, has_bias, activations):
+    op = f"{NAMESPACE}::mlp"
+    _check_chain(op, x, weights, _unpack_biases(op, biases, has_bias, len(weights)), activations)
+    rows = _rows_of(x)
+    return [x.new_empty((rows, w.shape[0])) for w in weights]
+
+
+def _chain_grads_fake(x, weights, need_x, need_bias):
+    gx = x.new_empty(x.shape) if need_x else x.new_empty((0,))
+    gw = [w.new_empty(w.shape) for w in weights]
+    gb = [w.new_empty((w.shape[0],)) if nb else w.new_empty((0,)) for w, nb in zip(weights, need_bias)]
+    return [gx, *gw, *gb]
+
+
+def _mlp_backward_fake(grad, x, weights, outputs, activations, need_x, need_bias):
+    op = f"{NAMESPACE}::mlp_backward"
+    _check_chain_backward(op, x, weights, outputs, activations, need_bias)
+    _check_grad(op, grad, x, weights, [(_rows_of(x), weights[-1].shape[0]), _chain_out_shape(x, weights)])
+    return _chain_grads_fake(x, weights, need_x, need_bias)
+
+
+def _mlp_mse_forward_fake(x, weights, biases, has_bias, activations, target, reduction):
+    op = f"{NAMESPACE}::mlp_mse_loss"
+    _check_chain(op, x, weights, _unpack_biases(op, biases, has_bias, len(weights)), activations)
+    _check_target(op, x, weights, target, reduction)
+    loss = x.new_empty(target.shape if reduction == "none" else ())
+    rows = _rows_of(x)
+    return [loss, *[x.new_empty((rows, w.shape[0])) for w in weights]]
+
+
+def _mlp_mse_backward_fake(grad, x, weights, outputs, activations, target, reduction, need_x, need_bias):
+    op = f"{NAMESPACE}::mlp_mse_backward"
+    _check_chain_backward(op, x, weights, outputs, activations, need_bias)
+    _check_target(op, x, weights, target, reduction)
+    _check_grad(op, grad, x, weights, [tuple(target.shape) if reduction == "none" else ()])
+    return _chain_grads_fake(x, weights, need_x, need_bias)
+
+
+def _define(name: str, body, fake, schema: Optional[str] = None):
     qualname = f"{NAMESPACE}::{name}"
     if INTERPRETED:
-        op = torch.library.custom_op(qualname, body, mutates_args=())
+        op = torch.library.custom_op(qualname, body, mutates_args=(), schema=schema)
         op.register_fake(fake)
     else:
-        op = torch.library.triton_op(qualname, body, mutates_args=())
+        op = torch.library.triton_op(qualname, body, mutates_args=(), schema=schema)
     return op
 
 
@@ -161,6 +395,42 @@ linear_act_op = _define("linear_act", _linear_act, _linear_act_fake)
 linear_act_backward_op = _define("linear_act_backward", _linear_act_backward, _linear_act_backward_fake)
 mse_loss_op = _define("mse_loss", _mse_loss, _mse_loss_fake)
 mse_loss_backward_op = _define("mse_loss_backward", _mse_loss_backward, _mse_loss_backward_fake)
+mlp_forward_op = _define(
+    "mlp_forward", _mlp_forward, _mlp_forward_fake,
+    "(Tensor x, Tensor[] weights, Tensor[] biases, int[] has_bias, str activations) -> Tensor[]")
+mlp_backward_op = _define(
+    "mlp_backward", _mlp_backward, _mlp_backward_fake,
+    "(Tensor grad, Tensor x, Tensor[] weights, Tensor[] outputs, str activations, bool need_x, "
+    "int[] need_bias) -> Tensor[]")
+mlp_mse_forward_op = _define(
+    "mlp_mse_forward", _mlp_mse_forward, _mlp_mse_forward_fake,
+    "(Tensor x, Tensor[] weights, Tensor[] biases, int[] has_bias, str activations, Tensor target, "
+    "str reduction) -> Tensor[]")
+mlp_mse_backward_op = _define(
+    "mlp_mse_backward", _mlp_mse_backward, _mlp_mse_backward_fake,
+    "(Tensor grad, Tensor x, Tensor[] weights, Tensor[] outputs, str activations, Tensor target, "
+    "str reduction, bool need_x, int[] need_bias) -> Tensor[]")
+
+# The user-facing chain ops: CompositeImplicitAutograd over the ops above (autograd, fake and
+# torch.compile all go through the decomposition).
+_LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
+_LIB.define("mlp(Tensor x, Tensor[] weights, Tensor?[] biases, str activations) -> Tensor")
+_LIB.define("mlp_mse_loss(Tensor x, Tensor[] weights, Tensor?[] biases, str activations, Tensor target, "
+            "str reduction) -> Tensor")
+
+
+def _mlp_composite(x, weights, biases, activations):
+    defined, has = _pack_biases(biases)
+    return mlp_forward_op(x, weights, defined, has, activations)[-1].view(_chain_out_shape(x, weights))
+
+
+def _mlp_mse_loss_composite(x, weights, biases, activations, target, reduction):
+    defined, has = _pack_biases(biases)
+    return mlp_mse_forward_op(x, weights, defined, has, activations, target, reduction)[0]
+
+
+_LIB.impl("mlp", _mlp_composite, "CompositeImplicitAutograd")
+_LIB.impl("mlp_mse_loss", _mlp_mse_loss_composite, "CompositeImplicitAutograd")
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,8 +465,83 @@ def _mse_grad(ctx, grad):
     return (gi if need_input else None, gt if need_target else None, None)
 
 
+def _chain_setup(ctx, x, weights, has_bias, activations, outputs, non_differentiable, extra=()):
+    ctx.save_for_backward(x, *extra, *weights, *outputs)
+    ctx.layers = len(weights)
+    ctx.activations = activations
+    ctx.has_bias = [bool(h) for h in has_bias]
+    # only the chain's output (mlp_forward) or the loss (mlp_mse_forward) carries a gradient;
+    # one call: mark_non_differentiable replaces what an earlier call marked
+    ctx.mark_non_differentiable(*non_differentiable)
+    ctx.set_materialize_grads(False)
+
+
+def _need_bias(ctx) -> List[int]:
+    """Per layer: whether its bias needs a gradient (needs_input_grad[2] covers the defined ones)."""
+    needs = iter(ctx.needs_input_grad[2])
+    return [int(bool(next(needs))) if has else 0 for has in ctx.has_bias]
+
+
+def _chain_grads(ctx, g: List[torch.Tensor], need_bias: List[int]):
+    L = ctx.layers
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gx = g[0] if need_x else None
+    gw = [g[1 + i] if need_w[i] else None for i in range(L)]
+    gb = [g[1 + L + i] if need_bias[i] else None for i in range(L) if ctx.has_bias[i]]
+    return gx, gw, gb
+
+
+def _no_grads(ctx):
+    return None, [None] * ctx.layers, [None] * sum(ctx.has_bias)
+
+
+def _mlp_forward_setup_context(ctx, inputs, output):
+    x, weights, biases, has_bias, activations = inputs
+    _chain_setup(ctx, x, weights, has_bias, activations, output, output[:-1])
+
+
+def _mlp_forward_grad(ctx, grads):
+    grad = grads[-1]
+    if grad is None:
+        return (*_no_grads(ctx), None, None)
+    L = ctx.layers
+    saved = ctx.saved_tensors
+    x, weights, outputs = saved[0], list(saved[1:1 + L]), list(saved[1 + L:])
+    need_bias = _need_bias(ctx)
+    g = mlp_backward_op(grad, x, weights, outputs, ctx.activations, bool(ctx.needs_input_grad[0]), need_bias)
+    return (*_chain_grads(ctx, g, need_bias), None, None)
+
+
+def _mlp_mse_forward_setup_context(ctx, inputs, output):
+    x, weights, biases, has_bias, activations, target, reduction = inputs
+    _chain_setup(ctx, x, weights, has_bias, activations, output[1:], output[1:], extra=(target,))
+    ctx.reduction = reduction
+
+
+def _mlp_mse_forward_grad(ctx, grads):
+    grad = grads[0]
+    if grad is None:
+        return (*_no_grads(ctx), None, None, None, None)
+    L = ctx.layers
+    saved = ctx.saved_tensors
+    x, target, weights, outputs = saved[0], saved[1], list(saved[2:2 + L]), list(saved[2 + L:])
+    need_bias = _need_bias(ctx)
+    g = mlp_mse_backward_op(grad, x, weights, outputs, ctx.activations, target, ctx.reduction,
+                            bool(ctx.needs_input_grad[0]), need_bias)
+    gt = None
+    if ctx.needs_input_grad[5]:
+        # d loss / d target = -2 (y - t) g / n: the one term that does not pass through the chain
+        y = outputs[-1].view(target.shape)
+        gt = mse_loss_backward_op(grad, y, target, ctx.reduction, False, True)[1]
+    return (*_chain_grads(ctx, g, need_bias), None, None, gt, None)
+
+
 torch.library.register_autograd(f"{NAMESPACE}::linear_act", _linear_act_grad, setup_context=_linear_act_setup_context)
 torch.library.register_autograd(f"{NAMESPACE}::mse_loss", _mse_grad, setup_context=_mse_setup_context)
+torch.library.register_autograd(f"{NAMESPACE}::mlp_forward", _mlp_forward_grad,
+                                setup_context=_mlp_forward_setup_context)
+torch.library.register_autograd(f"{NAMESPACE}::mlp_mse_forward", _mlp_mse_forward_grad,
+                                setup_context=_mlp_mse_forward_setup_context)
 
 
 # ----------------------------------------------------------------------------------------
@@ -217,9 +562,24 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch
 def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
         activations: Sequence[str]) -> torch.Tensor:
     _checks.check_mlp("aecomp::mlp", x, weights, biases, activations)
-    for w, b, a in zip(weights, biases, activations):
-        x = linear_act(x, w, b, a)
-    return x
+    weights, biases = list(weights), list(biases)
+    acts = ",".join(activations)
+    _check_chain("aecomp::mlp", x, weights, biases, acts)
+    return torch.ops.aecomp_triton.mlp.default(x, weights, biases, acts)
+
+
+def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+                 activations: Sequence[str], target: torch.Tensor, reduction: str) -> torch.Tensor:
+    _checks.check_mlp("aecomp::mlp_mse_loss", x, weights, biases, activations)
+    weights, biases = list(weights), list(biases)
+    acts = ",".join(activations)
+    _check_chain("aecomp::mlp_mse_loss", x, weights, biases, acts)
+    _check_target("aecomp::mlp_mse_loss", x, weights, target, reduction)
+    return torch.ops.aecomp_triton.mlp_mse_loss.default(x, weights, biases, acts, target, reduction)
+
+
+def describe_mlp() -> str:
+    return _mlp_kernels.describe()
 
 
 def _probe() -> Tuple[bool, str]:
@@ -243,7 +603,8 @@ BACKEND = Backend(
     probe=_probe,
     devices=_devices,
     dtypes={"cuda": frozenset(DTYPES), "cpu": frozenset(DTYPES)},
-    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp},
+    ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp, "mlp_mse_loss": mlp_mse_loss},
+    describe_mlp=describe_mlp,
     how_to_get=(
         "The triton backend needs `pip install triton` and an NVIDIA GPU; for CPU tensors start Python with "
         "TRITON_INTERPRET=1 (Triton's interpreter, slow)."
