@@ -93,7 +93,11 @@ CUDA = Backend(
     devices=lambda: frozenset({"cuda"}),
     dtypes={"cuda": frozenset({torch.float32, torch.bfloat16, torch.float16})},
     ops={"linear_act": linear_act, "mse_loss": mse_loss, "mlp": mlp, "mlp_mse_loss": mlp_mse_loss},
-    describe_mlp=lambda: "whole chain in one C++ call; one CUDA kernel launch set per layer",
+    describe_mlp=lambda: (
+        "one fused forward kernel per chain when every inner width <= 256 and <= 16 layers (tensor cores "
+        "for bf16/fp16 with widths a multiple of 8, else SIMT), else one linear_act per layer "
+        "(AECOMP_CUDA_MLP=layers forces that); backward: fused MSE loss entry, then per-layer dgrad/wgrad"
+    ),
     fast_ops=_fast_ops(),
     how_to_get="Build on a machine with nvcc and a CUDA build of torch: `pip install --no-build-isolation -e .`.",
 )

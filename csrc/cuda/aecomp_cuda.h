@@ -66,4 +66,35 @@ cudaError_t mse_forward(DType dt, int64_t n, const void* a, const void* b, int r
 cudaError_t mse_backward(DType dt, int64_t n, const void* grad, bool grad_is_scalar, const void* a, const void* b,
                          int reduction, void* grad_a, void* grad_b, cudaStream_t stream);
 
+// ---------------------------------------------------------------- mlp (layer chains, mlp.cu)
+// A chain of L layers, h_0 = x [M, widths[0]], y_i = h_{i+1} = act_i(h_i W_i^T + b_i) with
+// W_i [widths[i + 1], widths[i]] contiguous, b_i [widths[i + 1]] or null, y_i contiguous.
+
+// The fused chain kernel keeps a block's rows of every intermediate activation on chip: it
+// takes chains of at most CHAIN_MAX_LAYERS layers whose widths are all >= 1 and whose
+// intermediate widths (widths[1 .. L-1]) are at most CHAIN_MAX_WIDTH; the input and output
+// widths are not limited (x is streamed, a wide last layer takes several column passes).
+constexpr int CHAIN_MAX_LAYERS = 16;
+constexpr int CHAIN_MAX_WIDTH = 256;
+bool mlp_chain_fusable(int L, const int* widths);
+
+// Runs the whole chain in one launch and writes every y_i to out[i]. x has any strides; widths
+// has L + 1 entries. cudaErrorInvalidValue when !mlp_chain_fusable (use linear_act_forward
+// per layer then). bf16/fp16 on sm_80+ with every width a multiple of 8, x's rows contiguous
+// and 16-byte aligned, and w / out 16-byte aligned run on the tensor-core chain kernel; the
+// rest (float32 included, and AECOMP_CUDA_GEMM=simt) on the SIMT chain kernel (fp32 FMAs).
+cudaError_t mlp_chain_forward(DType dt, int M, int L, const int* widths, Mat x, const void* const* w,
+                              const void* const* bias, const int* acts, void* const* out, cudaStream_t stream);
+
+// Bytes of fp32 workspace mlp_loss_entry needs when db is wanted.
+size_t mlp_loss_entry_workspace(int M, int N);
+
+// The fused loss entry of mlp_mse_backward: with y, target [M, N] contiguous,
+//   gz[m, n] = scale * g_mn * (y - target)[m, n] * act'(y[m, n])   (g_mn = grad[0] when
+//   grad_is_scalar, else grad[m, n], contiguous [M, N]),   db[n] = sum_m gz[m, n] (db may be
+// null). gz is contiguous [M, N]. Deterministic (fixed-order sums, no atomics).
+cudaError_t mlp_loss_entry(DType dt, int M, int N, const void* y, const void* target, const void* grad,
+                           bool grad_is_scalar, float scale, int act, void* gz, void* db, void* workspace,
+                           size_t workspace_bytes, cudaStream_t stream);
+
 }  // namespace aecomp_cuda
