@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .compress.cli import add_common_arguments, apply_threads, print_result, settings_from_args
+from .compress.cli import add_common_arguments
 
 __all__ = ["add_arguments", "run"]
 
@@ -26,15 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import UsageError
-    from .compress.pipeline import CompressError, run_compression
+    """`aecomp compress` on the embedded digits, with the demo's defaults."""
+    from .compress.cli import run as run_compress
 
     args.data = "digits"
-    settings = settings_from_args(args)
-    apply_threads(args.threads)
-    try:
-        result = run_compression(settings)
-    except CompressError as exc:
-        raise UsageError(str(exc)) from None
-    print_result(result)
-    return 0
+    return run_compress(args)

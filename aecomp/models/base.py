@@ -96,18 +96,24 @@ class AutoencoderBase(nn.Module):
             raise TypeError(f"loss: batch must be a tensor or an (x, ...) tuple, got {type(batch).__name__}")
         return batch
 
+    # The defaults below fit a model with ``encoder``, ``decoder`` and ``criterion`` modules;
+    # the recurrent model and the VAE override what differs.
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        self._check_input("encode", x)
+        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        self._check_latent("decode", z)
+        return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction ``decode(encode(x))``."""
         return self.decode(self.encode(x))
 
     def loss(self, batch) -> torch.Tensor:
-        raise NotImplementedError
+        """The reconstruction loss ``criterion(self(x), x)`` of the batch's input."""
+        x = self.batch_input(batch)
+        return self.criterion(self(x), x)
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-import torch
 from torch import nn
 
 from ..nn import FusedLinear, FusedMSELoss
@@ -83,14 +82,3 @@ class ConvAutoencoder(AutoencoderBase):
     def latent_dim(self) -> int:
         return self.latent
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input("encode", x)
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_latent("decode", z)
-        return self.decoder(z)
-
-    def loss(self, batch) -> torch.Tensor:
-        x = self.batch_input(batch)
-        return self.criterion(self(x), x)

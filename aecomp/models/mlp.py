@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-import torch
 
 from ..nn import FusedMLP, FusedMSELoss
 from .base import AutoencoderBase, check_backend, check_int_seq, check_output
@@ -45,23 +44,12 @@ class Autoencoder(AutoencoderBase):
     def latent_dim(self) -> int:
         return self.dims[-1]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input("encode", x)
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_latent("decode", z)
-        return self.decoder(z)
-
-    def loss(self, batch) -> torch.Tensor:
-        x = self.batch_input(batch)
-        return self.criterion(self(x), x)
 
     def fused_chain(self):
         """``(layers, backend)``: the loss is ``mse(chain(x), x)`` over these layers, which is
         what ``aecomp.train.FusedStep`` needs to run a training step as one fused call."""
         cls = type(self)
-        if cls.loss is not Autoencoder.loss or cls.forward is not Autoencoder.forward:
+        if cls.loss is not AutoencoderBase.loss or cls.forward is not AutoencoderBase.forward:
             raise NotImplementedError(f"FusedStep: {cls.__name__} overrides loss or forward")
         if self.criterion.reduction != "mean":
             raise NotImplementedError("FusedStep: the fused chain step takes reduction='mean'")
