@@ -39,35 +39,13 @@ from _triton_interp_runner import interpreted  # noqa: E402
 import aecomp  # noqa: E402
 from aecomp import ops  # noqa: E402
 
-F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
-TOL = {F32: 1e-5, BF16: 1.6e-2, F16: 2e-3}
+from _triton_reference import BF16, F16, F32, _act64, _act_grad64, _close  # noqa: E402
 HAS_GPU = torch.cuda.is_available()
 
 
 # ----------------------------------------------------------------------------------------
 # reference and comparison helpers
 # ----------------------------------------------------------------------------------------
-def _act64(z, activation):
-    return {"none": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid}[activation](z)
-
-
-def _act_grad64(y, activation):
-    if activation == "relu":
-        return (y > 0).double()
-    if activation == "sigmoid":
-        return y * (1 - y)
-    return torch.ones_like(y)
-
-
-def _close(actual, expected, dtype, what, tol=None):
-    tol = TOL[dtype] if tol is None else tol
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
-    finite = expected[expected.isfinite()] if expected.numel() else expected
-    scale = finite.abs().max().item() if finite.numel() else 0.0
-    scale = scale or 1.0  # an all-zero (or empty) reference: absolute tolerance
-    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * scale, equal_nan=True,
-                               msg=lambda m: f"{what} ({dtype}): {m}")
 
 
 def _randn(*shape, dtype=F32, device="cpu"):
