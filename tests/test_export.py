@@ -166,3 +166,39 @@ def test_fused_mse_loss_exports(tmp_path):
     (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.tensor(got), model(x).detach(), rtol=TOL, atol=TOL)
     assert "aecomp" not in {n.domain for n in onnx.load(path).graph.node}
+
+
+class _ScriptedChains(torch.nn.Module):
+    """Calls the chain ops by name (a TorchScript user): exercises their TorchScript symbolics."""
+
+    def __init__(self):
+        super().__init__()
+        self.w0 = torch.nn.Parameter(torch.randn(4, 6))
+        self.w1 = torch.nn.Parameter(torch.randn(3, 4))
+        self.b1 = torch.nn.Parameter(torch.randn(3))
+        self.w2 = torch.nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x):
+        y = torch.ops.aecomp.mlp(x, [self.w0, self.w1], [None, self.b1], "relu,sigmoid")
+        loss = torch.ops.aecomp.mlp_mse_loss(x, [self.w0, self.w1, self.w2], [None, self.b1, None],
+                                             "relu,sigmoid,none", x, "sum")
+        return y, loss
+
+
+def test_scripted_chain_ops_export_with_the_torchscript_exporter(tmp_path):
+    import warnings
+
+    import onnxruntime as ort
+
+    import aecomp  # noqa: F401  (registers the ops and their ONNX symbolics)
+
+    model = torch.jit.script(_ScriptedChains())
+    x = torch.rand(5, 6)
+    path = str(tmp_path / "chains.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), path, dynamo=False)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    for g, want in zip(got, model(x)):
+        torch.testing.assert_close(torch.from_numpy(g).reshape(want.shape), want.detach(), rtol=TOL, atol=TOL * 40)
