@@ -88,9 +88,20 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.reshape(-1).to(torch.uint8).numpy()
     if flat.size and int(flat.max()) >= (1 << bits):
         raise ValueError(f"pack_codes: a code is {int(flat.max())}, which does not fit in {bits} bits")
-    # bit j of code k goes to stream position k * bits + j
-    planes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]
-    return torch.from_numpy(np.packbits(planes.reshape(-1), bitorder="little"))
+    return torch.from_numpy(pack_fixed(flat, bits))
+
+
+def pack_fixed(symbols: np.ndarray, width: int) -> np.ndarray:
+    """uint8 bytes of ``symbols`` (uint8 values < 2^width, width 1..8), ``width`` bits each, LSB first."""
+    # bit j of symbol k goes to stream position k * width + j
+    planes = np.unpackbits(np.asarray(symbols, dtype=np.uint8)[:, None], axis=1, bitorder="little")[:, :width]
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def unpack_fixed(data: np.ndarray, width: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_fixed`: ``n`` uint8 symbols."""
+    stream = np.unpackbits(np.asarray(data, dtype=np.uint8), count=n * width, bitorder="little").reshape(n, width)
+    return (stream.astype(np.uint16) << np.arange(width, dtype=np.uint16)).sum(axis=1).astype(np.uint8)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape: Sequence[int]) -> torch.Tensor:
@@ -100,9 +111,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: Sequence[int]) -> torch
     need = (n * bits + 7) // 8
     if packed.numel() != need:
         raise ValueError(f"unpack_codes: {packed.numel()} bytes for {n} codes of {bits} bits, expected {need}")
-    stream = np.unpackbits(packed.to(torch.uint8).numpy(), count=n * bits, bitorder="little").reshape(n, bits)
-    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
-    codes = (stream.astype(np.uint16) * weights).sum(axis=1).astype(np.uint8)
+    codes = unpack_fixed(packed.to(torch.uint8).numpy(), bits, n)
     return torch.from_numpy(codes).view(*[int(s) for s in shape])
 
 
