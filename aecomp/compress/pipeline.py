@@ -32,7 +32,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -79,6 +79,13 @@ class CompressSettings:
     latency_repeats: int = 100
     export: bool = True
     backend: Optional[str] = None
+    # issue 14: trained weight sharing, entropy-coded files, distillation
+    bits: List[int] = field(default_factory=lambda: [3, 4, 5])  # shared bits of the pruned nets
+    share_epochs: int = 10  # codebook fine-tuning epochs
+    share_lr: float = 1e-3
+    distill: bool = True  # also train each compressed net distilled from the baseline (-kd rows)
+    temperature: float = 4.0
+    alpha: float = 0.7
 
     def modes(self) -> Tuple[str, ...]:
         return MODES if self.mode == "all" else (self.mode,)
@@ -104,6 +111,14 @@ def _check(s: CompressSettings) -> None:
             raise CompressError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     if s.hidden is not None and any(h < 1 for h in s.hidden):
         raise CompressError(f"--hidden widths must be positive, got {s.hidden}")
+    if any(not isinstance(b, int) or not 2 <= b <= 8 for b in s.bits):
+        raise CompressError(f"--bits must be integers in 2..8, got {s.bits}")
+    if s.share_epochs < 0:
+        raise CompressError(f"--share-epochs must be >= 0, got {s.share_epochs}")
+    if not (math.isfinite(s.temperature) and s.temperature > 0):
+        raise CompressError(f"--temperature must be a positive number, got {s.temperature}")
+    if not 0.0 <= s.alpha <= 1.0:
+        raise CompressError(f"--alpha must be in [0, 1], got {s.alpha}")
 
 
 def load_labeled(s: CompressSettings) -> data_mod.Splits:
@@ -214,6 +229,30 @@ class _Run:
         self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
         return row
 
+    def coded_row(self, name: str, description: str, packed, model: nn.Module,
+                  splits: data_mod.Splits) -> Dict[str, Any]:
+        """Write ``packed`` (a ``share.PackedNet``) entropy-coded, load it back, measure what was loaded."""
+        from . import coding
+
+        path = self.out / "models" / f"{name}.aecc"
+        nbytes = coding.save_coded(packed, path)
+        loaded = coding.load_coded(path).to_model(backend=self.s.backend)
+        te = splits.test
+        b1, b256 = self.latency(loaded, te.x)
+        sparse = any(layer.mask is not None for layer in packed.layers)
+        nonzero = packed.nnz() + sum(layer.bias.numel() for layer in packed.layers if layer.bias is not None)
+        bits = sorted({getattr(layer, "bits", 8) for layer in packed.layers})
+        row = {"name": name, "description": description, "params": nonzero, "bytes": nbytes,
+               "accuracy": accuracy(loaded, te.x, te.y), "recon_mse": None, "latency_ms_b1": b1,
+               "latency_ms_b256": b256, "macs": storage.macs(loaded, sparse=sparse),
+               "float32_bytes": storage.payload_bytes(model, "float32", sparse),
+               "int8_bytes": storage.payload_bytes(model, "int8", sparse),
+               "values": "shared" if hasattr(packed.layers[0], "codebook") else "int8", "bits": bits[-1],
+               "storage": "coded-sparse" if sparse else "coded-dense", "file": str(path)}
+        self.rows.append(row)
+        self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
+        return row
+
     def autoencoder_row(self, name: str, description: str, ae: nn.Module, splits: data_mod.Splits) -> Dict[str, Any]:
         path = self.out / "models" / f"{name}.safetensors"
         nbytes = storage.save_float32(ae.state_dict(), path, metadata={"aecomp": json.dumps({"config": ae.config})})
@@ -300,26 +339,8 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
     frozen: Optional[CompressedNet] = None
     for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
         t = time.perf_counter()
-        torch.manual_seed(s.seed + 1)
-        if mode == "replace":
-            net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
-                                                 backend=s.backend)
-            fit = train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
-        elif mode == "frozen":
-            net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
-            fit = train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
-            frozen = net
-        else:
-            if frozen is not None:
-                import copy
-
-                net = copy.deepcopy(frozen)
-                head_ready = True
-            else:
-                net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
-                head_ready = False
-            fit = train_compressed(net, tr.x, tr.y, mode="finetune", epochs=s.epochs, lr=s.head_lr,
-                                   finetune_factor=s.finetune_lr / s.head_lr, head_ready=head_ready, **fit_kw)
+        net, fit = _train_mode(s, mode, ae, base, classes, frozen, tr, fit_kw)
+        frozen = net if mode == "frozen" else frozen
         name = f"compressed-{mode}"
         run.timed(name, t)
         run.checkpoint(name, net, s.epochs, fit, splits)
@@ -327,18 +348,26 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
         run.classifier_row(name, f"encoder {'-'.join(map(str, net.encoder.dims))} + head "
                                  f"{'-'.join(map(str, net.head.dims))}, {mode}", net, splits)
 
+    # 4b. (issue 14) the same compressed nets trained distilled from the baseline: -kd ------------
+    distill_of: Dict[str, Any] = {}
+    if s.distill:
+        distill_of = _distilled_nets(run, s, models, base, ae, splits, classes, fit_kw)
+
     # 5. pruning and int8 ----------------------------------------------------------------------
     for name, model in models.items():
         sp = s.sparsity if name == "baseline" else s.sparsity_compressed
         tag = f"pruned{int(round(sp * 100))}"
         run.classifier_row(f"{name}-int8", f"{name}, int8 per-channel weights", model, splits, values="int8")
         t = time.perf_counter()
-        pruned = prune_and_retrain(model, sp, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr, **fit_kw)
+        pruned = prune_and_retrain(model, sp, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr,
+                                   distill=distill_of.get(name), progress=f"{name}-{tag}", **fit_kw)
         run.timed(f"{name}-{tag}", t)
         run.classifier_row(f"{name}-{tag}", f"{name}, {sp:.0%} of weights pruned, sparse float32", pruned, splits,
                            sparse=True)
         run.classifier_row(f"{name}-{tag}-int8", f"{name}, {sp:.0%} pruned, sparse int8", pruned, splits,
                            values="int8", sparse=True)
+        # 5b. (issue 14) shared weights and entropy-coded files
+        _shared_rows(run, s, name, tag, model, pruned, splits, distill_of.get(name), fit_kw)
 
     # 6. ONNX ----------------------------------------------------------------------------------
     onnx_info: List[Dict[str, Any]] = []
@@ -382,6 +411,77 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
             "files": files, "seconds": seconds}
 
 
+def _train_mode(s: CompressSettings, mode: str, ae: nn.Module, base: nn.Module, classes: int,
+                frozen: Optional[CompressedNet], tr: data_mod.Dataset,
+                fit_kw: Dict[str, Any]) -> Tuple[CompressedNet, Dict[str, Any]]:
+    """A CompressedNet trained in ``mode`` (``finetune`` starts from ``frozen`` when given)."""
+    import copy
+
+    torch.manual_seed(s.seed + 1)
+    if mode == "replace":
+        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
+                                             backend=s.backend)
+        return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+    if mode == "frozen":
+        net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
+        return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
+    ready = frozen is not None
+    net = copy.deepcopy(frozen) if ready else CompressedNet.from_autoencoder(ae, classes, mode="frozen",
+                                                                            backend=s.backend)
+    return net, train_compressed(net, tr.x, tr.y, mode="finetune", epochs=s.epochs, lr=s.head_lr,
+                                 finetune_factor=s.finetune_lr / s.head_lr, head_ready=ready, **fit_kw)
+
+
+def _distilled_nets(run: "_Run", s: CompressSettings, models: Dict[str, nn.Module], base: nn.Module,
+                    ae: nn.Module, splits: data_mod.Splits, classes: int, fit_kw: Dict[str, Any]) -> Dict[str, Any]:
+    """``compressed-<mode>-kd`` for each mode: trained as ``compressed-<mode>`` but on the
+    distillation loss (teacher: the baseline); adds them to ``models``; returns ``{name: Distill}``
+    for every model whose later steps (pruning, codebooks) train distilled."""
+    from .distill import Distill
+
+    tr = splits.train
+    kd = Distill(base, temperature=s.temperature, alpha=s.alpha)
+    out: Dict[str, Any] = {}
+    frozen_kd: Optional[CompressedNet] = None
+    for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
+        t = time.perf_counter()
+        name = f"compressed-{mode}-kd"
+        net, fit = _train_mode(s, mode, ae, base, classes, frozen_kd, tr, dict(fit_kw, distill=kd, progress=name))
+        frozen_kd = net if mode == "frozen" else frozen_kd
+        run.timed(name, t)
+        run.checkpoint(name, net, s.epochs, fit, splits)
+        models[name] = net
+        out[name] = kd
+        run.classifier_row(name, f"compressed-{mode} distilled from the baseline (T={s.temperature:g}, "
+                                 f"alpha={s.alpha:g})", net, splits)
+    return out
+
+
+def _shared_rows(run: "_Run", s: CompressSettings, name: str, tag: str, model: nn.Module, pruned: nn.Module,
+                 splits: data_mod.Splits, distill, fit_kw: Dict[str, Any]) -> None:
+    """``<name>-int8-coded`` and ``<name>-shared8`` (equal bits: per-channel int8 vs a 256-value
+    k-means codebook per layer, both post-training, both entropy-coded), then
+    ``<name>-<tag>-int8-coded`` and ``<name>-<tag>-shared<b>`` for each ``b`` in ``s.bits``
+    (k-means over the surviving weights, codebooks fine-tuned with the masks kept)."""
+    from .share import finalize, finetune_codebooks, int8_model, share_model
+
+    tr = splits.train
+    run.coded_row(f"{name}-int8-coded", f"{name}, int8 per-channel, entropy-coded", finalize(int8_model(model)),
+                  model, splits)
+    run.coded_row(f"{name}-shared8", f"{name}, 8-bit shared weights (k-means, no fine-tuning), entropy-coded",
+                  finalize(share_model(model, 8, pruned=False)), model, splits)
+    run.coded_row(f"{name}-{tag}-int8-coded", f"{name}, {tag}, int8 per-channel, entropy-coded",
+                  finalize(int8_model(pruned)), pruned, splits)
+    for b in s.bits:
+        t = time.perf_counter()
+        packed = share_model(pruned, b, pruned=True)
+        tuned = finetune_codebooks(packed, tr.x, tr.y, epochs=s.share_epochs, lr=s.share_lr, backend=s.backend,
+                                   distill=distill, progress=f"{name}-{tag}-shared{b}", **fit_kw)
+        run.timed(f"{name}-{tag}-shared{b}", t)
+        run.coded_row(f"{name}-{tag}-shared{b}", f"{name}, {tag}, {b}-bit shared weights (codebooks fine-tuned), "
+                      f"entropy-coded", tuned, pruned, splits)
+
+
 def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """baseline family, PCA, autoencoders, then each compressed family (replace, frozen, finetune);
     within a family: float32, int8, pruned, pruned + int8."""
@@ -389,7 +489,7 @@ def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         n = r["name"]
         fam = 0 if n.startswith("baseline") else 1 if n.startswith("pca") else 2 if n.startswith("autoencoder") else 3
         mode = next((i for i, m in enumerate(MODES) if n.startswith(f"compressed-{m}")), len(MODES))
-        return (fam, mode, "pruned" in n, n.endswith("int8"), n)
+        return (fam, mode, "-kd" in n, "pruned" in n, n.endswith("int8"), n)
     return sorted(rows, key=key)
 
 
