@@ -12,6 +12,14 @@ On one dataset and one seeded train / val / test split:
 5. for the baseline and each compressed net: **-int8** (post-training per-channel int8
    weights), **-pruned<S>** (magnitude pruning to sparsity ``S`` and a few epochs of retraining
    under the mask, stored sparse) and **-pruned<S>-int8** (both);
+4b. with ``distill`` (default on), **compressed-<mode>-kd**: each mode trained on the
+   distillation loss with the baseline as teacher (``aecomp.compress.distill``); its pruning
+   and codebook steps train distilled too;
+5b. (trained weight sharing and entropy coding, ``aecomp.compress.share`` / ``coding``) for the
+   baseline and each compressed net: **-int8-coded** and **-shared8** (per-channel int8 vs an
+   8-bit k-means codebook per layer, both post-training, both entropy-coded: equal bits),
+   **-pruned<S>-int8-coded**, and **-pruned<S>-shared<b>** for each ``b`` in ``bits`` (k-means
+   over the surviving weights, codebooks fine-tuned with the masks kept, entropy-coded);
 6. the report (``aecomp.compress.report``) and, when onnx is installed, ONNX files of the
    compressed nets and of the autoencoder's encoder and decoder, each checked in onnxruntime.
 
@@ -23,6 +31,7 @@ Layout of the output folder::
 
     report.json  report.md  accuracy_vs_bytes.png
     models/<name>.safetensors         the file behind each row's ``bytes``
+    models/<name>.aecc                (coded rows) the entropy-coded file behind ``bytes``
     checkpoints/<name>/ckpt-*/        trained float32 models (``aecomp export`` reads these)
     onnx/<name>.onnx, onnx/autoencoder.encoder.onnx, onnx/autoencoder.decoder.onnx
 """
@@ -374,7 +383,9 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
     notes: List[str] = []
     if s.export:
         t = time.perf_counter()
-        onnx_info, note = export_all(run.out / "onnx", models, ae, te.x)
+        # the -kd nets have the architecture of their mode's net: one ONNX file per mode is enough
+        onnx_info, note = export_all(run.out / "onnx", {k: v for k, v in models.items() if not k.endswith("-kd")},
+                                     ae, te.x)
         if note:
             notes.append(note)
             run.log(note)
@@ -391,6 +402,13 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
         "so latency is that of float32 compute; pruned models run dense).",
         "Latency: median of repeated single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
         "recon MSE: mean over all test elements of (x_hat - x)^2 for the autoencoders and PCA.",
+        f"-shared<b> files: per layer a k-means codebook of 2^b values (float16) over the surviving weights, "
+        f"b-bit codes, codebooks fine-tuned {s.share_epochs} epochs with the pruning masks kept; *-coded and "
+        f"-shared files (.aecc) entropy-code the codes and the kept positions (per stream the smallest of "
+        f"fixed-width, Huffman, lzma, deflate), biases float16, CRC-32; loaded back bit-identical.",
+        f"-kd: trained on the distillation loss, teacher = the baseline, T = {s.temperature:g}, alpha = "
+        f"{s.alpha:g} on the soft targets (1 - alpha on the labels); their pruning and codebook steps too.",
+        "Pruning retrains every parameter, so -pruned rows of the frozen family have a fine-tuned encoder.",
         f"Modes: replace = encoder in place of the baseline's first layer, head = the baseline's back layers "
         f"(latent-100-classes) trained end-to-end at lr {s.lr:g}; frozen = encoder frozen, linear head only (lr "
         f"{s.head_lr:g}); finetune = the frozen net, then encoder and head together at lr "
@@ -403,6 +421,10 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
     paths = compress_report(report_rows, run.out, dataset=splits.spec, latent=s.latent,
                             published=[DEEP_COMPRESSION_LENET_300_100], notes=notes, extra=extra)
     report = json.loads(paths["json"].read_text())
+    best = next((m for m in report["models"] if m["name"] == report.get("smallest_within_1pt")), None)
+    if best is not None:  # issue 14: the headline of the frontier
+        run.log(f"smallest file within 1 point of the baseline: {best['name']}, {best['bytes']:,} bytes "
+                f"({best['ratio']:.1f}x), accuracy {best['accuracy']:.2f}%")
     seconds = time.perf_counter() - run.t0
     run.log(f"done in {seconds:.1f} s")
     files = [paths["json"], paths["md"], paths["png"]] + sorted((run.out / "models").glob("*.safetensors")) \

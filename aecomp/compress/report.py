@@ -203,7 +203,7 @@ def _plot(models: Sequence[Dict[str, Any]], path: Path, title: str,
         if fam not in families:
             families.append(fam)
     colors = {f: palette[i % len(palette)] for i, f in enumerate(families)}
-    fig = Figure(figsize=(8.5, 5.5), dpi=100)
+    fig = Figure(figsize=(11, 5.5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     for m in pts:
         fam, var = _family_variant(m["name"])
@@ -223,7 +223,7 @@ def _plot(models: Sequence[Dict[str, Any]], path: Path, title: str,
                               linestyle="", label=f"published: {p.get('source', '')}"))
     handles += [Line2D([], [], color="black", marker=mk, markerfacecolor="white", linestyle="", label=v)
                 for v, mk in markers.items()]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xscale("log")
     ax.set_xlabel("model file size (bytes, log scale)")
     ax.set_ylabel("test accuracy (%)")
