@@ -60,3 +60,31 @@ def test_equal_bits_and_distilled_rows_are_reported(default_run):
         assert abs(rows[f"{fam}-int8-coded"]["accuracy"] - rows[fam]["accuracy"]) <= 1.0
     for mode in ("replace", "frozen", "finetune"):
         assert f"compressed-{mode}-kd" in rows and f"compressed-{mode}-kd" in doc["frontier"]
+
+
+@pytest.mark.parametrize("argv, needle", [(["--bits", "1,4"], "--bits must be comma-separated integers in 2..8"),
+                                          (["--bits", "x"], "--bits must be"),
+                                          (["--temperature", "0"], "--temperature must be a positive number"),
+                                          (["--alpha", "2"], "--alpha must be in [0, 1]"),
+                                          (["--share-epochs", "-1"], "--share-epochs must be >= 0")])
+def test_new_flags_reject_bad_values_in_one_line(tmp_path, capsys, argv, needle):
+    from aecomp.cli import main
+
+    code = main(["compress", "--data", "digits", "--out", str(tmp_path), *argv])
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_flags_reach_the_settings():
+    import argparse
+
+    from aecomp.compress.cli import add_arguments, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    s = settings_from_args(p.parse_args(["--bits", "2,8", "--no-distill", "--temperature", "2", "--alpha", "0.5",
+                                         "--share-epochs", "3"]))
+    assert (s.bits, s.distill, s.temperature, s.alpha, s.share_epochs) == ([2, 8], False, 2.0, 0.5, 3)
+    d = settings_from_args(p.parse_args([]))
+    assert d.bits == [3, 4, 5] and d.distill is True
