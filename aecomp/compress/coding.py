@@ -11,7 +11,9 @@ File layout, format ``aecomp-coded`` version 1 (integers little-endian)::
     0        4     magic b"AECC"
     4        1     version (1)
     5        4     H = length of the header (uint32)
-    9        H     header: raw-deflate-compressed (zlib, wbits -15) compact JSON, below
+    9        H     header: compact JSON (below), raw deflate (zlib, wbits -15) with the preset
+                   dictionary :data:`HEADER_DICT` (typical header text: it shrinks a ~270-byte
+                   header to ~100; changing it needs a new version)
     9+H      ...   the streams' bytes, concatenated in header order
     end-4    4     CRC-32 (zlib.crc32) of every byte before it
 
@@ -73,6 +75,7 @@ __all__ = [
     "CODECS",
     "CodedFileError",
     "FORMAT_VERSION",
+    "HEADER_DICT",
     "MAGIC",
     "decode_symbols",
     "encode_symbols",
@@ -246,9 +249,21 @@ def _from_bytes(raw: bytes, n: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
 
 
-def _deflate(raw: bytes) -> bytes:
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+def _deflate(raw: bytes, zdict: Optional[bytes] = None) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, **({"zdict": zdict} if zdict else {}))
     return c.compress(raw) + c.flush()
+
+
+#: the preset dictionary of the header's deflate stream (part of format version 1)
+HEADER_DICT = (
+    b'{"config":{"type":"compressed","encoder":{"dims":[784,64,32],"activations":["relu","relu","none"]},'
+    b'"head":{"dims":[32,100,10],"activations":["relu","none"]},"mode":"replace"},"type":"classifier",'
+    b'"dims":[784,300,100,10],"activations":["relu","relu","none"]},"mode":"frozen"finetune"sigmoid",'
+    b'"layers":[{"shape":[300,784],"bias":true,"pruned":true,"kind":"shared","bits":4,"streams":'
+    b'[["codebook","raw",32,16,0],["scale","raw",["pos","huffman",207,5],["symbols","huffman",253,874,16],'
+    b'["symbols","fixed",["symbols","lzma",["symbols","deflate",["bias","raw",64,32,0]]},'
+    b'{"shape":[10,16],"bias":false,"pruned":false,"kind":"int8","streams":[["pos","fixed",'
+)
 
 
 CODECS: Dict[str, Tuple[Callable[[np.ndarray, int], bytes], Callable[[bytes, int, int], np.ndarray]]] = {
@@ -380,7 +395,7 @@ def encode_file(net: PackedNet) -> bytes:
         metas.append(m)
         payload += p
     header = json.dumps({"config": net.config, "layers": metas}, separators=(",", ":")).encode()
-    header = _deflate(header)
+    header = _deflate(header, HEADER_DICT)
     body = MAGIC + bytes([FORMAT_VERSION]) + struct.pack("<I", len(header)) + header + b"".join(payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -416,7 +431,8 @@ def decode_file(data: bytes, where: str = "<bytes>") -> PackedNet:
         raise CodedFileError(f"{where}: checksum mismatch: the file is corrupted or truncated ({len(data)} bytes)")
     try:
         (hlen,) = struct.unpack("<I", data[5:9])
-        header = json.loads(zlib.decompress(data[9:9 + hlen], -15))
+        dec = zlib.decompressobj(-15, zdict=HEADER_DICT)
+        header = json.loads(dec.decompress(data[9:9 + hlen]) + dec.flush())
         pos = 9 + hlen
         layers = []
         for meta in header["layers"]:
