@@ -279,23 +279,18 @@ def _read_mnist_folder(folder: str) -> Tuple[np.ndarray, np.ndarray, Optional[Tu
 
 
 def _download_mnist() -> str:
-    folder = os.path.join(os.path.expanduser("~"), ".cache", "aecomp", "mnist")
-    raw = os.path.join(folder, "MNIST", "raw")
+    """The MNIST folder, downloaded if needed (``aecomp.mnist_download``: standard-library HTTP,
+    mirrors, sha256, atomic writes; ``$AECOMP_MNIST_DIR`` overrides the cache folder)."""
+    from .mnist_download import DownloadError, cache_dir, download_mnist
+
+    folder = cache_dir()
+    raw = os.path.join(folder, "MNIST", "raw")  # torchvision's layout, from older versions
     if _find_idx(raw, "train", "images") and _find_idx(raw, "train", "labels"):
         return raw
     try:
-        import torchvision  # noqa: F401
-        from torchvision.datasets import MNIST
-    except ImportError:
-        raise DataError("'mnist' needs a folder with the IDX files: use --data mnist:DIR "
-                        "(torchvision, which could download them, is not installed)") from None
-    try:
-        for train in (True, False):
-            MNIST(folder, train=train, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DataError(f"could not download MNIST with torchvision ({type(exc).__name__}: {exc}); "
-                        "put the IDX files in a folder and use --data mnist:DIR") from None
-    return raw
+        return str(download_mnist(folder))
+    except DownloadError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _check_numeric(spec: str, arr: np.ndarray, what: str) -> np.ndarray:
