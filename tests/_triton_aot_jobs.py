@@ -13,7 +13,8 @@ worker calls ``mlp.fwd_kernel(L)`` / ``mlp.bwd_kernel(L)`` to build the ``L``-la
 
 Specialisation mirrors what the JIT does for the common case, contiguous operands whose sizes
 are multiples of 16 (every layer of the reference autoencoder and 4096^3): unit strides are
-the constant 1, and pointers and the other integers carry ``tt.divisibility = 16``.
+the constant 1, and pointers and the other integers carry ``tt.divisibility = 16``, except the
+arguments the kernels mark ``do_not_specialize`` (the batch size ``M``).
 """
 from __future__ import annotations
 
@@ -208,6 +209,8 @@ def compile_job(job: Dict) -> Dict:
                 attrs[(i,)] = [["tt.divisibility", 16]]
             elif name in job["float_args"]:
                 signature[name] = "fp32"
+            elif getattr(param, "do_not_specialize", False):  # the batch size M: no divisibility
+                signature[name] = "i32"
             else:
                 signature[name] = "i32"
                 attrs[(i,)] = [["tt.divisibility", 16]]
