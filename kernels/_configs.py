@@ -52,7 +52,7 @@ class Tile:
 # bfloat16 / float16 tiles for sm_90: one or two warp groups, 3-4 stages.
 _HOPPER_16 = (
     Tile(128, 256, 64, 8, 3),  # wide outputs (784, 4096)
-    Tile(128, 128, 64, 4, 4),
+    Tile(128, 128, 64, 8, 4),  # 8 warps: with 4 the wgrad tile spills (triton 3.6 and 3.9)
     Tile(128, 64, 64, 4, 4),  # the narrow layers of an autoencoder (N = 64, 32)
     Tile(128, 32, 64, 4, 4),
 )
@@ -100,8 +100,21 @@ STREAM: Dict[str, Dict[str, int]] = {
 }
 
 
-def gemm_tiles(family: str, element_size: int) -> Tuple[Tile, ...]:
-    return GEMM_TILES[(family, 4 if element_size >= 4 else 2)]
+# Per-kernel replacements of a list's tile where that kernel spills registers with it (found by
+# the sm_90 AOT compile under triton 3.6, the GPU machine's, and 3.9: tests/test_triton_aot.py
+# checks every GEMM config for spills under both). wgrad keeps a [BLOCK_N, BLOCK_M] gz^T tile and
+# the bias-gradient sums live besides the accumulator: 128x256x64 w8 spills 16 B at 3 stages
+# (3.9), 128x32x32 w4 16 B (3.9); 2 stages / 8 warps do not, on either version.
+_TILE_OVERRIDES: Dict[Tuple[str, str, int], Dict[Tile, Tile]] = {
+    ("wgrad", "hopper", 2): {Tile(128, 256, 64, 8, 3): Tile(128, 256, 64, 8, 2)},
+    ("wgrad", "hopper", 4): {Tile(128, 32, 32, 4, 4): Tile(128, 32, 32, 8, 4)},
+}
+
+
+def gemm_tiles(family: str, element_size: int, kernel: str = "fwd") -> Tuple[Tile, ...]:
+    esize = 4 if element_size >= 4 else 2
+    swap = _TILE_OVERRIDES.get((kernel, family, esize), {})
+    return tuple(swap.get(t, t) for t in GEMM_TILES[(family, esize)])
 
 
 def gemm_configs(kernel: str, family: str, element_size: int) -> List:
@@ -111,7 +124,7 @@ def gemm_configs(kernel: str, family: str, element_size: int) -> List:
     ra, rb, rr = GEMM_ROLES[kernel]
     return [
         triton.Config({ra: t.a, rb: t.b, rr: t.r, "GROUP_M": GROUP_M}, num_warps=t.warps, num_stages=t.stages)
-        for t in gemm_tiles(family, element_size)
+        for t in gemm_tiles(family, element_size, kernel)
     ]
 
 
@@ -285,8 +298,26 @@ CHAIN_TILES: Dict[Tuple[str, int, str], Tuple[ChainTile, ...]] = {
 }
 
 
-def chain_max_width(family: str, element_size: int) -> int:
-    return CHAIN_MAX_WIDTH[(family, 4 if element_size >= 4 else 2)]
+# float32 "ieee" chains (FMA dot products, both operands in registers) compile without spills
+# under triton 3.9, but triton 3.6 -- the GPU machine's -- spills 1.1-1.3 KB a thread with every
+# tile tried on the reference autoencoder (64/32/16-row tiles, 4 to 16 warps, 1-2 stages: sm_90
+# AOT compiles, cuobjdump stack bytes). Below this version those chains run one linear_act per
+# layer instead (spill-free GEMM tiles); tf32 chains use wgmma and stay fused.
+FP32_IEEE_CHAIN_MIN_TRITON = (3, 9)
+
+
+def triton_version() -> Tuple[int, ...]:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+
+
+def chain_max_width(family: str, element_size: int, precision: str = "ieee") -> int:
+    """The widest intermediate layer a fused chain keeps on chip (0: no chain is fused)."""
+    esize = 4 if element_size >= 4 else 2
+    if esize == 4 and precision == "ieee" and family != "interpreter" and triton_version() < FP32_IEEE_CHAIN_MIN_TRITON:
+        return 0
+    return CHAIN_MAX_WIDTH[(family, esize)]
 
 
 def chain_tiles(family: str, element_size: int, widest: int) -> Tuple[ChainTile, ...]:

@@ -500,7 +500,8 @@ def _widths(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> Tuple[int, ...]
 
 def chain_plan(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> Tuple[Segment, ...]:
     family, _ = device_family(x.device)
-    return plan_chain(_widths(x, weights), _configs.chain_max_width(family, x.element_size()))
+    limit = _configs.chain_max_width(family, x.element_size(), precision_for(x.dtype, x.device))
+    return plan_chain(_widths(x, weights), limit)
 
 
 def _widest(widths: Sequence[int], seg: Segment) -> int:
