@@ -5,7 +5,11 @@ The extension always gets the C++ CPU kernels (``csrc/*.cpp``, ``csrc/cpu/*.cpp`
 sources (``csrc/cuda/*.cu`` and their glue ``csrc/cuda/*.cpp``) are added only when both an
 ``nvcc`` and a CUDA build of torch are present; otherwise the build says why and goes on
 CPU-only. Architectures come from ``TORCH_CUDA_ARCH_LIST`` (default: the local GPU, else
-``9.0a``); ``MAX_JOBS`` sets the parallel compile jobs (ninja).
+``9.0a``); ``MAX_JOBS`` sets the parallel compile jobs (ninja). Unless the list names a
+``+PTX`` entry itself, ``compute_80`` PTX is embedded as well, which the driver compiles for
+any GPU of compute capability 8.0 or newer that the list's SASS does not cover (the kernels
+need sm_80: mma.sync, ldmatrix, cp.async); a GPU with neither gets the triton backend (the cuda
+backend's probe asks the runtime for a kernel image, see aecomp/ops/_cpp.py).
 
 torch must be installed before building (``pip install --no-build-isolation ...``): an
 isolated build environment would download a second, multi-GB torch.
@@ -20,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH = "9.0a"
+PORTABLE_PTX = "8.0"  # the oldest architecture the CUDA kernels run on
 
 # ------------------------------------------------------------------ build-configuration logic
 # Pure functions (no torch import) so tests/test_build_config.py can check them directly.
@@ -77,6 +82,12 @@ def gencode_flags(archs: Sequence[str]) -> List[str]:
     return flags
 
 
+def portable_ptx(archs: Sequence[str]) -> Optional[str]:
+    """The PTX target to embed besides ``archs``' SASS: ``PORTABLE_PTX`` unless the list has a
+    ``+PTX`` entry (the user chose the PTX then)."""
+    return None if any(a.endswith("+PTX") for a in archs) else PORTABLE_PTX
+
+
 def plan_build(
     env: Dict[str, str],
     nvcc: Optional[str],
@@ -84,12 +95,13 @@ def plan_build(
     cuda_sources: Sequence[str],
     local_capability: Optional[Sequence[int]] = None,
 ) -> dict:
-    """Decide what to build. Returns a dict with ``cuda`` (bool), ``reason``, ``archs``, ``nvcc_flags``.
+    """Decide what to build. Returns a dict with ``cuda`` (bool), ``reason``, ``archs``, ``ptx`` (the
+    portable PTX target added, or None), ``nvcc_flags``.
 
     CUDA is built only when there are CUDA sources, an nvcc, and a CUDA build of torch, and
     ``AECOMP_NO_CUDA`` is not set; ``AECOMP_FORCE_CUDA=1`` turns a missing piece into an error.
     """
-    plan = {"cuda": False, "reason": "", "archs": [], "nvcc_flags": []}
+    plan = {"cuda": False, "reason": "", "archs": [], "ptx": None, "nvcc_flags": []}
     missing = []
     if env.get("AECOMP_NO_CUDA", "") not in ("", "0"):
         missing.append("AECOMP_NO_CUDA is set")
@@ -106,11 +118,14 @@ def plan_build(
         return plan
     text = env.get("TORCH_CUDA_ARCH_LIST", "").strip()
     archs = parse_arch_list(text) if text else default_archs(local_capability)
+    ptx = portable_ptx(archs)
+    ptx_flags = [f"-gencode=arch=compute_{ptx.replace('.', '')},code=compute_{ptx.replace('.', '')}"] if ptx else []
     plan.update(
         cuda=True,
         reason=f"nvcc {nvcc}, torch CUDA {torch_cuda_version}",
         archs=archs,
-        nvcc_flags=["-O3", "--expt-relaxed-constexpr", "-lineinfo", *gencode_flags(archs)],
+        ptx=ptx,
+        nvcc_flags=["-O3", "--expt-relaxed-constexpr", "-lineinfo", *gencode_flags(archs), *ptx_flags],
     )
     return plan
 
@@ -153,8 +168,9 @@ def main() -> None:
     plan = plan_build(dict(os.environ), find_nvcc(dict(os.environ)), torch.version.cuda, cuda_sources, local_cap)
     cxx_flags = ["-O3", "-fno-math-errno"]
     if plan["cuda"]:
-        print(f"aecomp: building CUDA kernels for {', '.join(plan['archs'])} ({plan['reason']})")
-        archs = ";".join(plan["archs"])
+        targets = plan["archs"] + ([f"{plan['ptx']} PTX"] if plan["ptx"] else [])
+        print(f"aecomp: building CUDA kernels for {', '.join(targets)} ({plan['reason']})")
+        archs = ";".join(targets)
         defines = [("AECOMP_WITH_CUDA", None), ("AECOMP_CUDA_ARCHS", f'"{archs}"')]
         ext = CUDAExtension(
             "aecomp._C",

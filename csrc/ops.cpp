@@ -655,6 +655,12 @@ TORCH_LIBRARY_IMPL(aecomp, Autograd, m) {
   m.impl("mlp_mse_loss", &aecomp::mlp_mse_loss_autograd);
 }
 
+#ifdef AECOMP_WITH_CUDA
+namespace aecomp {
+std::string cuda_kernel_image_error();  // csrc/cuda/ops_cuda.cpp
+}
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.doc() = "aecomp C++/CUDA kernels; the ops are registered as torch.ops.aecomp.*";
   // Direct entry points: the same dispatcher ops as torch.ops.aecomp.*, without the Python
@@ -673,4 +679,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("x"), pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("activations"),
           pybind11::arg("target"), pybind11::arg("reduction"));
   mod.def("build_info", &aecomp::build_info, "what this extension was built with");
+#ifdef AECOMP_WITH_CUDA
+  mod.def("cuda_kernel_image_error", &aecomp::cuda_kernel_image_error,
+          "'' when the CUDA kernels have an image for the current GPU, else the runtime's error");
+#endif
 }

@@ -52,7 +52,7 @@ class Tile:
 # bfloat16 / float16 tiles for sm_90: one or two warp groups, 3-4 stages.
 _HOPPER_16 = (
     Tile(128, 256, 64, 8, 3),  # wide outputs (784, 4096)
-    Tile(128, 128, 64, 4, 4),
+    Tile(128, 128, 64, 8, 4),  # 8 warps: with 4 the wgrad tile spills (triton 3.6 and 3.9)
     Tile(128, 64, 64, 4, 4),  # the narrow layers of an autoencoder (N = 64, 32)
     Tile(128, 32, 64, 4, 4),
 )
@@ -100,8 +100,21 @@ STREAM: Dict[str, Dict[str, int]] = {
 }
 
 
-def gemm_tiles(family: str, element_size: int) -> Tuple[Tile, ...]:
-    return GEMM_TILES[(family, 4 if element_size >= 4 else 2)]
+# Per-kernel replacements of a list's tile where that kernel spills registers with it (found by
+# the sm_90 AOT compile under triton 3.6, the GPU machine's, and 3.9: tests/test_triton_aot.py
+# checks every GEMM config for spills under both). wgrad keeps a [BLOCK_N, BLOCK_M] gz^T tile and
+# the bias-gradient sums live besides the accumulator: 128x256x64 w8 spills 16 B at 3 stages
+# (3.9), 128x32x32 w4 16 B (3.9); 2 stages / 8 warps do not, on either version.
+_TILE_OVERRIDES: Dict[Tuple[str, str, int], Dict[Tile, Tile]] = {
+    ("wgrad", "hopper", 2): {Tile(128, 256, 64, 8, 3): Tile(128, 256, 64, 8, 2)},
+    ("wgrad", "hopper", 4): {Tile(128, 32, 32, 4, 4): Tile(128, 32, 32, 8, 4)},
+}
+
+
+def gemm_tiles(family: str, element_size: int, kernel: str = "fwd") -> Tuple[Tile, ...]:
+    esize = 4 if element_size >= 4 else 2
+    swap = _TILE_OVERRIDES.get((kernel, family, esize), {})
+    return tuple(swap.get(t, t) for t in GEMM_TILES[(family, esize)])
 
 
 def gemm_configs(kernel: str, family: str, element_size: int) -> List:
@@ -111,7 +124,7 @@ def gemm_configs(kernel: str, family: str, element_size: int) -> List:
     ra, rb, rr = GEMM_ROLES[kernel]
     return [
         triton.Config({ra: t.a, rb: t.b, rr: t.r, "GROUP_M": GROUP_M}, num_warps=t.warps, num_stages=t.stages)
-        for t in gemm_tiles(family, element_size)
+        for t in gemm_tiles(family, element_size, kernel)
     ]
 
 
@@ -119,29 +132,52 @@ def _next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
+def _static_int(v):
+    """``v`` as a Python int when it is one (not a ``torch.SymInt``), else None. Never calls
+    ``int()`` on a symbolic size: under ``torch.compile`` that would add a guard pinning the
+    batch size to its current value (every new batch size a recompile, and an error with
+    ``torch._dynamo.mark_dynamic``)."""
+    return v if type(v) is int else None
+
+
 def make_prune(kernel: str, dims: Tuple[str, str]):
     """An ``early_config_prune`` that drops tiles much wider than the output.
 
     ``dims`` names the kernel arguments holding the output tile's extents (roles ``a``, ``b``).
     A tile wider than the next power of two of its extent (floor 32) computes only padding;
-    dropping it saves compile and benchmark time. At least the smallest tile is kept. The
-    function never fails: if the sizes are not plain ints (e.g. symbolic under tracing) every
-    config is kept.
+    dropping it saves compile and benchmark time. At least the smallest tile is kept. An extent
+    that is not a plain int (a symbolic batch size under ``torch.compile``) does not prune: no
+    guard is ever put on it. With :func:`pinned` the first tile left is the only one.
     """
     ra, rb, _ = GEMM_ROLES[kernel]
 
     def prune(configs, named_args, **kwargs):
-        try:
-            ea = _next_pow2(int(named_args[dims[0]]))
-            eb = _next_pow2(int(named_args[dims[1]]))
-        except Exception:
-            return configs
-        kept = [c for c in configs if c.kwargs[ra] <= max(ea, 64) and c.kwargs[rb] <= max(eb, 32)]
+        ea = _static_int(named_args.get(dims[0]))
+        eb = _static_int(named_args.get(dims[1]))
+        kept = [c for c in configs
+                if (ea is None or c.kwargs[ra] <= max(_next_pow2(ea), 64))
+                and (eb is None or c.kwargs[rb] <= max(_next_pow2(eb), 32))]
         if not kept:
             kept = [min(configs, key=lambda c: c.kwargs[ra] * c.kwargs[rb])]
-        return kept
+        return kept[:1] if pinned() else kept
 
     return prune
+
+
+def pinned() -> bool:
+    """``AECOMP_TRITON_AUTOTUNE=off``: one configuration per kernel and shape, chosen by the rules
+    above (never by timing), so the same shapes run the same tile in every process. That is what
+    makes results bit-for-bit reproducible across processes (a tile's ``tl.sum`` / ``tl.dot``
+    order depends on its shape, and autotuning may time another tile best in another process);
+    the GPU check's test stage uses it to compile one tile per kernel instead of all of them."""
+    return os.environ.get("AECOMP_TRITON_AUTOTUNE", "on").lower() in ("off", "0", "pinned", "no")
+
+
+def bucket(m):
+    """The autotuning bucket of a batch size: its next power of two (plain ints only; a symbolic
+    size is returned as is, so tracing never guards on it)."""
+    mi = _static_int(m)
+    return m if mi is None else _next_pow2(mi)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,6 +196,38 @@ def device_family(device, interpreted: bool) -> Tuple[str, int]:
     import torch
 
     return cuda_family(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _traced(t) -> bool:
+    """Whether ``t`` is a stand-in of tracing (fake / functional tensor, or dynamo compiling):
+    then the compiled graph sets the device itself and no CUDA call may be made here."""
+    import torch
+
+    if torch.compiler.is_compiling():
+        return True
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return isinstance(t, (FakeTensor, FunctionalTensor)) or torch._C._functorch.is_functionaltensor(t)
+
+
+def on_tensor_device(launcher):
+    """Runs ``launcher`` (whose first argument is a tensor) with that tensor's CUDA device
+    current: Triton launches on the current device and stream, so without the guard a ``cuda:1``
+    tensor would be handed to a kernel running on ``cuda:0``."""
+    import contextlib
+
+    import torch
+
+    @functools.wraps(launcher)
+    def run(t, *args, **kwargs):
+        dev = t.device
+        if dev.type != "cuda" or dev.index is None or _traced(t):
+            return launcher(t, *args, **kwargs)
+        with torch.cuda.device(dev) if dev.index != torch.cuda.current_device() else contextlib.nullcontext():
+            return launcher(t, *args, **kwargs)
+
+    return run
 
 
 def interpreting() -> bool:
@@ -230,8 +298,26 @@ CHAIN_TILES: Dict[Tuple[str, int, str], Tuple[ChainTile, ...]] = {
 }
 
 
-def chain_max_width(family: str, element_size: int) -> int:
-    return CHAIN_MAX_WIDTH[(family, 4 if element_size >= 4 else 2)]
+# float32 "ieee" chains (FMA dot products, both operands in registers) compile without spills
+# under triton 3.9, but triton 3.6 -- the GPU machine's -- spills 1.1-1.3 KB a thread with every
+# tile tried on the reference autoencoder (64/32/16-row tiles, 4 to 16 warps, 1-2 stages: sm_90
+# AOT compiles, cuobjdump stack bytes). Below this version those chains run one linear_act per
+# layer instead (spill-free GEMM tiles); tf32 chains use wgmma and stay fused.
+FP32_IEEE_CHAIN_MIN_TRITON = (3, 9)
+
+
+def triton_version() -> Tuple[int, ...]:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+
+
+def chain_max_width(family: str, element_size: int, precision: str = "ieee") -> int:
+    """The widest intermediate layer a fused chain keeps on chip (0: no chain is fused)."""
+    esize = 4 if element_size >= 4 else 2
+    if esize == 4 and precision == "ieee" and family != "interpreter" and triton_version() < FP32_IEEE_CHAIN_MIN_TRITON:
+        return 0
+    return CHAIN_MAX_WIDTH[(family, esize)]
 
 
 def chain_tiles(family: str, element_size: int, widest: int) -> Tuple[ChainTile, ...]:
@@ -242,9 +328,11 @@ def chain_tiles(family: str, element_size: int, widest: int) -> Tuple[ChainTile,
 
 
 def chain_configs(family: str, element_size: int, widest: int) -> List:
+    """``triton.Config`` objects for the chain kernels (the first tile only when :func:`pinned`)."""
     import triton
 
+    tiles = chain_tiles(family, element_size, widest)
     return [
         triton.Config({"BLOCK_M": t.m, "BLOCK_K": t.k, "BLOCK_N": t.n}, num_warps=t.warps, num_stages=t.stages)
-        for t in chain_tiles(family, element_size, widest)
+        for t in (tiles[:1] if pinned() else tiles)
     ]

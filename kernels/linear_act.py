@@ -23,14 +23,25 @@ Kernels:
   it walks its rows in order. With one split it writes ``dW``/``db`` directly; with ``S``
   splits (a tall batch and a small weight, e.g. 65536 x 784 -> 128, has too few tiles to fill
   a GPU) it writes float32 partials ``[S, N, K]`` / ``[S, N]`` and :func:`sum_splits_kernel`
-  adds them in split order. No atomics anywhere: the bias gradient (and every other output)
-  has the same bits on every run with the same shapes on the same device.
+  adds them in split order. No atomics anywhere.
+
+Reproducibility, exactly: an output's bits depend on the shapes, the GPU (its SM count sets the
+wgrad split) and the tile (its BLOCK sizes set the order of the ``tl.dot`` / ``tl.sum``
+reductions). Within a process a shape always runs the tile autotuning picked for it, so repeated
+calls give the same bits. Autotuning times the tiles, and another process may pick another tile:
+the bits can then differ across processes. ``AECOMP_TRITON_AUTOTUNE=off`` pins the tile (one per
+kernel and shape, chosen by rule, see ``_configs.pinned``): then the same shapes on the same GPU
+model give the same bits in every process. Under ``torch.compile`` with a dynamic batch size the
+wgrad split does not depend on the batch (see :func:`wgrad_splits`), so compiled and eager dW/db
+may differ in the last bits.
 
 Precision: products of bfloat16/float16 tiles are exact in float32 and are accumulated in
 float32. float32 inputs use ``input_precision="tf32"`` on the GPU only when
 ``torch.backends.cuda.matmul.allow_tf32`` is set (the same switch as torch's matmuls, off by
 default), else ``"ieee"`` (full float32 FMA; exact float32 products). Tolerances against
-float64: float32 ieee ~1e-5 relative, tf32 ~3e-4, bfloat16 ~1e-2 (output rounding).
+float64: float32 ieee ~1e-5 relative, bfloat16 ~1e-2 (output rounding); tf32 truncates each
+operand to 10 mantissa bits, so an output summing L products errs by up to
+(2^-9 + L 2^-24) sum |a_l b_l| (tests/test_triton_ops.py ``_tf32_bound``).
 
 Strides: every tensor is passed with its strides, so transposed and sliced inputs need no
 copy; only leading batch dims that cannot be merged into one (rare) make ``reshape`` copy.
@@ -104,11 +115,11 @@ def _act_grad(g, y, ACT: tl.constexpr):
 # ----------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def linear_act_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_b, stride_ym, stride_yn,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_b, stride_ym, stride_yn, M_BUCKET,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -137,11 +148,11 @@ def linear_act_fwd_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def linear_act_dgrad_kernel(
     g_ptr, y_ptr, w_ptr, dx_ptr,
     M, N, K,
-    stride_gm, stride_gn, stride_ym, stride_yn, stride_wn, stride_wk, stride_dxm, stride_dxk,
+    stride_gm, stride_gn, stride_ym, stride_yn, stride_wn, stride_wk, stride_dxm, stride_dxk, M_BUCKET,
     ACT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -171,12 +182,12 @@ def linear_act_dgrad_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(rm < M)[:, None] & (rk < K)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "rows_per_split"])
 def linear_act_wgrad_kernel(
     g_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
     M, N, K, rows_per_split,
     stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
-    stride_dws, stride_dwn, stride_dwk, stride_dbs, stride_dbn,
+    stride_dws, stride_dwn, stride_dwk, stride_dbs, stride_dbn, M_BUCKET,
     COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -253,18 +264,28 @@ def device_family(device: torch.device) -> Tuple[str, int]:
 
 
 _OUT_DIMS = {"fwd": ("M", "N"), "dgrad": ("M", "K"), "wgrad": ("N", "K")}
+# The autotuning key: the batch size bucketed (M_BUCKET = next power of two of M, so a ragged
+# last batch or a new batch size in the same bucket reuses the tuned tile; M itself is not
+# specialised on either, do_not_specialize), the other sizes, and every constexpr variant (a
+# tile tuned for relu without bias is not reused for sigmoid with bias, nor ieee for tf32).
+# The autotuner adds the tensors' dtypes itself.
+_KEYS = {
+    "fwd": ["M_BUCKET", "N", "K", "HAS_BIAS", "ACT", "PRECISION"],
+    "dgrad": ["M_BUCKET", "N", "K", "ACT", "PRECISION"],
+    "wgrad": ["M_BUCKET", "N", "K", "COMPUTE_DW", "COMPUTE_DB", "ACT", "PRECISION"],
+}
 _JIT = {"fwd": linear_act_fwd_kernel, "dgrad": linear_act_dgrad_kernel, "wgrad": linear_act_wgrad_kernel}
 _TUNED: dict = {}
 
 
 def tuned_kernel(kernel: str, family: str, element_size: int):
-    """The ``triton.autotune`` wrapper of ``kernel`` for a config family, keyed on (M, N, K)."""
+    """The ``triton.autotune`` wrapper of ``kernel`` for a config family, keyed on ``_KEYS``."""
     key = (kernel, family, 4 if element_size >= 4 else 2)
     tuned = _TUNED.get(key)
     if tuned is None:
         tuned = triton.autotune(
             configs=_configs.gemm_configs(kernel, family, element_size),
-            key=["M", "N", "K"],
+            key=_KEYS[kernel],
             prune_configs_by={"early_config_prune": _configs.make_prune(kernel, _OUT_DIMS[kernel])},
         )(_JIT[kernel])
         _TUNED[key] = tuned
@@ -282,6 +303,9 @@ def _rows(t: torch.Tensor) -> int:
     return math.prod(t.shape[:-1])
 
 
+_SYMBOLIC_REFERENCE_M = 65536
+
+
 def wgrad_splits(M: int, N: int, K: int, family: str, sms: int) -> Tuple[int, int]:
     """(number of row splits S, rows per split) for the wgrad kernel.
 
@@ -295,6 +319,15 @@ def wgrad_splits(M: int, N: int, K: int, family: str, sms: int) -> Tuple[int, in
     else:
         target, min_rows, align = 2 * sms, 512, 128
     tiles = triton.cdiv(N, 128) * max(1, triton.cdiv(K, 128))
+    if _configs._static_int(M) is None:
+        # A symbolic batch size (torch.compile with dynamic shapes): no branch on M, which would
+        # guard on it; the rows per split are those eager mode picks at batch 65536, and the
+        # split path always runs (S = 1 included). Eager and compiled dW/db may then differ in
+        # the last bits for other batch sizes (another split of the same sum).
+        if target // tiles <= 1:
+            return 1, M
+        rows = max(min_rows, triton.cdiv(triton.cdiv(_SYMBOLIC_REFERENCE_M, target // tiles), align) * align)
+        return triton.cdiv(M, rows), rows
     splits = max(1, min(target // tiles, triton.cdiv(M, min_rows)))
     if splits == 1 or M == 0:
         return 1, M
@@ -302,6 +335,7 @@ def wgrad_splits(M: int, N: int, K: int, family: str, sms: int) -> Tuple[int, in
     return triton.cdiv(M, rows), rows
 
 
+@_configs.on_tensor_device
 def linear_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
                        wrap_triton: Callable = _plain) -> torch.Tensor:
     """``act(x @ weight.T + bias)``; ``x`` is ``[..., K]``, the result ``[..., N]`` (contiguous).
@@ -322,12 +356,13 @@ def linear_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         wrap_triton(kernel)[grid](
             x2, weight, b, y, M, N, K,
             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-            b.stride(0), y.stride(0), y.stride(1),
+            b.stride(0), y.stride(0), y.stride(1), _configs.bucket(M),
             HAS_BIAS=bias is not None, ACT=ACT_CODES[activation], PRECISION=precision_for(x.dtype, x.device),
         )
     return y.view(*x.shape[:-1], N)
 
 
+@_configs.on_tensor_device
 def linear_act_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
                         activation: str, need_x: bool, need_weight: bool, need_bias: bool,
                         wrap_triton: Callable = _plain) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -355,7 +390,7 @@ def linear_act_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Ten
             wrap_triton(kernel)[grid](
                 g2, y2, weight, dx2, M, N, K,
                 g2.stride(0), g2.stride(1), y2.stride(0), y2.stride(1),
-                weight.stride(0), weight.stride(1), dx2.stride(0), dx2.stride(1),
+                weight.stride(0), weight.stride(1), dx2.stride(0), dx2.stride(1), _configs.bucket(M),
                 ACT=act, PRECISION=precision,
             )
         dx = dx2.view(x.shape)
@@ -368,17 +403,21 @@ def linear_act_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Ten
             dw = torch.empty((N, K), device=x.device, dtype=weight.dtype)
         if need_bias:
             db = torch.empty((N,), device=x.device, dtype=weight.dtype)
-        if splits == 1:
+        if type(splits) is int and splits == 1:  # (a symbolic split count takes the split path)
             dw_buf, db_buf = dw, db
+            dws, dbs = (0, K, 1), (0, 1)
         else:
-            dw_buf = torch.empty((splits, N, K), device=x.device, dtype=torch.float32) if need_weight else dw
-            db_buf = torch.empty((splits, N), device=x.device, dtype=torch.float32) if need_bias else db
-        dw3 = dw_buf.view(splits, N, K) if need_weight else None
-        db2 = db_buf.view(splits, N) if need_bias else None
-        dw_arg = dw3 if dw3 is not None else db2
-        db_arg = db2 if db2 is not None else dw3
-        dws = dw3.stride() if dw3 is not None else (0, 0, 0)
-        dbs = db2.stride() if db2 is not None else (0, 0)
+            # float32 partials [S, N, K] / [S, N], allocated flat: a multi-dimensional empty with a
+            # symbolic S would guard on S != 1 under torch.compile (its contiguity check)
+            dw_buf = torch.empty((splits * N * K,), device=x.device, dtype=torch.float32) if need_weight else dw
+            db_buf = torch.empty((splits * N,), device=x.device, dtype=torch.float32) if need_bias else db
+            dws, dbs = (N * K, K, 1), (N, 1)
+        dw_arg = dw_buf if need_weight else db_buf
+        db_arg = db_buf if need_bias else dw_buf
+        if not need_weight:
+            dws = (0, 0, 0)
+        if not need_bias:
+            dbs = (0, 0)
         if need_weight:
             grid = lambda meta: (  # noqa: E731
                 triton.cdiv(N, meta["BLOCK_N"]) * max(1, triton.cdiv(K, meta["BLOCK_K"])), splits)
@@ -388,10 +427,10 @@ def linear_act_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Ten
         wrap_triton(kernel)[grid](
             g2, y2, x2, dw_arg, db_arg, M, N, K, rows,
             g2.stride(0), g2.stride(1), y2.stride(0), y2.stride(1), x2.stride(0), x2.stride(1),
-            dws[0], dws[1], dws[2], dbs[0], dbs[1],
+            dws[0], dws[1], dws[2], dbs[0], dbs[1], _configs.bucket(M),
             COMPUTE_DW=bool(need_weight), COMPUTE_DB=bool(need_bias), ACT=act, PRECISION=precision,
         )
-        if splits > 1:
+        if dw_buf is not dw or db_buf is not db:  # partials to add up (no guard on a symbolic count)
             block = _configs.STREAM[family]["REDUCE_BLOCK"]
             warps = _configs.STREAM[family]["reduce_warps"]
             for src, dst in ((dw_buf, dw), (db_buf, db)):

@@ -32,7 +32,9 @@ Kernels (generated per number of layers, see below):
   the weight gradient) and ``dx``.
 * the weight gradients ``dW_i = gz_i^T h_i``, ``db_i``: :func:`linear_act_wgrad_kernel`
   with ``act = none`` per layer -- a reduction over all rows cannot stay in one program, and
-  that kernel's fixed-order split-M reduction makes ``dW``/``db`` bitwise deterministic.
+  that kernel's fixed-order split-M reduction makes ``dW``/``db`` bitwise deterministic for a
+  given tile (what holds across processes: see "Reproducibility" in kernels/linear_act.py; the
+  chain tiles are autotuned too, and ``AECOMP_TRITON_AUTOTUNE=off`` pins them).
 
 Widths: ``D_0`` and ``D_L`` (the chain's input and output) may be anything; every
 intermediate width ``D_1 .. D_{L-1}`` lives on chip, padded to ``P_i`` = the next power of
@@ -294,7 +296,7 @@ def _fwd_source(L: int) -> str:
     params = (
         ["x_ptr"] + [f"w{i}_ptr, b{i}_ptr, o{i}_ptr" for i in range(L)] + ["t_ptr, l_ptr", "M"]
         + [", ".join(f"D{i}" for i in range(L + 1)), "sxm, sxk"]
-        + [f"swn{i}, swk{i}, sb{i}" for i in range(L)] + ["stm, stn"]
+        + [f"swn{i}, swk{i}, sb{i}" for i in range(L)] + ["stm, stn", "M_BUCKET"]
         + [f"ACT{i}: tl.constexpr, HAS_BIAS{i}: tl.constexpr" for i in range(L)]
         + [", ".join(f"P{i}: tl.constexpr" for i in range(1, L))]
         + ["LOSS: tl.constexpr, PRECISION: tl.constexpr",
@@ -329,7 +331,7 @@ def _bwd_source(L: int) -> str:
     params = (
         ["g_ptr, t_ptr"] + [f"w{i}_ptr, o{i}_ptr, z{i}_ptr" for i in range(L)] + ["dx_ptr", "M"]
         + [", ".join(f"D{i}" for i in range(L + 1)), "sgm, sgn, stm, stn"]
-        + [f"swn{i}, swk{i}, som{i}, son{i}" for i in range(L)] + ["scale"]
+        + [f"swn{i}, swk{i}, som{i}, son{i}" for i in range(L)] + ["scale", "M_BUCKET"]
         + [f"ACT{i}: tl.constexpr" for i in range(L)]
         + [", ".join(f"P{i}: tl.constexpr" for i in range(1, L))]
         + ["ENTRY: tl.constexpr, NEED_X: tl.constexpr, PRECISION: tl.constexpr",
@@ -358,7 +360,9 @@ def _bwd_source(L: int) -> str:
 
 
 def _assemble(name: str, params: List[str], doc: str, body: List[str]) -> str:
-    lines = ["@triton.jit", f"def {name}("]
+    # M_BUCKET (next power of two of M) is only an autotuning key; M is not specialised on (a
+    # ragged last batch must not compile the kernel again)
+    lines = ['@triton.jit(do_not_specialize=["M"])', f"def {name}("]
     lines += [f"    {p}," for p in params]
     lines += ["):", f"    {doc}"]
     lines += [f"    {b}" for b in body]
@@ -394,17 +398,27 @@ def bwd_kernel(layers: int):
 _TUNED: dict = {}
 
 
+def _chain_keys(kind: str, layers: int) -> List[str]:
+    """Autotuning key of a chain kernel: the batch size's bucket (next power of two), the widths
+    and every constexpr variant (activations, bias flags, padded widths, loss entry, precision)."""
+    keys = ["M_BUCKET"] + [f"D{i}" for i in range(layers + 1)] + [f"ACT{i}" for i in range(layers)]
+    keys += [f"P{i}" for i in range(1, layers)] + ["PRECISION"]
+    if kind == "fwd":
+        return keys + [f"HAS_BIAS{i}" for i in range(layers)] + ["LOSS"]
+    return keys + ["ENTRY", "NEED_X"]
+
+
 def tuned_kernel(kind: str, layers: int, family: str, element_size: int, widest: int):
     """``triton.autotune`` over the chain tiles for ``kind`` ('fwd', 'bwd'), keyed on the sizes."""
     esize = 4 if element_size >= 4 else 2
     tiles = _configs.chain_tiles(family, esize, widest)
-    key = (kind, layers, family, esize, tiles)
+    key = (kind, layers, family, esize, tiles, _configs.pinned())
     tuned = _TUNED.get(key)
     if tuned is None:
         fn = fwd_kernel(layers) if kind == "fwd" else bwd_kernel(layers)
         tuned = triton.autotune(
             configs=_configs.chain_configs(family, esize, widest),
-            key=["M"] + [f"D{i}" for i in range(layers + 1)],
+            key=_chain_keys(kind, layers),
         )(fn)
         _TUNED[key] = tuned
     return tuned
@@ -486,13 +500,15 @@ def _widths(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> Tuple[int, ...]
 
 def chain_plan(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> Tuple[Segment, ...]:
     family, _ = device_family(x.device)
-    return plan_chain(_widths(x, weights), _configs.chain_max_width(family, x.element_size()))
+    limit = _configs.chain_max_width(family, x.element_size(), precision_for(x.dtype, x.device))
+    return plan_chain(_widths(x, weights), limit)
 
 
 def _widest(widths: Sequence[int], seg: Segment) -> int:
     return max(pad(widths[i]) for i in range(seg.start + 1, seg.stop))
 
 
+@_configs.on_tensor_device
 def chain_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
                   activations: Sequence[str], target: Optional[torch.Tensor] = None, reduction: str = "mean",
                   wrap_triton: Callable = _plain) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
@@ -551,7 +567,8 @@ def chain_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequ
                     consts[f"P{k}"] = pad(widths[i])
             kernel = tuned_kernel("fwd", n, family, x.element_size(), _widest(widths, seg))
             grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
-            wrap_triton(kernel)[grid](*args, **consts, LOSS=loss_kind, PRECISION=precision)
+            wrap_triton(kernel)[grid](*args, **consts, M_BUCKET=_configs.bucket(M), LOSS=loss_kind,
+                                      PRECISION=precision)
         h = outputs[seg.stop - 1]
     if target is None:
         return outputs, None
@@ -570,6 +587,7 @@ def chain_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequ
     return outputs, out
 
 
+@_configs.on_tensor_device
 def chain_backward(grad: torch.Tensor, x: torch.Tensor, weights: Sequence[torch.Tensor],
                    outputs: Sequence[torch.Tensor], activations: Sequence[str], need_x: bool,
                    need_bias: Sequence[bool], target: Optional[torch.Tensor] = None, reduction: str = "mean",
@@ -645,7 +663,8 @@ def chain_backward(grad: torch.Tensor, x: torch.Tensor, weights: Sequence[torch.
                     consts[f"P{k}"] = pad(widths[i])
             kernel = tuned_kernel("bwd", n, family, x.element_size(), _widest(widths, seg))
             grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
-            wrap_triton(kernel)[grid](*args, **consts, ENTRY=entry, NEED_X=gin is not None, PRECISION=precision)
+            wrap_triton(kernel)[grid](*args, **consts, M_BUCKET=_configs.bucket(M), ENTRY=entry,
+                                      NEED_X=gin is not None, PRECISION=precision)
         for k, i in enumerate(range(seg.start, seg.stop)):
             h_i = h_in if k == 0 else outs[i - 1]
             _, dws[i], db = linear_act_backward(zs[k], h_i, weights[i], zs[k], "none", False, True,

@@ -14,8 +14,10 @@ Kernels:
   differences in float32 and either stores them (``none``) or stores their sum to a float32
   partial buffer, one slot per program.
 * :func:`mse_sum_kernel` -- one program adds the partials in a fixed order (``BLOCK``-wide
-  lanes, then a tree) and scales by ``1/n`` for ``mean``. No atomics: the loss has the same
-  bits on every run with the same shapes on the same device.
+  lanes, then a tree) and scales by ``1/n`` for ``mean``. No atomics and no autotuning (the
+  block sizes are fixed per GPU family, ``_configs.STREAM``): the loss has the same bits for
+  the same values, shapes and strides on every run, in every process, on GPUs of the same
+  family (another family has another BLOCK, so another summation order).
 * :func:`mse_bwd_kernel` -- ``d a`` and ``d b`` in one pass over ``a``, ``b`` (and ``g`` for
   ``none``); the scalar ``g`` of mean/sum is read from device memory (no host sync).
 
@@ -123,6 +125,7 @@ def _strides(t: torch.Tensor) -> Tuple[int, int]:
     return t.stride(0), t.stride(1)
 
 
+@_configs.on_tensor_device
 def mse_forward(input: torch.Tensor, target: torch.Tensor, reduction: str,
                 wrap_triton: Callable = _plain) -> torch.Tensor:
     """``reduction`` ('mean', 'sum', 'none') of ``(input - target)^2``."""
@@ -147,7 +150,9 @@ def mse_forward(input: torch.Tensor, target: torch.Tensor, reduction: str,
             a2, b2, out, n, C, *_strides(a2), *_strides(b2),
             REDUCE=False, CONTIG=contig, BLOCK=block, num_warps=warps)
         return out
-    partials = torch.empty((programs,), device=dev, dtype=torch.float32)
+    # one spare element: a size that may be 1 (programs, under torch.compile a symbolic count)
+    # makes torch's contiguity check guard on it; programs + 1 >= 2 is known
+    partials = torch.empty((programs + 1,), device=dev, dtype=torch.float32)
     wrap_triton(mse_fwd_kernel)[(programs,)](
         a2, b2, partials, n, C, *_strides(a2), *_strides(b2),
         REDUCE=True, CONTIG=contig, BLOCK=block, num_warps=warps)
@@ -157,6 +162,7 @@ def mse_forward(input: torch.Tensor, target: torch.Tensor, reduction: str,
     return out
 
 
+@_configs.on_tensor_device
 def mse_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Tensor, reduction: str,
                  need_input: bool, need_target: bool,
                  wrap_triton: Callable = _plain) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -68,3 +68,19 @@ def test_find_nvcc_prefers_cuda_home(setup_mod, tmp_path):
     nvcc = tmp_path / "bin" / "nvcc"
     nvcc.write_text("#!/bin/sh\n")
     assert setup_mod.find_nvcc({"CUDA_HOME": str(tmp_path), "PATH": ""}) == str(nvcc)
+
+
+def test_portable_ptx_is_embedded_with_the_default_and_user_lists(setup_mod):
+    # sm_90a SASS only would give "no kernel image" on every other GPU: compute_80 PTX goes along
+    plan = setup_mod.plan_build({}, "/x/nvcc", "13.0", CU)
+    assert plan["ptx"] == "8.0"
+    assert plan["nvcc_flags"][-2:] == ["-gencode=arch=compute_90a,code=sm_90a",
+                                        "-gencode=arch=compute_80,code=compute_80"]
+    plan = setup_mod.plan_build({"TORCH_CUDA_ARCH_LIST": "8.6"}, "/x/nvcc", "13.0", CU)
+    assert plan["ptx"] == "8.0" and "-gencode=arch=compute_80,code=compute_80" in plan["nvcc_flags"]
+    assert "-gencode=arch=compute_86,code=sm_86" in plan["nvcc_flags"]
+    # the user's own +PTX entry replaces it
+    plan = setup_mod.plan_build({"TORCH_CUDA_ARCH_LIST": "9.0a;8.0+PTX"}, "/x/nvcc", "13.0", CU)
+    assert plan["ptx"] is None
+    assert [f for f in plan["nvcc_flags"] if "code=compute_" in f] == ["-gencode=arch=compute_80,code=compute_80"]
+    assert setup_mod.plan_build({}, None, "13.0", CU)["ptx"] is None  # no CUDA build, no PTX

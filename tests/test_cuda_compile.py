@@ -12,6 +12,11 @@
 * The torch glue ``csrc/cuda/ops_cuda.cpp`` is type-checked (``g++ -fsyntax-only``) against the
   installed torch headers, with stand-ins for the cuBLAS / cuSPARSE / cuSOLVER headers that a
   CPU wheel's ``ATen/cuda/CUDAContext.h`` includes but does not ship.
+* The emulator itself (``harness/emulator_rules.cpp``): for each hardware / runtime rule it
+  models (dynamic shared memory opt-in per kernel and device, the 227 KiB maximum, static shared
+  memory, grid and block limits, the runtime's last error, cp.async and ldmatrix alignment,
+  barriers and warp collectives, uninitialised shared memory) a correct use passes and a
+  planted bug is caught; the real ``device_info.cu`` runs there.
 
 Skipped, with the reason, when nvcc (PATH or /usr/local/cuda/bin) or g++ is missing. About a
 minute of CPU on two cores; the compiles run two at a time.
@@ -30,6 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 HARNESS = CUDA_DIR / "harness" / "emulate_kernels.cpp"
+RULES = CUDA_DIR / "harness" / "emulator_rules.cpp"
 ARCHS = {"sm_90a": "arch=compute_90a,code=sm_90a", "sm_80": "arch=compute_80,code=sm_80"}
 # The flags of the real build: setup.py's plus what torch's CUDAExtension adds (no implicit
 # half/bfloat16 conversions or operators; -std=c++20 there). sm_90a compiles the whole file
@@ -134,6 +140,8 @@ def builds(tmp_path_factory):
     if GXX:
         jobs[("emulator", HARNESS.name)] = [GXX, "-std=c++17", "-O1", "-DAECOMP_EMULATE", f"-I{_cuda_include()}",
                                             "-Wall", "-Wno-unknown-pragmas", str(HARNESS), "-o", str(out / "emulate")]
+        jobs[("emulator", RULES.name)] = [GXX, "-std=c++17", "-O1", f"-I{_cuda_include()}", "-Wall",
+                                          "-Wno-unknown-pragmas", str(RULES), "-o", str(out / "emulator_rules")]
         glue = _glue_check_command(out)
         if glue is not None:
             jobs[("glue", "ops_cuda.cpp")] = glue
@@ -200,6 +208,18 @@ def test_kernels_on_cpu_emulator(builds, mode, _fresh_seed):
     assert rc == 0 and not failures, f"emulated kernels failed (rc={rc}):\n" + "\n".join(failures[:20]) + out[-2000:]
     m = re.search(r"(\d+) checks, 0 failures", out)
     assert m and int(m.group(1)) > 300, out[-2000:]
+
+
+@requires_gxx
+def test_emulator_catches_a_planted_bug_for_every_rule(builds):
+    rc, log = builds["results"][("emulator", RULES.name)]
+    assert rc == 0, f"emulator_rules.cpp did not compile:\n{log[-6000:]}"
+    rc, out = _run([str(builds["dir"] / "emulator_rules")], timeout=120)
+    print(out)
+    lines = [line for line in out.splitlines() if line.startswith(("ok ", "FAIL "))]
+    assert rc == 0 and lines and all(line.startswith("ok ") for line in lines), out
+    rules = {line.split()[1] for line in lines if "PLANTED" in line}
+    assert rules == {f"R{i}" for i in range(1, 9)}, f"rules without a planted bug: {rules}"
 
 
 # Declarations that ATen/cuda/CUDAContextLight.h needs from the CUDA math libraries, which a

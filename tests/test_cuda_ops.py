@@ -405,3 +405,38 @@ def test_glue_on_cpu_emulator(tmp_path, _fresh_seed):
     run = subprocess.run([sys.executable, str(harness / "glue_on_cpu_checks.py"), str(lib)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert run.returncode == 0 and "ALL GLUE CHECKS PASSED" in run.stdout, run.stdout[-6000:]
+
+
+# ------------------------------------------------------------------ missing kernel image (CPU)
+class _FakeExt:
+    """An aecomp._C built with CUDA kernels for sm_90a only, on a GPU it has no image for."""
+
+    def __init__(self, image_error):
+        self._err = image_error
+
+    def build_info(self):
+        return {"cuda": True, "cuda_archs": "9.0a", "torch": torch.__version__}
+
+    def cuda_kernel_image_error(self):
+        return self._err
+
+
+def test_missing_kernel_image_disables_cuda_with_the_reason(monkeypatch):
+    from aecomp import _backend, _ext
+    from aecomp.ops import _cpp
+
+    err = "no kernel image is available for execution on the device (cudaError 209)"
+    monkeypatch.setattr(_ext, "load", lambda: (_FakeExt(err), None))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA RTX A6000")
+    ok, reason = _cpp._probe_cuda()
+    assert not ok
+    assert "built for 9.0a" in reason and "8.6" in reason and "no kernel image" in reason and "triton" in reason
+    # automatic selection passes over a backend whose probe says no
+    backend = _backend.Backend(name="cuda", probe=_cpp._probe_cuda, devices=lambda: frozenset({"cuda"}),
+                               ops={"linear_act": _cpp.linear_act})
+    assert backend.status() == (False, reason)
+    # with an image the backend is available
+    monkeypatch.setattr(_ext, "load", lambda: (_FakeExt(""), None))
+    assert _cpp._probe_cuda()[0] is True

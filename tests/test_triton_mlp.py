@@ -708,3 +708,19 @@ def test_gpu_compile():
     _close(out, ref.detach().double(), BF16, "compiled loss")
     for a, r in zip(grads, ref_grads):
         _close(a, r.double(), BF16, "compiled grad")
+
+
+def test_float32_ieee_chains_run_per_layer_below_triton_3_9(monkeypatch):
+    """Under triton 3.6 (the GPU machine's) every float32 "ieee" chain tile spills registers
+    (test_triton_aot.py, under .venv-triton36), so there those chains run one linear_act per
+    layer; tf32 and 16-bit chains stay fused, and triton 3.9 fuses float32 too."""
+    from aecomp.kernels import _configs, mlp
+
+    monkeypatch.setattr(_configs, "triton_version", lambda: (3, 6))
+    assert _configs.chain_max_width("hopper", 4, "ieee") == 0
+    assert _configs.chain_max_width("hopper", 4, "tf32") == 128
+    assert _configs.chain_max_width("hopper", 2, "ieee") == 256
+    segs = mlp.plan_chain((784, 128, 64, 32, 64, 128, 784), _configs.chain_max_width("hopper", 4, "ieee"))
+    assert len(segs) == 6 and not any(s.fused for s in segs)
+    monkeypatch.setattr(_configs, "triton_version", lambda: (3, 9))
+    assert _configs.chain_max_width("hopper", 4, "ieee") == 128

@@ -45,7 +45,30 @@ def _probe_cuda():
         )
     if not torch.cuda.is_available():
         return False, "CUDA kernels are built but no GPU is visible (torch.cuda.is_available() is False)"
+    missing = _missing_kernel_image(mod, info)
+    if missing:
+        return False, missing
     return True, f"CUDA kernels in aecomp._C for {info.get('cuda_archs') or 'the default arch'}"
+
+
+def _missing_kernel_image(mod, info) -> str:
+    """Why the built CUDA kernels cannot run on the current GPU ('' when they can).
+
+    A build for other architectures (sm_90a SASS only on an sm_86 GPU, say) loads fine and fails
+    at the first launch with "no kernel image is available"; the extension asks the runtime for
+    one kernel's attributes instead (no launch), which fails the same way.
+    """
+    check = getattr(mod, "cuda_kernel_image_error", None)
+    if check is None:
+        return ""
+    err = check()
+    if not err:
+        return ""
+    major, minor = torch.cuda.get_device_capability()
+    return (f"the CUDA kernels were built for {info.get('cuda_archs') or 'other GPUs'} and cannot run on "
+            f"{torch.cuda.get_device_name()} (compute capability {major}.{minor}): {err}; automatic selection "
+            f"uses triton. Rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\" "
+            "pip install --no-build-isolation -e .")
 
 
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:

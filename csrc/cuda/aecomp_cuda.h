@@ -23,6 +23,12 @@ struct Mat {
   int64_t s1;
 };
 
+// cudaSuccess when this build has a kernel image (SASS for the GPU, or PTX the driver can
+// compile for it) for the current device; else the error a launch would give
+// (cudaErrorNoKernelImageForDevice, cudaErrorInvalidDeviceFunction, cudaErrorUnsupportedPtxVersion...).
+// Cheap (no launch); the runtime's last error is left clear.
+cudaError_t kernel_image_status();
+
 // ---------------------------------------------------------------- linear_act
 // act = 0 none, 1 relu, 2 sigmoid (aecomp::Act). All sizes must be < 2^31.
 //

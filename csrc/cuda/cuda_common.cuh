@@ -28,7 +28,7 @@
 #define AE_DYNAMIC_SMEM(name) unsigned char* name = ::aecomp_emu::dynamic_smem()
 #define AE_SYNC() ::aecomp_emu::syncthreads()
 #define AE_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ::aecomp_emu::launch((grid), (block), (smem), [&] { kernel(__VA_ARGS__); })
+  ::aecomp_emu::launch(reinterpret_cast<const void*>(kernel), (grid), (block), (smem), [&] { kernel(__VA_ARGS__); })
 #else
 #define AE_KERNEL __global__
 #define AE_LAUNCH_BOUNDS(n) __launch_bounds__(n)
@@ -92,8 +92,9 @@ AE_HD uint32_t pack2(float x, float y) {
 //   forward:  none: z;   relu: max(z, 0);   sigmoid: 1 / (1 + exp(-z))
 //   backward from the OUTPUT y = act(z):  none: 1;  relu: [y > 0];  sigmoid: y (1 - y)
 // relu' uses y > 0, so the gradient at z = 0 is 0, the same convention as torch.
+// relu keeps NaN (z < 0 is false for NaN), as torch, the CPU and the Triton kernels do.
 AE_HD float act_forward(int act, float z) {
-  if (act == ACT_RELU) return z > 0.f ? z : 0.f;
+  if (act == ACT_RELU) return z < 0.f ? 0.f : z;
   if (act == ACT_SIGMOID) return 1.f / (1.f + expf(-z));
   return z;
 }
@@ -202,20 +203,46 @@ AE_DEVICE float warp_sum(float v) {
   return v;
 }
 
+// ---------------------------------------------------------------- runtime calls
+// The few CUDA runtime calls the host code makes, through one seam so that device_info.cu runs
+// unchanged on the emulator (which models the opt-in attribute and the last-error state).
+namespace rt {
+#ifdef AECOMP_EMULATE
+inline cudaError_t get_device(int* dev) { return ::aecomp_emu::get_device(dev); }
+inline cudaError_t device_attribute(int* v, cudaDeviceAttr attr, int dev) {
+  return ::aecomp_emu::device_get_attribute(v, attr, dev);
+}
+inline cudaError_t set_max_dynamic_smem_attribute(const void* kernel, int bytes) {
+  return ::aecomp_emu::func_set_max_dynamic_smem(kernel, bytes);
+}
+inline cudaError_t get_last_error() { return ::aecomp_emu::get_last_error(); }
+#else
+inline cudaError_t get_device(int* dev) { return cudaGetDevice(dev); }
+inline cudaError_t device_attribute(int* v, cudaDeviceAttr attr, int dev) { return cudaDeviceGetAttribute(v, attr, dev); }
+inline cudaError_t set_max_dynamic_smem_attribute(const void* kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+inline cudaError_t get_last_error() { return cudaGetLastError(); }
+#endif
+}  // namespace rt
+
 // ---------------------------------------------------------------- device properties (cached)
 #ifdef AECOMP_EMULATE
+// Read live from the emulator's configuration, which the harnesses change between cases.
 inline int device_sm_count() { return ::aecomp_emu::config().sm_count; }
 inline int device_cc_major() { return ::aecomp_emu::config().cc_major; }
 inline int device_smem_optin() { return static_cast<int>(::aecomp_emu::config().max_dynamic_smem); }
-inline cudaError_t set_max_dynamic_smem(const void*, int) { return cudaSuccess; }
-inline cudaError_t last_launch_error() { return ::aecomp_emu::take_error(); }
 #else
 int device_sm_count();
 int device_cc_major();
 int device_smem_optin();  // the most dynamic shared memory a block may opt in to
-// Opts a kernel in to more than 48 KiB of dynamic shared memory (once per kernel and device).
-cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
-inline cudaError_t last_launch_error() { return cudaGetLastError(); }
 #endif
+// Makes sure `kernel` may launch with `bytes` of dynamic shared memory on the current device:
+// raises its cudaFuncAttributeMaxDynamicSharedMemorySize when it is below `bytes` (the
+// attribute only grows; 48 KiB needs no opt-in). A failure is returned and not left in the
+// runtime's last error. device_info.cu (also built into the emulator harnesses).
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
+// The error of the launch just made (cudaGetLastError: it also resets the last error).
+inline cudaError_t last_launch_error() { return rt::get_last_error(); }
 
 }  // namespace aecomp_cuda

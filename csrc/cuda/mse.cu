@@ -7,12 +7,18 @@
 //             s = 2/n for mean and 2 for sum / none; g_i = g (a scalar) for mean / sum.
 //
 // The mean/sum is one read of a and b in a deterministic two-pass reduction:
-//   pass 1: P blocks of 256 threads; thread t of the grid sums, in fp32 and in order, the
-//           16-byte vectors t, t + 256 P, t + 512 P, ... (scalar elements when a pointer is not
-//           16-byte aligned, and for the tail), then the block adds its 256 sums with a fixed
-//           shuffle tree (xor 16, 8, 4, 2, 1) and the 8 warp sums in warp order -> partial[blk];
+//   pass 1: P blocks of 256 threads; the elements are cut into chunks of V = 16 / sizeof(T)
+//           (chunk c = elements cV .. cV + V - 1, the last one partial); thread t of the grid
+//           sums, in fp32 and in element order, the chunks t, t + 256 P, t + 512 P, ..., each
+//           read as one 16-byte vector when both pointers are 16-byte aligned and the chunk is
+//           whole, element by element otherwise (same order, same fmaf's); then the block adds
+//           its 256 sums with a fixed shuffle tree (xor 16, 8, 4, 2, 1) and the 8 warp sums in
+//           warp order -> partial[blk];
 //   pass 2: one block adds the P partials the same way and scales.
-// P depends only on n and the GPU, so the same inputs give the same bits every run.
+// What is reproducible: P depends only on n, the dtype and the GPU's SM count, and the order of
+// every sum only on n and P, so the same values give the same bits on every run, in every
+// process, whatever the pointers' alignment, on GPUs with the same number of SMs (another SM
+// count may give another P and so other bits).
 // The backward is one fused elementwise pass writing dL/da and/or dL/db.
 #include "aecomp_cuda.h"
 #include "cuda_common.cuh"
@@ -71,29 +77,34 @@ AE_DEVICE float block_sum(float v, float* red) {
   return t;
 }
 
-// Pass 1 of mean/sum: partial[blockIdx.x] = sum over this block's elements of (a - b)^2.
-// n_vec = number of 16-byte vectors to read as vectors (0 when not aligned).
+// Pass 1 of mean/sum: partial[blockIdx.x] = sum over this block's chunks of (a - b)^2.
+// vec: a and b are 16-byte aligned (whole chunks are read as vectors). The summation order is
+// the same either way, so alignment does not change the bits.
 template <typename T>
 AE_KERNEL void AE_LAUNCH_BOUNDS(kThreads)
-    mse_partial_kernel(const T* a, const T* b, int64_t n, int64_t n_vec, float* partial) {
+    mse_partial_kernel(const T* a, const T* b, int64_t n, bool vec, float* partial) {
   AE_SHARED(float, red, 32);
   constexpr int V = Vec<T>::N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t chunks = ceil_div64(n, V);
   float s = 0.f;
-  for (int64_t v = first; v < n_vec; v += stride) {
-    float x[V], y[V];
-    load_vec<T>(a, v, x);
-    load_vec<T>(b, v, y);
+  for (int64_t c = first; c < chunks; c += stride) {
+    if (vec && (c + 1) * V <= n) {
+      float x[V], y[V];
+      load_vec<T>(a, c, x);
+      load_vec<T>(b, c, y);
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const float d = x[k] - y[k];
-      s = fmaf(d, d, s);
+      for (int k = 0; k < V; ++k) {
+        const float d = x[k] - y[k];
+        s = fmaf(d, d, s);
+      }
+    } else {
+      for (int64_t i = c * V; i < n && i < (c + 1) * V; ++i) {
+        const float d = Num<T>::to_f(a[i]) - Num<T>::to_f(b[i]);
+        s = fmaf(d, d, s);
+      }
     }
-  }
-  for (int64_t i = n_vec * V + first; i < n; i += stride) {
-    const float d = Num<T>::to_f(a[i]) - Num<T>::to_f(b[i]);
-    s = fmaf(d, d, s);
   }
   s = block_sum(s, red);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
@@ -200,9 +211,9 @@ cudaError_t mse_forward_t(int64_t n, const T* a, const T* b, int reduction, T* o
   if (n == 0) return cudaErrorInvalidValue;  // the glue answers empty inputs itself
   const int P = partial_blocks(n, V);
   if (ws == nullptr || ws_bytes < static_cast<size_t>(P) * sizeof(float)) return cudaErrorInvalidValue;
-  const int64_t n_vec = (aligned16(a) && aligned16(b)) ? n / V : 0;
+  const bool vec = aligned16(a) && aligned16(b);
   auto k1 = &mse_partial_kernel<T>;
-  AE_LAUNCH(k1, dim3(static_cast<unsigned>(P)), dim3(kThreads), 0, st, a, b, n, n_vec, ws);
+  AE_LAUNCH(k1, dim3(static_cast<unsigned>(P)), dim3(kThreads), 0, st, a, b, n, vec, ws);
   cudaError_t e = last_launch_error();
   if (e != cudaSuccess) return e;
   const float divisor = reduction == RED_MEAN ? static_cast<float>(n) : 1.f;

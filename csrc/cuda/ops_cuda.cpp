@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -226,6 +227,15 @@ std::tuple<Tensor, Tensor> mse_loss_backward_cuda(const Tensor& grad, const Tens
 }
 
 }  // namespace
+
+// "" when the CUDA kernels of this build have an image for the current GPU, else why not (the
+// cuda backend's probe; automatic selection then falls back to triton).
+std::string cuda_kernel_image_error() {
+  const cudaError_t e = aecomp_cuda::kernel_image_status();
+  if (e == cudaSuccess) return "";
+  return std::string(cudaGetErrorString(e)) + " (cudaError " + std::to_string(static_cast<int>(e)) + ")";
+}
+
 }  // namespace aecomp
 
 TORCH_LIBRARY_IMPL(aecomp, CUDA, m) {

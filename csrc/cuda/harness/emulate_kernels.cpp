@@ -25,6 +25,7 @@
 
 #include "../linear_act.cu"
 #include "../mse.cu"
+#include "../device_info.cu"
 
 using namespace aecomp_cuda;
 
@@ -375,6 +376,66 @@ void linear_suite(bool quick) {
   }
 }
 
+// relu(NaN) is NaN (torch, the CPU and Triton kernels keep it): one NaN in x makes its row of y
+// NaN through every epilogue (tensor-core and SIMT), the other rows stay exact.
+template <typename T>
+void relu_keeps_nan() {
+  const int M = 3, N = 16, K = 24;
+  for (const char* gemm : {"", "simt"}) {
+    if (*gemm) setenv("AECOMP_CUDA_GEMM", gemm, 1);
+    HMat<T> x = make_mat<T>(M, K, Layout::Contig, kVals), w = make_mat<T>(N, K, Layout::Contig, kVals);
+    x.at(1, 5) = from_f<T>(NAN);
+    T* y = fill_nan(static_cast<T*>(guarded(sizeof(T) * (M * N + 1))), M * N);
+    for (int i = 0; i < M * N; ++i) y[i] = from_f<T>(7.f);
+    const cudaError_t e = linear_act_forward(dtype<T>(), M, N, K, x.mat(), w.mat(), nullptr, ACT_RELU, y, nullptr);
+    ++g_checks;
+    bool ok = e == cudaSuccess;
+    for (int m = 0; m < M && ok; ++m)
+      for (int n = 0; n < N; ++n) {
+        double z = 0;
+        for (int k = 0; k < K; ++k) z += x.get(m, k) * w.get(n, k);
+        const double got = to_f<T>(y[m * N + n]);
+        if (m == 1 ? !std::isnan(got) : got != round_to<T>(act_ref(ACT_RELU, z))) ok = false;
+      }
+    if (!ok) {
+      std::printf("FAIL relu keeps NaN %s%s: a NaN input did not give NaN (or another row changed)\n", tname<T>(),
+                  *gemm ? " simt" : "");
+      ++g_failures;
+    }
+    if (*gemm) unsetenv("AECOMP_CUDA_GEMM");
+  }
+}
+
+// The mean/sum gives the same bits whatever the pointers' alignment (mse.cu's claim): the same
+// random (inexact) values at a 16-byte aligned address and 1 or 3 elements past one.
+void mse_bits_independent_of_alignment(int64_t n) {
+  using T = float;
+  // Squares 2^24 at every 4th element and 1 elsewhere: a 1 added to a running sum of 2^24 is
+  // lost (half an ulp, ties to even) while 1s summed together first are kept, so any change of
+  // which elements a thread sums, or in what order, changes the bits.
+  std::vector<T> va(static_cast<size_t>(n)), vb(static_cast<size_t>(n), from_f<T>(0.f));
+  for (int64_t i = 0; i < n; ++i) va[i] = from_f<T>(i % 4 == 0 ? 4096.f : 1.f);
+  uint32_t bits[3] = {0, 0, 0};
+  const int offsets[3] = {0, 1, 3};
+  for (int j = 0; j < 3; ++j) {
+    T* a = static_cast<T*>(guarded(sizeof(T) * static_cast<size_t>(n + 4))) + offsets[j];
+    T* b = static_cast<T*>(guarded(sizeof(T) * static_cast<size_t>(n + 4))) + (offsets[j] ? 4 - offsets[j] : 0);
+    std::memcpy(a, va.data(), sizeof(T) * static_cast<size_t>(n));
+    std::memcpy(b, vb.data(), sizeof(T) * static_cast<size_t>(n));
+    const size_t ws_bytes = mse_workspace(n);
+    float* ws = static_cast<float*>(guarded(ws_bytes));
+    float* out = static_cast<float*>(guarded(sizeof(float)));
+    if (mse_forward(DType::F32, n, a, b, RED_SUM, out, ws, ws_bytes, nullptr) != cudaSuccess) bits[j] = 0xdeadbeef;
+    else std::memcpy(&bits[j], out, 4);
+  }
+  ++g_checks;
+  if (bits[0] != bits[1] || bits[0] != bits[2]) {
+    std::printf("FAIL mse sum n=%lld: bits differ with alignment: %08x %08x %08x\n", static_cast<long long>(n), bits[0],
+                bits[1], bits[2]);
+    ++g_failures;
+  }
+}
+
 void print_smem_table() {
   std::printf("shared memory per tensor-core kernel (bytes, bf16/fp16):\n");
   std::printf("  TcLarge fwd %zu  dgrad %zu (gated %zu)  wgrad %zu (gated %zu)\n",
@@ -414,6 +475,9 @@ int main(int argc, char** argv) {
   linear_case<__nv_bfloat16>(37, 24, 40, ACT_SIGMOID, true, Layout::Contig, Layout::Contig, Layout::Contig);
   linear_case<__nv_bfloat16>(260, 136, 72, ACT_RELU, true, Layout::Contig, Layout::Contig, Layout::Contig);
   unsetenv("AECOMP_CUDA_GEMM");
+  relu_keeps_nan<float>();
+  relu_keeps_nan<__nv_bfloat16>();
+  relu_keeps_nan<__half>();
   // an sm_75 device: no tensor cores, everything on the SIMT kernel
   aecomp_emu::config().cc_major = 7;
   linear_case<__half>(37, 24, 40, ACT_RELU, true, Layout::Contig, Layout::Contig, Layout::Contig);
@@ -430,6 +494,8 @@ int main(int argc, char** argv) {
   mse_case<__nv_bfloat16>(70001, 0, RED_MEAN);
   mse_case<float>(70001, 3, RED_SUM);
   aecomp_emu::config().sm_count = 4;
+  mse_bits_independent_of_alignment(70001);
+  mse_bits_independent_of_alignment(4099);
 
   print_smem_table();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);

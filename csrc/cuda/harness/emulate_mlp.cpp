@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../mlp.cu"
+#include "../device_info.cu"
 
 using namespace aecomp_cuda;
 
@@ -269,6 +270,70 @@ void suite() {
   entry_case<T>(0, 5, ACT_RELU, RED_SUM, true);
 }
 
+// One process trains the default Autoencoder (784-128-64-32-64-128-784: widest inner layer 128,
+// 65536 B of shared memory on the bf16 tensor-core chain) and then a default VAE, whose decoder
+// 32-256-784 needs 98304 B of the same kernel. The emulator models the per-(kernel, device)
+// opt-in attribute (R1 in emulator.h), so an opt-in that is not raised for the wider chain fails
+// the second launch with cudaErrorInvalidValue, as on the GPU. Then both again, on a second
+// device, and the first again (a smaller need after a larger one).
+void replay_default_models() {
+  const std::vector<int> ae = {784, 128, 64, 32, 64, 128, 784};
+  const std::vector<int> ae_acts = {ACT_RELU, ACT_RELU, ACT_NONE, ACT_RELU, ACT_RELU, ACT_SIGMOID};
+  const std::vector<int> vae_dec = {32, 256, 784};
+  const std::vector<int> vae_acts = {ACT_RELU, ACT_SIGMOID};
+  const bool was = g_aligned;
+  g_aligned = true;
+  for (int dev : {0, 1}) {
+    cudaError_t e = aecomp_emu::set_device(dev);
+    ++g_checks;
+    if (e != cudaSuccess) ++g_failures, std::printf("FAIL set_device(%d): %d\n", dev, static_cast<int>(e));
+    chain_case<__nv_bfloat16>(5, ae, ae_acts, true, 0);
+    chain_case<__nv_bfloat16>(5, vae_dec, vae_acts, true, 0);
+    chain_case<float>(3, {20, 250, 20}, {ACT_RELU, ACT_NONE}, true, 0);  // SIMT chain: 49856 B, an opt-in
+    chain_case<float>(3, {20, 256, 20}, {ACT_RELU, ACT_NONE}, true, 0);  // 50624 B: a larger one
+    chain_case<__nv_bfloat16>(5, ae, ae_acts, true, 0);
+  }
+  aecomp_emu::set_device(0);
+  g_aligned = was;
+  ++g_checks;
+  if (aecomp_emu::peek_at_last_error() != cudaSuccess) {
+    ++g_failures;
+    std::printf("FAIL the runtime's last error is left set: %d\n", static_cast<int>(aecomp_emu::peek_at_last_error()));
+  }
+}
+
+// relu(NaN) is NaN in the chain epilogues too: a NaN in row 2 of x is NaN in row 2 of every
+// layer's output (relu, none, relu), on the SIMT and the tensor-core chain; other rows are finite.
+template <typename T>
+void chain_relu_keeps_nan(bool aligned) {
+  const bool was = g_aligned;
+  g_aligned = aligned;
+  const int M = 5, L = 3;
+  const int widths[L + 1] = {16, 32, 16, 8};
+  const int acts[L] = {ACT_RELU, ACT_NONE, ACT_RELU};
+  T* x = alloc<T>(M * 16);
+  for (int i = 0; i < M * 16; ++i) x[i] = Num<T>::from_f(0.25f * static_cast<float>(i % 7) - 0.5f);
+  x[2 * 16 + 3] = Num<T>::from_f(NAN);
+  std::vector<const void*> wv(L), bv(L, nullptr);
+  std::vector<void*> ov(L);
+  std::vector<T*> out(L);
+  for (int i = 0; i < L; ++i) {
+    T* w = alloc<T>(widths[i + 1] * widths[i]);
+    for (int e = 0; e < widths[i + 1] * widths[i]; ++e) w[e] = Num<T>::from_f(e % 3 == 0 ? -0.25f : 0.125f);
+    wv[i] = w;
+    out[i] = alloc<T>(M * widths[i + 1]);
+    ov[i] = out[i];
+  }
+  const cudaError_t e = mlp_chain_forward(dtype<T>(), M, L, widths, Mat{x, 16, 1}, wv.data(), bv.data(), acts,
+                                          ov.data(), nullptr);
+  bool ok = e == cudaSuccess;
+  for (int i = 0; i < L && ok; ++i)
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < widths[i + 1]; ++n) ok = ok && (std::isnan(f<T>(out[i][m * widths[i + 1] + n])) == (m == 2));
+  report(ok, std::string("chain relu keeps NaN ") + tname<T>() + (aligned ? " aligned" : " misaligned"), 0, 0, 0);
+  g_aligned = was;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -285,6 +350,11 @@ int main(int argc, char** argv) {
       std::printf("FAIL mlp_chain_fusable limits\n");
     }
   }
+  replay_default_models();
+  chain_relu_keeps_nan<float>(false);
+  chain_relu_keeps_nan<__nv_bfloat16>(false);
+  chain_relu_keeps_nan<__nv_bfloat16>(true);  // tensor-core chain
+  chain_relu_keeps_nan<__half>(true);
   suite<float>();
   suite<__nv_bfloat16>();
   suite<__half>();

@@ -15,6 +15,33 @@
 //   * shared memory starts filled with 0xFF bytes (NaN in every float type), so reading
 //     memory that no copy wrote shows up in the results; addresses handed to ldmatrix and
 //     cp.async are checked for range and 16-byte alignment.
+//
+// The hardware and runtime rules it models (each has a planted bug that breaks it in
+// harness/emulator_rules.cpp, run by tests/test_cuda_compile.py):
+//   R1 dynamic shared memory opt-in: each (kernel, device) has the attribute
+//      cudaFuncAttributeMaxDynamicSharedMemorySize, 48 KiB until cudaFuncSetAttribute raises
+//      it; a launch asking for more fails with cudaErrorInvalidValue and runs nothing;
+//   R2 the device's opt-in maximum (sm_90: 227 KiB = 232448 B): cudaFuncSetAttribute above it
+//      (less the kernel's static shared memory) fails with cudaErrorInvalidValue, and static +
+//      dynamic shared memory above it is a fault;
+//   R3 static shared memory at most 48 KiB per block (a fault);
+//   R4 grid and block limits: grid.x <= 2^31 - 1, grid.y/z <= 65535, a block of at most 1024
+//      threads (x, y <= 1024, z <= 64): cudaErrorInvalidConfiguration, nothing runs;
+//   R5 the last-error state of the runtime: a failed runtime call or launch sets it,
+//      cudaGetLastError returns it and resets it to cudaSuccess (cudaPeekAtLastError only
+//      returns it), so an error nobody cleared shows up in the next, unrelated check;
+//   R6 cp.async: 16-byte aligned shared and global addresses, src-size 0..16, copies land late
+//      or early (see above), none left unwaited at exit;
+//   R7 ldmatrix: 16-byte aligned row addresses inside the block's shared memory;
+//   R8 __syncthreads after some threads exited, lanes of a warp at different collectives, and
+//      deadlocks are faults; shared memory starts as NaN.
+// Not modelled (a kernel relying on these is not checked here): timing, the memory model and
+// races between threads of different blocks (blocks run one after another, so a cross-block race
+// never shows), bank conflicts, register limits and occupancy, misaligned plain vector loads
+// (float4 / uint4 through a pointer: the CPU does not fault), warp-synchronous code without the
+// *_sync collectives, the L1/L2 caches, streams and asynchrony (a launch runs to completion
+// before it returns), sticky (context-corrupting) errors, and more than config().device_count
+// devices.
 #pragma once
 
 #include <ucontext.h>
@@ -26,6 +53,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -39,12 +68,73 @@ struct Config {
   int sm_count = 4;               // small, so the split-K heuristics split small problems
   int cc_major = 9;
   bool late_copies = true;        // see the header comment
-  size_t max_dynamic_smem = 232448;  // sm_90 opt-in limit (227 KiB)
+  size_t max_dynamic_smem = 232448;  // sm_90 opt-in limit (227 KiB): R2
+  int device_count = 2;           // cudaSetDevice accepts 0 .. device_count - 1
 };
 inline Config& config() {
   static Config c;
   return c;
 }
+
+constexpr int kDefaultDynamicSmem = 48 * 1024;  // R1: the attribute before any opt-in
+
+// The runtime state: the current device, the last error (R5) and each (kernel, device)'s
+// dynamic shared memory attribute (R1).
+struct Runtime {
+  int device = 0;
+  cudaError_t last_error = cudaSuccess;
+  std::map<std::pair<const void*, int>, int> max_dynamic_smem;
+  long long set_attribute_calls = 0;  // cudaFuncSetAttribute calls that reached the "driver"
+};
+inline Runtime& runtime() {
+  static Runtime r;
+  return r;
+}
+inline cudaError_t record(cudaError_t e) {
+  if (e != cudaSuccess) runtime().last_error = e;
+  return e;
+}
+inline int kernel_max_dynamic_smem(const void* kernel) {
+  auto it = runtime().max_dynamic_smem.find({kernel, runtime().device});
+  return it == runtime().max_dynamic_smem.end() ? kDefaultDynamicSmem : it->second;
+}
+// Forgets every opt-in and error (a fresh process).
+inline void reset_runtime() { runtime() = Runtime{}; }
+
+// The runtime calls the kernels' host code makes (names as in CUDA, without the cuda prefix).
+inline cudaError_t get_device(int* dev) {
+  *dev = runtime().device;
+  return cudaSuccess;
+}
+inline cudaError_t set_device(int dev) {
+  if (dev < 0 || dev >= config().device_count) return record(cudaErrorInvalidDevice);
+  runtime().device = dev;
+  return cudaSuccess;
+}
+inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr attr, int dev) {
+  if (dev < 0 || dev >= config().device_count) return record(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *v = config().sm_count; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = config().cc_major; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = static_cast<int>(config().max_dynamic_smem); return cudaSuccess;
+    default: return record(cudaErrorInvalidValue);
+  }
+}
+// Only the attribute the kernels set. The static shared memory of a kernel is unknown before it
+// runs here; the launch checks static + dynamic against the maximum (R2).
+inline cudaError_t func_set_max_dynamic_smem(const void* kernel, int bytes) {
+  ++runtime().set_attribute_calls;
+  if (kernel == nullptr) return record(cudaErrorInvalidDeviceFunction);
+  if (bytes < 0 || static_cast<size_t>(bytes) > config().max_dynamic_smem) return record(cudaErrorInvalidValue);
+  runtime().max_dynamic_smem[{kernel, runtime().device}] = bytes;
+  return cudaSuccess;
+}
+inline cudaError_t get_last_error() {
+  const cudaError_t e = runtime().last_error;
+  runtime().last_error = cudaSuccess;
+  return e;
+}
+inline cudaError_t peek_at_last_error() { return runtime().last_error; }
 
 [[noreturn]] inline void fail(const char* fmt, ...) {
   va_list ap;
@@ -140,7 +230,10 @@ inline WarpScratch& warp() { return block().warps[me().lin >> 5]; }
 inline void* static_smem(size_t bytes, size_t align) {
   Fiber& f = me();
   size_t off = (f.static_off + align - 1) / align * align;
-  if (off + bytes > kStaticSmem) fail("static shared memory over %zu bytes", kStaticSmem);
+  if (off + bytes > kStaticSmem) fail("static shared memory over %zu bytes", kStaticSmem);  // R3
+  if (off + bytes + block().dyn_bytes > config().max_dynamic_smem)  // R2
+    fail("static (%zu) + dynamic (%zu) shared memory over the device's %zu bytes", off + bytes, block().dyn_bytes,
+         config().max_dynamic_smem);
   f.static_off = off + bytes;
   return block().smem.data() + off;
 }
@@ -345,13 +438,25 @@ inline void run_block(const std::function<void()>& body) {
   }
 }
 
+// kernel: the kernel's address (what cudaFuncSetAttribute was given), for R1. A launch the
+// hardware refuses sets the last error and runs nothing, as <<<...>>> does.
 template <typename F>
-inline void launch(dim3 grid, dim3 blk, size_t dyn_smem, F&& kernel_call) {
-  const unsigned n = blk.x * blk.y * blk.z;
-  if (n == 0 || n > 1024 || n % 32 != 0) fail("launch: block of %u threads (the emulator wants 32..1024, whole warps)", n);
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("launch: empty grid %u x %u x %u", grid.x, grid.y, grid.z);
-  if (grid.y > 65535 || grid.z > 65535) fail("launch: grid.y/z over 65535");
-  if (dyn_smem > config().max_dynamic_smem) fail("launch: %zu bytes of dynamic shared memory", dyn_smem);
+inline void launch(const void* kernel, dim3 grid, dim3 blk, size_t dyn_smem, F&& kernel_call) {
+  const unsigned long long n = 1ull * blk.x * blk.y * blk.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || n == 0) {  // CUDA: invalid configuration
+    record(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535 || blk.x > 1024 || blk.y > 1024 || blk.z > 64 ||
+      n > 1024) {  // R4
+    record(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (dyn_smem > static_cast<size_t>(kernel_max_dynamic_smem(kernel))) {  // R1
+    record(cudaErrorInvalidValue);
+    return;
+  }
+  if (n % 32 != 0) fail("launch: block of %llu threads (the emulator wants whole warps)", n);
   ++stats().launches;
   if (std::getenv("AECOMP_EMU_TRACE"))
     std::fprintf(stderr, "launch grid %u x %u x %u, block %u, dynamic smem %zu\n", grid.x, grid.y, grid.z, blk.x,
@@ -372,7 +477,6 @@ inline void launch(dim3 grid, dim3 blk, size_t dyn_smem, F&& kernel_call) {
       }
 }
 
-inline cudaError_t take_error() { return cudaSuccess; }
 
 }  // namespace aecomp_emu
 

@@ -26,6 +26,7 @@
 #define AECOMP_EMULATE 1
 #include "../linear_act.cu"
 #include "../mse.cu"
+#include "../device_info.cu"
 
 extern "C" const char* cudaGetErrorString(cudaError_t) { return "emulated launch error"; }
 
