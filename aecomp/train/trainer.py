@@ -15,7 +15,10 @@ supports the model (its ``supports(model)`` returns True and its constructor doe
 
 Data: the training split lives whole on the device; batches come from
 :class:`aecomp.data.InMemoryLoader` (a seeded permutation per epoch, one ``index_select`` per
-batch). Samples are reshaped once to the model's ``input_shape``.
+batch). Samples are reshaped once to the model's ``input_shape`` and cast once to the dtype of the
+model's parameters (float64 data from numpy trains a float32 model; a ``model.double()`` takes
+float64). A model with a sigmoid output (``config["output"] == "sigmoid"``) given targets outside
+[0, 1] trains towards values it can never reach: ``fit`` warns once per split, with the range.
 
 Metrics, per epoch, appended as one JSON line to ``<out_dir>/metrics.jsonl`` (rank 0):
 ``epoch`` (1-based), ``step``, ``train_loss`` (sample-weighted mean of the batch losses of the
@@ -25,7 +28,7 @@ else null), ``seconds`` (wall time of the epoch, evaluation included), ``train_s
 ``samples_per_s`` (training samples over all ranks / ``train_seconds``), ``lr``, ``time``.
 
 Early stopping: after ``patience`` epochs in a row whose validation loss is not below the
-best so far minus ``min_delta``, training stops.
+best so far minus ``min_delta``, training stops; ``patience`` without validation data is an error.
 
 Checkpoints (``aecomp.train.checkpoint``) go to ``<out_dir>/checkpoints`` at the end of every
 epoch and, with ``checkpoint_every=K``, after every K-th optimizer step inside an epoch; the
@@ -222,8 +225,9 @@ class Trainer:
         x = data.x if isinstance(data, data_mod.Dataset) else data
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x)
-        if not x.is_floating_point():
-            x = x.float()
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        if x.dtype != dtype:
+            x = x.to(dtype)  # float64 numpy data and a float32 model: train in the model's dtype
         shape = getattr(self.model, "input_shape", None)
         if shape is None:
             return x
@@ -237,6 +241,17 @@ class Trainer:
                              f"{' times any length' if -1 in shape else ''}) but the {what} data has {have} "
                              f"values per sample (shape {tuple(x.shape)})")
         return x.reshape(x.shape[0], *shape)
+
+    def _warn_outside_sigmoid(self, x: torch.Tensor, what: str) -> None:
+        config = getattr(self.model, "config", None)
+        if not isinstance(config, dict) or config.get("output") != "sigmoid" or x.numel() == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            self.log(f"warning: the model's output is a sigmoid (values in (0, 1)) but the {what} targets are "
+                     f"outside [0, 1] (min {lo:.4g}, max {hi:.4g}); those values can never be reconstructed. "
+                     f"Scale the data into [0, 1] (aecomp.data.load(..., scale='auto'|'global')) or use a model "
+                     f"with output='none'")
 
     def _unit_range(self, data: DataLike, x: torch.Tensor) -> bool:
         if isinstance(data, data_mod.Dataset):
@@ -309,6 +324,12 @@ class Trainer:
             x_val = self._samples(val, "validation")
             if x_val.shape[0] == 0:
                 x_val = None
+        if self.patience is not None and x_val is None:
+            raise ValueError(f"Trainer: patience={self.patience} stops on the validation loss, but there is no "
+                             f"validation data; pass fit(train, val) with a non-empty val, or patience=None")
+        self._warn_outside_sigmoid(x_train, "training")
+        if x_val is not None:
+            self._warn_outside_sigmoid(x_val, "validation")
         val_unit = self._unit_range(val, x_val) if x_val is not None else False
         loader = data_mod.InMemoryLoader(x_train, batch_size=self.batch_size, seed=self.seed, device=self.device,
                                          rank=info.rank, world_size=info.world_size)
