@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -240,12 +241,15 @@ def clear_folder(out: Path, overwrite: bool) -> None:
 def _write_outputs_list(out: Path, complete: bool) -> None:
     """``outputs.json``: at the start ``complete: false`` (a crash leaves a folder ``--overwrite``
     may clear), at the end every file the run wrote."""
-    from ..train.checkpoint import atomic_write
+    from ..train.checkpoint import atomic_write, default_file_mode
     from ..train.output import LOCK_NAME
 
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                    if p.is_file() and p.name != LOCK_NAME and p.name != OUTPUTS_FILE) if complete else []
-    doc = {"written_by": "aecomp compress", "complete": complete, "files": files + [OUTPUTS_FILE]}
+    mode = default_file_mode()
+    for f in files:  # safetensors' writer creates its files 0600; every other file gets 0666 less the umask
+        os.chmod(out / f, mode)
+    doc = {"written_by": "aecomp compress", "complete": complete, "files": sorted(files + [OUTPUTS_FILE])}
     atomic_write(out / OUTPUTS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
 
 
