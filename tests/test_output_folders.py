@@ -232,3 +232,29 @@ def test_an_implausible_class_count_is_refused_unless_allowed(labeled, tmp_path,
     _one_line_error(capsys, ["compress", "--data", str(tmp_path / "stray.npz"), "--latent", "2", "--test-fraction",
                              "0.1", "--out", str(tmp_path / "o")], "--max-classes 1000", "pass --max-classes")
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ item 2: --scale
+
+
+def test_compress_scale_option_reaches_the_data(tmp_path):
+    """`compress --scale`: auto leaves a flat file of pixels in [0, 1] as it is (so the
+    autoencoder gets a sigmoid output and targets inside its range); minmax is per pixel."""
+    import argparse
+
+    from aecomp.compress.cli import add_arguments, settings_from_args
+    from aecomp.compress.pipeline import load_labeled
+
+    g = np.random.default_rng(0)
+    x = np.zeros((100, 16, 16), dtype=np.float32)
+    x[:, 4:12, 4:12] = g.random((100, 8, 8))
+    x[g.random(100) < 0.05, 0, 0] = 0.01
+    np.savez(tmp_path / "px.npz", x=x.reshape(100, 256), y=np.arange(100) % 2)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for scale, kind in ((None, "none"), ("minmax", "minmax"), ("global", "global")):
+        argv = ["--data", str(tmp_path / "px.npz")] + (["--scale", scale] if scale else [])
+        splits = load_labeled(settings_from_args(parser.parse_args(argv)))
+        assert splits.train.preprocessing.kind == kind and splits.train.unit_range
+        if kind == "none":  # (fitted min-max can put a validation value a hair above 1)
+            assert all(float(d.x.max()) <= 1.0 for d in splits)
