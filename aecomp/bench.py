@@ -7,7 +7,8 @@ finds it there; from elsewhere, run it from the checkout (``cd`` into it) or set
 ``AECOMP_SOURCE=/path/to/checkout``. Without a checkout the subcommand says so and exits 2.
 
 Everything after ``aecomp bench`` is the runner's own options
-(``python -m benchmarks.run --help``).
+(``python -m benchmarks.run --help``). Results go to ``./runs/bench/`` unless ``--results-dir``;
+only ``--publish`` appends to the tracked ``benchmarks/results/`` (never a ``--smoke`` run).
 """
 from __future__ import annotations
 

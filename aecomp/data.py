@@ -24,15 +24,30 @@ spec                data
 and its statistics, and ``spec``. The split is a seeded permutation: for a seed, the same samples
 land in the same split every time. MNIST keeps its own test set (``t10k``) as ``test``.
 
-Preprocessing (statistics from the TRAINING split only, then applied to all three):
+Preprocessing (``scale``; statistics from the TRAINING split only, then applied to all three):
 
-* ``minmax`` (default): ``x' = (x - lo) / (hi - lo)``; ``lo``, ``hi`` are the training minimum
-  and maximum, one pair for the whole image for image data and one per feature for tables (a
-  feature with ``hi == lo`` gets divisor 1). Training data lands in [0, 1]; validation and
-  test data may fall slightly outside for tables (they are not clipped).
+* ``auto`` (default): images stay images. uint8 data (0-255 pixels) is divided by 255; data
+  already in [0, 1] is left as it is; other image-shaped data (samples ``H x W``, e.g. digits,
+  0-16) gets ``global``; only other flat data (a table) gets per-feature ``minmax``. A flat
+  ``[n, 784]`` file of pixels in [0, 1] is therefore never scaled per pixel (a rare edge pixel
+  would be multiplied up many times and validation values would leave [0, 1] far behind).
+* ``global``: one ``lo``, ``hi`` for all features: ``x' = (x - lo) / (hi - lo)``; for uint8 data
+  ``lo, hi = 0, 255``, else the training minimum and maximum.
+* ``minmax``: ``x' = (x - lo) / (hi - lo)``; ``lo``, ``hi`` are the training minimum and maximum,
+  one pair for the whole image for image-shaped data and one per feature for flat data (a
+  feature with ``hi == lo`` gets divisor 1). Training data lands in [0, 1]; validation and test
+  data may fall outside for tables (they are not clipped).
 * ``standard``: ``x' = (x - mean) / std`` (population std; ``std == 0`` -> 1), again global for
   images and per feature for tables.
 * ``none``: as stored.
+
+``Preprocessing.kind`` holds the resolved choice (``auto`` never appears there) and
+``unit_range`` whether the training split lies in [0, 1] after it (then a sigmoid output fits
+and PSNR has peak 1).
+
+Each :class:`Dataset` also carries ``source``: the resolved spec, the files read and the
+SHA-256 of their bytes (of the arrays for the bundled digits), so a run can tell on resume
+whether its data changed.
 
 Unreadable or malformed data raises :class:`DataError` with one line that says what and where.
 
@@ -64,9 +79,10 @@ __all__ = [
     "SCALES",
     "load",
     "read_idx",
+    "resolve_spec",
 ]
 
-SCALES = ("minmax", "standard", "none")
+SCALES = ("auto", "global", "minmax", "standard", "none")
 
 
 class DataError(ValueError):
@@ -81,23 +97,42 @@ class DataError(ValueError):
 class Preprocessing:
     """``x' = (x - shift) / scale`` with statistics taken from the training split.
 
-    ``kind`` is ``"minmax"``, ``"standard"`` or ``"none"``; ``shift`` and ``scale`` are float32
-    tensors, 0-dim (one value for all features) or ``[features]``.
+    ``kind`` is ``"global"``, ``"minmax"``, ``"standard"`` or ``"none"`` (``"auto"`` resolved);
+    ``shift`` and ``scale`` are float32 tensors, 0-dim (one value for all features) or
+    ``[features]``; ``unit`` says whether the training split lies in [0, 1] after scaling.
     """
 
     kind: str
     shift: torch.Tensor
     scale: torch.Tensor
+    unit: bool = False
 
     @classmethod
-    def fit(cls, kind: str, x: torch.Tensor, per_feature: bool) -> "Preprocessing":
-        """Statistics of ``x`` (``[n, features]``, float64 math) for ``kind``."""
+    def fit(cls, kind: str, x: torch.Tensor, per_feature: bool, raw_dtype: Any = None) -> "Preprocessing":
+        """Statistics of ``x`` (``[n, features]``, float64 math) for ``kind``; ``raw_dtype`` is the
+        dtype the data was stored in (uint8 pixels scale by 255 under ``auto`` and ``global``)."""
         if kind not in SCALES:
             raise DataError(f"unknown scaling {kind!r}; expected one of {', '.join(SCALES)}")
         xd = x.double()
-        if kind == "none" or x.shape[0] == 0:
-            return cls(kind, torch.zeros((), dtype=torch.float32), torch.ones((), dtype=torch.float32))
-        if kind == "minmax":
+        empty = x.shape[0] == 0
+        lo_all = float(xd.min()) if not empty else 0.0
+        hi_all = float(xd.max()) if not empty else 0.0
+        pixels = raw_dtype is not None and np.dtype(raw_dtype) == np.uint8
+        if kind == "auto":
+            if pixels:
+                kind = "global"
+            elif 0.0 <= lo_all and hi_all <= 1.0:
+                kind = "none"  # already images in [0, 1]: scaling would only distort them
+            else:
+                kind = "minmax" if per_feature else "global"
+        zero, one = torch.zeros((), dtype=torch.float32), torch.ones((), dtype=torch.float32)
+        if kind == "none" or empty:
+            unit = (0.0 <= lo_all and hi_all <= 1.0) if not empty else kind != "standard"
+            return cls(kind, zero, one, unit=unit)
+        if kind == "global":
+            lo, hi = (0.0, 255.0) if pixels else (lo_all, hi_all)
+            shift, scale = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi - lo, dtype=torch.float64)
+        elif kind == "minmax":
             lo = xd.amin(0) if per_feature else xd.amin()
             hi = xd.amax(0) if per_feature else xd.amax()
             shift, scale = lo, hi - lo
@@ -105,7 +140,7 @@ class Preprocessing:
             shift = xd.mean(0) if per_feature else xd.mean()
             scale = xd.std(0, correction=0) if per_feature else xd.std(correction=0)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return cls(kind, shift.float(), scale.float())
+        return cls(kind, shift.float(), scale.float(), unit=kind in ("global", "minmax"))
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
@@ -120,15 +155,17 @@ class Preprocessing:
     @property
     def unit_range(self) -> bool:
         """True when training data lies in [0, 1] after preprocessing (so PSNR has peak 1)."""
-        return self.kind == "minmax"
+        return bool(self.unit)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist(),
+                "unit_range": self.unit_range}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Preprocessing":
         return cls(d["kind"], torch.tensor(d["shift"], dtype=torch.float32),
-                   torch.tensor(d["scale"], dtype=torch.float32))
+                   torch.tensor(d["scale"], dtype=torch.float32),
+                   unit=bool(d.get("unit_range", d["kind"] in ("global", "minmax"))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +188,7 @@ class Dataset:
     preprocessing: Preprocessing
     sample_shape: Tuple[int, ...]
     config: Dict[str, Any] = field(default_factory=dict)
+    source: Dict[str, Any] = field(default_factory=dict)  # {"spec", "files", "sha256"}: see the module docstring
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -193,6 +231,11 @@ class Splits:
     @property
     def config(self) -> Dict[str, Any]:
         return dict(self.train.config)
+
+    @property
+    def source(self) -> Dict[str, Any]:
+        """``{"spec", "files", "sha256"}``: where the data came from and the hash of its content."""
+        return dict(self.train.source)
 
     def __iter__(self) -> Iterator[Dataset]:
         return iter((self.train, self.val, self.test))
@@ -313,15 +356,40 @@ def _labels(spec: str, y: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
     return y.astype(np.int64)
 
 
+def _check_magic(path: str, kind: str) -> None:
+    """A file that does not start like a .npy / .npz gets its own line, not numpy's guess
+    (numpy takes unknown bytes for a pickle and talks about ``allow_pickle``)."""
+    magics = {"npy": (b"\x93NUMPY",), "npz": (b"PK\x03\x04", b"PK\x05\x06")}[kind]
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not any(head.startswith(m) for m in magics):
+        what = ("a zip archive of .npy arrays, as np.savez writes" if kind == "npz"
+                else "an array as np.save writes it")
+        raise DataError(f"{path} is not a valid .{kind} (expected {what}; "
+                        f"the file starts with {head!r})" if head else f"{path} is not a valid .{kind} (empty file)")
+
+
+def _pickle_note(path: str, kind: str, exc: Exception) -> DataError:
+    if "pickle" in str(exc):
+        return DataError(f"{path}: a .{kind} holding Python objects (pickled), which are not loaded; "
+                         f"store plain numeric arrays")
+    return DataError(f"cannot read {path} as .{kind}: {exc}")
+
+
 def _read_npy(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    _check_magic(path, "npy")
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read {path} as .npy: {exc}") from None
+        raise _pickle_note(path, "npy", exc) from None
     return _check_numeric(spec, arr, "the array"), None
 
 
 def _read_npz(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    _check_magic(path, "npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
@@ -331,9 +399,9 @@ def _read_npz(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     except DataError:
         raise
     except (OSError, ValueError, EOFError, KeyError) as exc:
-        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+        raise _pickle_note(path, "npz", exc) from None
     except Exception as exc:  # zipfile.BadZipFile and friends on a corrupt file
-        raise DataError(f"cannot read {path} as .npz: {type(exc).__name__}: {exc}") from None
+        raise DataError(f"{path} is not a valid .npz ({type(exc).__name__}: {exc})") from None
     return _check_numeric(spec, x, "array 'x'"), _labels(spec, y, x.shape[0] if x.ndim else 0)
 
 
@@ -404,6 +472,42 @@ def _parse_spec(spec: str) -> Tuple[str, Optional[str]]:
     raise DataError(f"unknown data {s!r}: expected digits, digits28, mnist:DIR, or a .npy/.npz/.csv file")
 
 
+def resolve_spec(spec: str) -> str:
+    """The canonical form of ``spec`` that :func:`load` records (files and folders as absolute
+    paths), without reading the data: two specs name the same data when these are equal."""
+    kind, arg = _parse_spec(spec)
+    if kind in ("digits", "digits28") or (kind == "mnist" and not arg):
+        return kind
+    return f"mnist:{os.path.abspath(arg)}" if kind == "mnist" else os.path.abspath(arg)  # type: ignore[arg-type]
+
+
+def _sha256_files(paths: List[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _source(canonical: str, files: List[str], arrays: Tuple[np.ndarray, ...]) -> Dict[str, Any]:
+    """``{"spec", "files", "sha256"}``: SHA-256 of the files' bytes in order, or of the arrays
+    when nothing was read from a file (the bundled digits)."""
+    if files:
+        digest = _sha256_files(files)
+    else:
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in arrays:
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+        digest = h.hexdigest()
+    return {"spec": canonical, "files": list(files), "sha256": digest}
+
+
 def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> Tuple[torch.Tensor, ...]:
     """Seeded permutation; test takes the first ``round(n*test_fraction)``, val the next."""
     g = torch.Generator().manual_seed(int(seed))
@@ -415,14 +519,15 @@ def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int)
 
 
 def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-         scale: str = "minmax", per_feature: Optional[bool] = None) -> Splits:
+         scale: str = "auto", per_feature: Optional[bool] = None) -> Splits:
     """Load ``spec`` (see the module docstring) and split it into train / val / test.
 
     ``val_fraction`` and ``test_fraction`` are fractions of all samples (for MNIST, which
     brings its own test set, ``val_fraction`` is a fraction of its training set and
-    ``test_fraction`` is ignored). ``seed`` fixes the split. ``scale`` is ``minmax``,
-    ``standard`` or ``none``, fitted on the training split; ``per_feature`` (default: False
-    for images, True for tables) says whether the statistics are per feature or global.
+    ``test_fraction`` is ignored). ``seed`` fixes the split. ``scale`` is one of
+    :data:`SCALES` (see the module docstring), fitted on the training split; ``per_feature``
+    (default: False for image-shaped samples, True for flat ones) says whether ``minmax`` and
+    ``standard`` statistics are per feature or global.
     """
     kind, arg = _parse_spec(spec)
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -434,6 +539,7 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
         raise DataError(f"unknown scaling {scale!r}; expected one of {', '.join(SCALES)}")
 
     fixed_test: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
+    files: List[str] = []
     if kind in ("digits", "digits28"):
         canonical = kind
         x, y = _read_digits(28 if kind == "digits28" else None)
@@ -441,6 +547,8 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
         folder = os.path.abspath(arg) if arg else _download_mnist()
         canonical = f"mnist:{folder}" if arg else "mnist"
         x, y, fixed_test = _read_mnist_folder(folder)
+        files = [f for stem in ("train", "t10k") for k in ("images", "labels")
+                 for f in [_find_idx(folder, stem, k)] if f is not None]
     else:
         path = os.path.abspath(arg)  # type: ignore[arg-type]
         canonical = path
@@ -448,6 +556,8 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
             raise DataError(f"{arg}: no such file")
         reader = {"npy": _read_npy, "npz": _read_npz, "csv": _read_csv}[kind]
         x, y = reader(arg, path)  # type: ignore[arg-type]
+        files = [path]
+    source = _source(canonical, files, (x, y))
 
     if x.ndim < 2:
         raise DataError(f"{spec}: data has shape {x.shape}; expected samples x features (2-D) or more")
@@ -486,9 +596,9 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
 
     image_like = len(sample_shape) >= 2
     pf = (not image_like) if per_feature is None else bool(per_feature)
-    prep = Preprocessing.fit(scale, parts["train"][0], per_feature=pf)
-    out = {name: Dataset(prep.apply(px).contiguous(), py, name, canonical, prep, sample_shape, dict(config))
-           for name, (px, py) in parts.items()}
+    prep = Preprocessing.fit(scale, parts["train"][0], per_feature=pf, raw_dtype=x.dtype)
+    out = {name: Dataset(prep.apply(px).contiguous(), py, name, canonical, prep, sample_shape, dict(config),
+                         dict(source)) for name, (px, py) in parts.items()}
     return Splits(out["train"], out["val"], out["test"])
 
 

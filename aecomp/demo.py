@@ -7,7 +7,8 @@ with the report table and the paths of every file it wrote (default folder ``./a
 No download, no GPU; it takes well under two minutes on one CPU thread.
 
 It is ``aecomp compress --data digits --latent 16 --mode all`` with the demo's output folder;
-every option of ``aecomp compress`` except ``--data`` applies.
+every option of ``aecomp compress`` except ``--data`` applies, and ``--overwrite`` is on: running
+the demo again replaces its earlier outputs (only those; a folder holding anything else is refused).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ DEFAULT_OUT = "aecomp-demo"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, DEFAULT_OUT)
-    parser.set_defaults(data="digits")
+    parser.set_defaults(data="digits", overwrite=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The benchmark runner: aecomp against torch eager and torch.compile, in one process.
 
     python -m benchmarks.run                       # the whole CPU matrix, 1 thread (~2 min here)
-    python -m benchmarks.run --rounds 3            # three passes, medians over them (the published run)
+    python -m benchmarks.run --rounds 3 --publish  # three passes, medians over them (the published run)
     python -m benchmarks.run --quick --only op     # a short look at the single-layer ops
     python -m benchmarks.run --device cuda --budget-s 300   # the GPU matrix (gpu_check.sh)
     python -m benchmarks.render                    # tables, plots, README's Performance section
@@ -34,8 +34,10 @@ time budget (``--budget-s``) ends the run with the most useful numbers. Before e
 the runner checks the budget against a rough cost estimate. CPU runs measure every
 implementation of a case together, in alternation.
 
-Results: JSON Lines APPENDED to ``benchmarks/results/<machine>.jsonl`` (``--results-dir``;
-``<machine>`` from ``benchmarks/_machine.py``), one file per machine and device kind, one line
+Results: JSON Lines APPENDED to ``./runs/bench/<machine>.jsonl`` (``--results-dir``), or with
+``--publish`` to the tracked ``benchmarks/results/<machine>.jsonl`` that the README's figures come
+from (never from a ``--smoke`` run); ``<machine>`` from ``benchmarks/_machine.py``; one file per
+machine and device kind, one line
 per measurement, every line carrying the run id, date, machine, CPU model, GPU, torch and
 triton versions, git commit and the load average. Row kinds: ``run`` (a run's settings and
 environment, first), ``ceiling``, ``result``, ``run_end``. A result row holds ``median_ms``,
@@ -77,6 +79,9 @@ PROFILES = {
     "quick": dict(repeats=9, sample_s=0.002, warmup_s=0.02, rep_ms=40.0, job_epochs=3, job_repeats=1),
     "smoke": dict(repeats=3, sample_s=0.0002, warmup_s=0.0, rep_ms=10.0, job_epochs=1, job_repeats=1),
 }
+
+
+DEFAULT_RESULTS_DIR = Path("runs") / "bench"  # relative to the current directory: the user's, not the repo's
 
 
 class RunnerError(Exception):
@@ -123,7 +128,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "over minutes, longer than one case")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each training job (default 10; quick 3)")
     p.add_argument("--results-dir", default=None,
-                   help=f"where <machine>.jsonl is appended (default {_machine.RESULTS_DIR})")
+                   help=f"where <machine>.jsonl is appended (default {DEFAULT_RESULTS_DIR}, under the current "
+                        f"directory; with --publish {_machine.RESULTS_DIR})")
+    p.add_argument("--publish", action="store_true",
+                   help=f"append to the tracked {_machine.RESULTS_DIR} (what the README's Performance section is "
+                        f"rendered from); never with --smoke")
     p.add_argument("--machine", default=None, help="the machine tag naming the results file")
     p.add_argument("--no-save", action="store_true", help="write no results file")
     p.add_argument("--quiet", action="store_true", help="no per-case lines, only the table at the end")
@@ -149,6 +158,19 @@ def _resolve_backends(names: Optional[List[str]], device: str) -> List[str]:
         if not get_backend(n).takes(device, dtype):
             raise RunnerError(f"backend {n!r} does not run on {device} tensors")
     return names
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    """Where this run appends its rows: ``--results-dir``, the tracked folder with ``--publish``, else
+    ``./runs/bench``. Smoke rows are never published."""
+    publish = getattr(args, "publish", False)
+    if publish and args.smoke:
+        raise RunnerError("--publish: smoke results (--smoke) are never published to benchmarks/results/")
+    if publish and args.results_dir:
+        raise RunnerError("--publish writes to benchmarks/results/; leave out --results-dir (or --publish)")
+    if args.results_dir:
+        return Path(args.results_dir)
+    return _machine.RESULTS_DIR if publish else DEFAULT_RESULTS_DIR
 
 
 def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
@@ -487,6 +509,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg["device"] == "cpu":
             torch.set_num_threads(args.threads)
         backends = _resolve_backends(_csv(args.backends), cfg["device"])
+        target_dir = results_dir(args)
     except RunnerError as exc:
         print(f"benchmarks.run: error: {exc}", file=sys.stderr)
         return 2
@@ -498,9 +521,8 @@ def run(args: argparse.Namespace) -> int:
                         layers=(0, 5) if args.smoke else None)
     out = None
     if not args.no_save:
-        results_dir = Path(args.results_dir) if args.results_dir else _machine.RESULTS_DIR
-        results_dir.mkdir(parents=True, exist_ok=True)
-        out = results_dir / f"{_machine.machine_tag(cfg['device'], args.machine)}.jsonl"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        out = target_dir / f"{_machine.machine_tag(cfg['device'], args.machine)}.jsonl"
     runner = Runner(args, cfg, out)
     torch.manual_seed(0)
     load_start = _machine.load_average()

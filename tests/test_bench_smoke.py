@@ -228,3 +228,29 @@ def test_render_keeps_cpu_and_gpu_apart(tmp_path):
     assert res.ratio(key, "aecomp:triton", "eager") == pytest.approx(3.0)
     assert res.fmt_ratio(key, "aecomp:triton", "compile-max-autotune", spread=True) == "5.00x (5.00-5.00)"
     assert res.cases[key]["eager"]["median_ms"] == pytest.approx(3.0 * 2)  # median over rounds of 3, 6, 9
+
+
+@requires_cpu_ext
+def test_default_results_go_to_a_user_folder_and_publish_is_asked_for(tmp_path, monkeypatch, capsys):
+    """Without --results-dir the rows go to ./runs/bench (the user's folder), never to the tracked
+    benchmarks/results/; --publish is refused with --smoke, and alone points at the tracked folder."""
+    from aecomp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = _listing(RESULTS_DIR)
+    assert main(["bench", "--smoke", "--device", "cpu", "--only", "latency", "--baselines", "eager",
+                 "--machine", "user"]) == 0
+    assert _listing(RESULTS_DIR) == before
+    path, rows = _rows(tmp_path / "runs" / "bench")
+    assert path.name == "user.jsonl" and rows[0]["kind"] == "run"
+    capsys.readouterr()
+    assert bench_run.main(["--smoke", "--publish", "--device", "cpu"]) == 2
+    assert "smoke results (--smoke) are never published" in capsys.readouterr().err
+    assert bench_run.main(["--publish", "--results-dir", str(tmp_path), "--device", "cpu"]) == 2
+    assert _listing(RESULTS_DIR) == before
+    import argparse
+
+    p = argparse.ArgumentParser()
+    bench_run.add_arguments(p)
+    assert bench_run.results_dir(p.parse_args(["--publish"])) == RESULTS_DIR
+    assert bench_run.results_dir(p.parse_args([])) == Path("runs") / "bench"

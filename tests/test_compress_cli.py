@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,47 @@ def test_export_bad_inputs_give_one_clear_line(tmp_path, capsys, compress_run):
                     "unknown --format 'tflite'")
     (tmp_path / "empty").mkdir()
     _one_line_error(capsys, ["export", str(tmp_path / "empty")], "no checkpoint")
+
+
+def test_export_a_compress_folder_into_a_folder(compress_run, tmp_path, capsys, monkeypatch):
+    """`aecomp export RUN --out DIR/`: every model the compress run saved, one file each, inside DIR;
+    --model picks one; the autoencoders' own .safetensors files export too."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "onnx"
+    assert main(["export", str(compress_run), "--model", "compressed-frozen", "--out", f"{out}/"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["compressed-frozen.onnx"]
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(compress_run / "models" / "autoencoder.safetensors"), "--out", "ae/"]) == 0
+    stdout = capsys.readouterr().out
+    assert (tmp_path / "ae" / "autoencoder.encoder.onnx").is_file() and stdout.count("max |diff|") == 2
+    assert max(float(x.rsplit(" ", 1)[1]) for x in stdout.splitlines() if "max |diff|" in x) <= 1e-5
+    # without --model: every model of the run (each one exports as above), into <run>-onnx/ by default
+    import argparse
+
+    from aecomp.compress import export_cli
+
+    parser = argparse.ArgumentParser()
+    export_cli.add_arguments(parser)
+    args = parser.parse_args([str(compress_run)])
+    targets, into_folder = export_cli._targets(args)
+    assert into_folder and [n for n, _ in targets] == ["autoencoder", "baseline", "compressed-finetune",
+                                                         "compressed-frozen", "compressed-replace"]
+    assert export_cli._out_path(args, "baseline", True) == Path(f"{compress_run.name}-onnx") / "baseline.onnx"
+    # an existing folder given without the slash: inside it as well; a new name without it: that file
+    one = parser.parse_args([str(compress_run / "checkpoints" / "baseline"), "--out", str(out)])
+    assert export_cli._out_path(one, "baseline", False) == out / "baseline.onnx"
+    one = parser.parse_args([str(compress_run / "checkpoints" / "baseline"), "--out", str(tmp_path / "b.onnx")])
+    assert export_cli._out_path(one, "baseline", False) == tmp_path / "b.onnx"
+
+
+def test_export_option_errors(compress_run, tmp_path, capsys):
+    _one_line_error(capsys, ["export", str(compress_run), "--tolerance", "-1"], "--tolerance must be a number >= 0")
+    _one_line_error(capsys, ["export", str(compress_run), "--model", "nope"], "--model 'nope' is not in",
+                    "compressed-frozen")
+    _one_line_error(capsys, ["export", str(compress_run / "models" / "pca-8.safetensors")],
+                    "not a packed aecomp model", "PCA is not exported")
 
 
 def test_demo_runs_end_to_end_and_lists_its_files(tmp_path, capsys):

@@ -231,3 +231,42 @@ def test_fused_step_that_raises_not_implemented_falls_back(monkeypatch, digits):
 
     monkeypatch.setattr(train_pkg, "FusedStep", Refuses, raising=False)
     assert Trainer(_mlp(), epochs=1, batch_size=512, **QUIET).fit(digits.train).step_kind == "plain"
+
+
+def test_float64_data_trains_a_float32_model_and_a_float64_model(digits):
+    """numpy's default dtype is float64: such data trains the (float32) model in float32, and a
+    ``model.double()`` gets float64 batches; both learn."""
+    x64 = digits.train.x.double()
+    model = _mlp()
+    t = Trainer(model, epochs=1, batch_size=64, **QUIET)
+    r = t.fit(x64, digits.val.x.double())
+    assert math.isfinite(r.history[-1]["train_loss"]) and t.evaluate(x64)["loss"] is not None
+    assert t.predict(x64[:5]).dtype == torch.float32
+    m64 = _mlp().double()
+    r64 = Trainer(m64, epochs=1, batch_size=64, step_fn="plain", **QUIET).fit(digits.train.x, None)
+    assert math.isfinite(r64.history[-1]["train_loss"]) and next(m64.parameters()).dtype == torch.float64
+
+
+def test_patience_without_validation_data_is_an_error(digits):
+    with pytest.raises(ValueError, match=r"patience=2 stops on the validation loss, but there is no validation"):
+        Trainer(_mlp(), epochs=3, patience=2, **QUIET).fit(digits.train)
+
+
+def test_sigmoid_model_warns_about_targets_outside_unit_range(digits):
+    msgs = []
+    t = Trainer(_mlp(), epochs=1, batch_size=256, progress=False, log=msgs.append)
+    t.fit(digits.train.x * 3 - 1, digits.val.x)  # training targets in [-1, 2]
+    warned = [m for m in msgs if m.startswith("warning:")]
+    assert len(warned) == 1 and "the training targets are outside [0, 1] (min -1, max 2)" in warned[0]
+
+
+def test_flat_square_samples_are_drawn_as_images(tmp_path):
+    from aecomp.train import plots
+
+    x = torch.rand(3, 784)
+    imgs, is_image = plots._as_images(x, (784,))
+    assert is_image and imgs.shape == (3, 28, 28) and torch.equal(imgs[1], x[1].view(28, 28))
+    strips, is_image = plots._as_images(torch.rand(3, 10), (10,))
+    assert not is_image and strips.shape == (3, 1, 10)
+    plots.save_reconstructions(x, x, tmp_path / "r.png", sample_shape=(784,))
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

@@ -109,12 +109,106 @@ def test_non_finite_loss_exits_1_with_one_line(tmp_path, capsys):
     (["--device", "cpu", "--bf16"], "bf16 autocast is for CUDA"),
     (["--model", "vae", "--dims", "64,8"], "needs at least three widths"),
     (["--model", "rnn", "--dims", "8"], "hidden units then the code width"),
-    (["--resume"], "no checkpoint in"),
+    (["--dims", "64,,32"], "--dims has an empty entry in '64,,32'"),
+    (["--dims", ",64,32"], "--dims has an empty entry"),
+    (["--patience", "2", "--val-fraction", "0"], "--patience 2 stops on the validation loss, but the validation "
+                                                  "split is empty"),
+    # 12.9 billion parameters: refused before anything is allocated (not the OOM killer, not a traceback)
+    (["--dims", "64,100000000"], r"the model \(mlp, --dims 64,100000000\) has 12,900,000,064 parameters: about "
+                                 r"192\.2 GiB .* only [0-9.]+ GiB of memory is available"),
+    (["--model", "rnn", "--dims", "100000000,16"], r"GiB of memory is available"),
+    (["--model", "conv", "--dims", "100000,100000,4"], r"GiB of memory is available"),
 ])
-def test_usage_errors(tmp_path, argv, pattern):
+def test_usage_errors(tmp_path, monkeypatch, argv, pattern):
+    from aecomp.train import output
+
+    real = output.available_memory
+    # never more than 16 GiB, so the huge models above are refused on any machine (never allocated)
+    monkeypatch.setattr(output, "available_memory", lambda: min(real() or 2**34, 2**34))
     with pytest.raises(cli.UsageError, match=pattern) as info:
         _run(*argv, "--out", str(tmp_path / "o"))
     assert "\n" not in str(info.value)
+
+
+def test_allocation_failure_is_one_line(tmp_path, monkeypatch):
+    """A model that passes the size check but whose allocation fails anyway (memory taken by
+    another process meanwhile): the allocator's RuntimeError becomes one line."""
+    def fail(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 25600000000 bytes.\nmore lines")
+
+    real = cli.build_model
+    monkeypatch.setattr(cli, "build_model", lambda s, shape, unit=None: (
+        real(s, shape, unit) if torch.get_default_device().type == "meta" else fail()))
+    with pytest.raises(cli.UsageError, match=r"not enough memory to build the model \(RuntimeError: .*can't "
+                                             r"allocate memory.*\); use smaller --dims") as info:
+        _run("--out", str(tmp_path / "o"))
+    assert "\n" not in str(info.value)
+
+
+def test_resume_on_a_fresh_folder_starts_fresh(tmp_path, capsys):
+    """What a preemptible job needs: the same command (with --resume) every time."""
+    out = tmp_path / "job"
+    argv = ("--data", "digits", "--dims", "64,16", "--epochs", "1", "--batch-size", "256", "--out", str(out), "--resume")
+    assert _run(*argv) == 0
+    err = capsys.readouterr().err
+    assert f"--resume: nothing to resume in {out} (no checkpoint yet); starting a new run" in err
+    assert ck.latest_checkpoint(out / "checkpoints").step == 6
+    assert _run(*argv[:4], "--epochs", "2", *argv[6:]) == 0  # the next time it resumes
+    err = capsys.readouterr().err
+    assert "nothing to resume" not in err and "resuming from" in err
+    assert ck.latest_checkpoint(out / "checkpoints").step == 12
+
+
+def test_resume_checks_the_data_content_and_works_from_another_directory(tmp_path, monkeypatch, capsys):
+    g = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    np.save(tmp_path / "data" / "t.npy", g.random((80, 6)).astype(np.float32))
+    monkeypatch.chdir(tmp_path / "data")
+    assert _run("--data", "t.npy", "--dims", "6,3", "--epochs", "1", "--out", "../run") == 0
+    c = ck.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert c.state["run"]["settings"]["data"] == str(tmp_path / "data" / "t.npy")  # resolved
+    import hashlib
+
+    assert c.state["run"]["source"]["sha256"] == hashlib.sha256((tmp_path / "data" / "t.npy").read_bytes()).hexdigest()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # resume from another directory, data given or not
+    assert _run("--out", str(tmp_path / "run"), "--resume", "--epochs", "2") == 0
+    assert _run("--data", "../data/t.npy", "--out", "../run", "--resume", "--epochs", "3") == 0
+    # the file's content changes: refused, or resumed with a warning when allowed
+    np.save(tmp_path / "data" / "t.npy", g.random((80, 6)).astype(np.float32))
+    capsys.readouterr()
+    with pytest.raises(cli.UsageError, match=r"the data .*t\.npy changed since the run was checkpointed .*"
+                                             r"pass --allow-data-change"):
+        _run("--out", "../run", "--resume", "--epochs", "4")
+    assert _run("--out", "../run", "--resume", "--epochs", "4", "--allow-data-change") == 0
+    assert "warning: the data" in capsys.readouterr().err
+    assert _run("--out", "../run", "--resume", "--epochs", "5") == 0  # the new content is now the run's
+
+
+def test_flat_pixel_file_trains_with_sigmoid_and_square_reconstructions(tmp_path, capsys):
+    """A flat [n, 784] file of pixels in [0, 1] with rare edge pixels (what MNIST is): not scaled
+    per pixel, every split within the sigmoid's range, no warning, PSNR reported."""
+    g = np.random.default_rng(0)
+    x = np.zeros((300, 28, 28), dtype=np.float32)
+    x[:, 6:22, 6:22] = g.random((300, 16, 16))
+    for j in range(20):  # 20 edge pixels, each faintly lit in ~10 samples
+        lit = g.random(300) < 0.03
+        x[lit, 0, j] = g.uniform(0.005, 0.05, int(lit.sum()))
+    np.savez(tmp_path / "flat.npz", x=x.reshape(300, 784), y=g.integers(0, 10, 300))
+    out = tmp_path / "run"
+    assert _run("--data", str(tmp_path / "flat.npz"), "--dims", "784,32", "--epochs", "1", "--out", str(out)) == 0
+    err = capsys.readouterr().err
+    assert "outside [0, 1]" not in err
+    c = ck.latest_checkpoint(out / "checkpoints")
+    assert c.state["model_config"]["output"] == "sigmoid"
+    assert c.state["run"]["data"]["scale"] == "auto"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["psnr"] is not None and summary["test"]["mse"] < 0.2
+    # per-feature min-max (asked for): a sigmoid model and validation targets far above 1 -> a warning
+    assert _run("--data", str(tmp_path / "flat.npz"), "--dims", "784,32", "--epochs", "1", "--scale", "minmax",
+                "--out", str(tmp_path / "mm")) == 0
+    assert "warning: the model's output is a sigmoid (values in (0, 1)) but the validation targets are outside [0, 1]" in capsys.readouterr().err
 
 
 def test_conv_needs_square_images(tmp_path):

@@ -10,7 +10,13 @@ Runs ``aecomp.compress.pipeline.run_compression`` (baseline LeNet-300-100, PCA, 
 nonlinear autoencoders, CompressedNet in each mode, int8 and pruned variants), writes
 ``report.json``, ``report.md``, ``accuracy_vs_bytes.png``, the model files, checkpoints and
 ONNX files into ``--out``, and prints the table. Mistakes (unknown mode, data without labels,
-a latent not smaller than the input) print one line and exit with 2.
+a latent not smaller than the input, labels that make no sense, an unusable ``--out``, widths
+too large for memory) print one line and exit with 2.
+
+``--out`` must be empty or hold an earlier run's outputs; ``--overwrite`` replaces those (and
+only those: a folder that holds anything else is refused, nothing removed), so what the folder
+holds afterwards is exactly this run's outputs (listed in ``outputs.json``). The folder is
+locked for the run (one line naming the other run's pid if it is busy).
 """
 from __future__ import annotations
 
@@ -77,6 +83,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> N
     a("--threads", type=int, default=1,
       help="torch threads for training (default: 1; these layers are too small to split across threads, "
            "0 = torch's default)")
+    from ..data import SCALES
+
+    a("--scale", choices=SCALES, default=d.scale,
+      help="input scaling fitted on the training split (default: auto: uint8 /255, [0, 1] data as is, other "
+           "images one global min-max, tables per-feature min-max)")
+    a("--overwrite", action="store_true", default=d.overwrite,
+      help="replace the outputs of an earlier run in --out (default: refuse a folder that is not empty)")
+    a("--max-classes", type=int, default=d.max_classes, dest="max_classes",
+      help=f"refuse labels that imply more classes than this (default: {d.max_classes})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +147,8 @@ def settings_from_args(args: argparse.Namespace):
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         latency_repeats=args.latency_repeats, export=not args.no_export, backend=args.backend,
         bits=_parse_bits(args.bits), share_epochs=args.share_epochs, share_lr=args.share_lr, distill=args.distill,
-        temperature=args.temperature, alpha=args.alpha)
+        temperature=args.temperature, alpha=args.alpha,
+        scale=args.scale, overwrite=args.overwrite, max_classes=args.max_classes)
 
 
 def apply_threads(n: int) -> int:
@@ -163,5 +179,11 @@ def run(args: argparse.Namespace) -> int:
         result = run_compression(settings)
     except CompressError as exc:
         raise UsageError(str(exc)) from None
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc).strip()
+        if not isinstance(exc, MemoryError) and "alloc" not in text.lower() and "out of memory" not in text.lower():
+            raise
+        raise UsageError(f"ran out of memory ({type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}); "
+                         f"use a smaller --latent/--hidden or --batch-size") from None
     print_result(result)
     return 0

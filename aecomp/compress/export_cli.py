@@ -5,11 +5,16 @@ Examples::
     aecomp export aecomp-demo/checkpoints/compressed-replace --format onnx --out net.onnx
     aecomp export runs/train --format onnx --out ae.onnx      # -> ae.encoder.onnx + ae.decoder.onnx
     aecomp export aecomp-demo/models/compressed-frozen-int8.safetensors --out net_int8.onnx
+    aecomp export aecomp-demo --out onnx/            # every model of a compress run, into onnx/
+    aecomp export aecomp-demo --model compressed-finetune --out onnx/
 
 ``CHECKPOINT`` is a checkpoint folder (``ckpt-*``), a folder of checkpoints, or a run's output
 folder, as written by ``aecomp train`` or ``aecomp compress`` (the newest complete checkpoint is
-used; its ``state.json`` names the model config), or a packed ``.safetensors`` model written by
-``aecomp compress`` (int8 and pruned files are decoded to float32 first). A classifier
+used; its ``state.json`` names the model config), the output folder of ``aecomp compress`` (every
+model under its ``checkpoints/``, or the one ``--model`` names, one file each into the folder
+``--out``, default ``<run>-onnx/``), or a ``.safetensors`` model written by ``aecomp compress``
+(``models/<name>.safetensors``: int8 and pruned files are decoded to float32 first; the
+autoencoders' files too). ``--out`` ending in ``/`` or naming a folder writes inside it. A classifier
 (CompressedNet or the baseline MLP) becomes one file; an autoencoder becomes the sender's
 encoder file and the receiver's decoder file. Unless ``--no-check``, each file is run in
 onnxruntime on random inputs and the largest absolute difference from torch is printed; above
@@ -18,6 +23,8 @@ onnxruntime on random inputs and the largest absolute difference from torch is p
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -41,9 +48,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="checkpoint folder or run folder (aecomp train / aecomp compress), or a packed .safetensors model")
     a("--format", default="onnx", help="output format: onnx (the only one)")
     a("--out", default=None, metavar="FILE",
-      help="output file (default: <checkpoint name>.onnx); an autoencoder writes FILE's .encoder.onnx and .decoder.onnx")
+      help="output file (default: <checkpoint name>.onnx), or a folder (an existing one, or a path ending in /) "
+           "to write <checkpoint name>.onnx into; an autoencoder writes FILE's .encoder.onnx and .decoder.onnx")
+    a("--model", default=None, metavar="NAME",
+      help="with an aecomp compress output folder: export only this model (default: all of them)")
     a("--no-check", action="store_true", dest="no_check", help="do not run the exported files in onnxruntime")
     a("--tolerance", type=float, default=1e-5, help="largest allowed |onnxruntime - torch| (default: 1e-5)")
+
+
+def compress_models(folder: Path) -> List[Tuple[str, Path]]:
+    """``(name, checkpoints/<name>)`` of every model an ``aecomp compress`` run saved in ``folder``."""
+    from ..train.checkpoint import list_checkpoints
+
+    root = folder / "checkpoints"
+    if not folder.is_dir() or not root.is_dir():
+        return []
+    return [(d.name, d) for d in sorted(root.iterdir()) if d.is_dir() and list_checkpoints(d)]
+
+
+def _load_safetensors(p: Path):
+    """A packed classifier (``models/<name>.safetensors``), or an autoencoder file of a compress run
+    (float32 tensors with ``{"config": ...}`` in its ``aecomp`` metadata)."""
+    import json
+
+    from .net import build_model
+    from .storage import StorageError, load_packed
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        header = json.loads(meta["aecomp"]) if "aecomp" in meta else None
+    except Exception:  # unreadable: load_packed below says so in its own words
+        header = None
+    if isinstance(header, dict) and "format" not in header and isinstance(header.get("config"), dict):
+        from safetensors.torch import load_file
+
+        try:
+            model = build_model(header["config"])
+            model.load_state_dict(load_file(str(p)))
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise UsageError(f"{p}: cannot rebuild the model ({exc})".splitlines()[0]) from None
+        return model.eval(), "autoencoder"
+    try:
+        return load_packed(p), "classifier"
+    except StorageError as exc:
+        hint = " (a PCA baseline's file: PCA is not exported)" if p.name.startswith("pca-") else ""
+        raise UsageError(f"{exc}{hint}") from None
 
 
 def load_any(path: str):
@@ -54,13 +106,7 @@ def load_any(path: str):
 
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
-        from .storage import StorageError, load_packed
-
-        try:
-            model = load_packed(p)
-        except StorageError as exc:
-            raise UsageError(str(exc)) from None
-        return model, "classifier"
+        return _load_safetensors(p)
     if not p.exists():
         raise UsageError(f"{path}: no such checkpoint folder or file")
     try:
@@ -96,6 +142,38 @@ def _example_input(model):
     return torch.rand(64, *shape, generator=g)
 
 
+def _targets(args: argparse.Namespace) -> Tuple[List[Tuple[str, str]], bool]:
+    """``([(name, source path)], into_folder)``: one model, or each model of a compress folder."""
+    src = Path(args.checkpoint)
+    found = compress_models(src)
+    if found:
+        names = [n for n, _ in found]
+        if args.model is not None:
+            if args.model not in names:
+                raise UsageError(f"--model {args.model!r} is not in {src} (it holds {', '.join(names)})")
+            found = [(n, d) for n, d in found if n == args.model]
+        return [(n, str(d)) for n, d in found], True
+    if args.model is not None:
+        raise UsageError(f"--model is for the output folder of aecomp compress; {src} is not one")
+    return [(src.resolve().name.split(".")[0] or "model", str(src))], False
+
+
+def _out_path(args: argparse.Namespace, name: str, into_folder: bool) -> Path:
+    if into_folder:
+        folder = Path(args.out) if args.out else Path(f"{Path(args.checkpoint).resolve().name}-onnx")
+    elif args.out and (args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()):
+        folder = Path(args.out)
+    else:
+        return Path(args.out) if args.out else Path(f"{name}.onnx")
+    from ..train.output import OutputError, prepare_folder
+
+    try:
+        prepare_folder(folder)
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
+    return folder / f"{name}.onnx"
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -104,30 +182,34 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format not in FORMATS:
         raise UsageError(f"unknown --format {args.format!r}; expected one of {', '.join(FORMATS)}")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise UsageError(f"--tolerance must be a number >= 0, got {args.tolerance:g}")
     try:
         require_onnx(runtime=not args.no_check)
     except MissingDependencyError as exc:
         raise UsageError(str(exc)) from None
-    model, kind = load_any(args.checkpoint)
-    out = Path(args.out) if args.out else Path(Path(args.checkpoint).name.split(".")[0] + ".onnx")
-    x = _example_input(model)
+    targets, into_folder = _targets(args)
     written: List[Tuple[Path, object, torch.Tensor]] = []
-    try:
-        if kind == "classifier":
-            path = export_onnx(model, out, x[:2])
-            written.append((path, model, x))
-        else:
-            enc, dec = export_autoencoder(model, out, x[:2])
-            with torch.no_grad(), use_backend("reference"):
-                z = model.encode(x)
-            written += [(enc, model.encode, x), (dec, model.decode, z)]
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
-    except Exception as exc:  # the exporter's errors come in many types; keep it to one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"aecomp export: error: torch.onnx.export failed for {type(model).__name__} "
-              f"({type(exc).__name__}: {msg})", file=sys.stderr)
-        return 1
+    for name, source in targets:
+        model, kind = load_any(source)
+        out = _out_path(args, name, into_folder)
+        x = _example_input(model)
+        try:
+            if kind == "classifier":
+                path = export_onnx(model, out, x[:2])
+                written.append((path, model, x))
+            else:
+                enc, dec = export_autoencoder(model, out, x[:2])
+                with torch.no_grad(), use_backend("reference"):
+                    z = model.encode(x)
+                written += [(enc, model.encode, x), (dec, model.decode, z)]
+        except OSError as exc:
+            raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+        except Exception as exc:  # the exporter's errors come in many types; keep it to one line
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"aecomp export: error: torch.onnx.export failed for {type(model).__name__} "
+                  f"({type(exc).__name__}: {msg})", file=sys.stderr)
+            return 1
     worst = 0.0
     for path, fn, inp in written:
         line = f"wrote {path} ({path.stat().st_size:,} bytes)"

@@ -34,11 +34,23 @@ Layout of the output folder::
     models/<name>.aecc                (coded rows) the entropy-coded file behind ``bytes``
     checkpoints/<name>/ckpt-*/        trained float32 models (``aecomp export`` reads these)
     onnx/<name>.onnx, onnx/autoencoder.encoder.onnx, onnx/autoencoder.decoder.onnx
+    outputs.json                      every file above (relative paths), written last
+    .aecomp.lock                      the run's folder lock (``aecomp.train.output.FolderLock``)
+
+The folder holds exactly one run's outputs: a run refuses a folder that is not empty unless
+``overwrite`` is set, and then removes exactly the previous run's outputs (those its
+``outputs.json`` lists, or the layout above for a folder written before that file existed)
+and refuses a folder that holds anything else. So ``aecomp export`` never picks up a stale file.
+
+Labels are checked on every split: integers >= 0, every validation and test label seen in
+training, and at most ``max_classes`` classes (``max + 1``; a stray label of 1,000,000 would
+otherwise build a head of a million outputs).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -95,6 +107,9 @@ class CompressSettings:
     distill: bool = True  # also train each compressed net distilled from the baseline (-kd rows)
     temperature: float = 4.0
     alpha: float = 0.7
+    scale: str = "auto"  # aecomp.data.SCALES
+    overwrite: bool = False  # replace an earlier run's outputs in `out`
+    max_classes: int = 1000  # more classes than this is taken for a mistake in the labels
 
     def modes(self) -> Tuple[str, ...]:
         return MODES if self.mode == "all" else (self.mode,)
@@ -128,12 +143,17 @@ def _check(s: CompressSettings) -> None:
         raise CompressError(f"--temperature must be a positive number, got {s.temperature}")
     if not 0.0 <= s.alpha <= 1.0:
         raise CompressError(f"--alpha must be in [0, 1], got {s.alpha}")
+    if s.scale not in data_mod.SCALES:
+        raise CompressError(f"unknown --scale {s.scale!r}; expected one of {', '.join(data_mod.SCALES)}")
+    if not isinstance(s.max_classes, int) or s.max_classes < 2:
+        raise CompressError(f"--max-classes must be an integer >= 2, got {s.max_classes!r}")
 
 
 def load_labeled(s: CompressSettings) -> data_mod.Splits:
     """The splits of ``s.data``, checked for what the pipeline needs (labels, latent < features)."""
     try:
-        splits = data_mod.load(s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed)
+        splits = data_mod.load(s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed,
+                               scale=s.scale)
     except data_mod.DataError as exc:
         raise CompressError(str(exc)) from None
     features = splits.train.features
@@ -146,12 +166,127 @@ def load_labeled(s: CompressSettings) -> data_mod.Splits:
     if len(splits.test) == 0 or len(splits.val) == 0:
         raise CompressError(f"{s.data}: the validation or test split is empty ({len(splits.train)} / "
                             f"{len(splits.val)} / {len(splits.test)} samples); use more data or larger fractions")
-    classes = int(splits.train.y.max()) + 1
-    if int(splits.train.y.min()) < 0:
-        raise CompressError(f"{s.data}: labels must be 0, 1, 2, ... (found {int(splits.train.y.min())})")
+    check_labels(s, splits)
+    return splits
+
+
+def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
+    """The number of classes (training ``max + 1``) after checking every split's labels."""
+    seen = torch.unique(splits.train.y)
+    for d in splits:
+        if d.y is None or len(d) == 0:
+            continue
+        low = int(d.y.min())
+        if low < 0:
+            raise CompressError(f"{s.data}: labels must be 0, 1, 2, ...; the {d.split} split has label {low}")
+        unseen = d.y[~torch.isin(d.y, seen)]
+        if unseen.numel():
+            values = sorted(set(unseen.tolist()))
+            shown = ", ".join(map(str, values[:5])) + (", ..." if len(values) > 5 else "")
+            raise CompressError(f"{s.data}: the {d.split} split has label(s) {shown} that the training split never "
+                                f"has ({unseen.numel()} sample(s)); a classifier cannot learn a class it never sees")
+    classes = int(seen.max()) + 1
     if classes < 2:
         raise CompressError(f"{s.data}: the labels hold only one class; a classifier needs two or more")
-    return splits
+    if classes > s.max_classes:
+        raise CompressError(f"{s.data}: the largest label is {classes - 1}, so {classes:,} classes for "
+                            f"{len(splits.train)} training samples ({seen.numel()} distinct labels); more than "
+                            f"--max-classes {s.max_classes} is taken for a mistake in the labels (pass "
+                            f"--max-classes {classes} if it is right)")
+    return classes
+
+
+OUTPUTS_FILE = "outputs.json"
+# what a run writes at the top of its folder (a folder written before outputs.json existed)
+LAYOUT = ("report.json", "report.md", "accuracy_vs_bytes.png", "models", "checkpoints", "onnx", OUTPUTS_FILE)
+
+
+def _files_under(out: Path, names: Sequence[str]) -> List[Path]:
+    found: List[Path] = []
+    for n in names:
+        p = out / n
+        if p.is_dir() and not p.is_symlink():
+            found += [q for q in p.rglob("*") if not q.is_dir() or q.is_symlink()]
+        elif p.exists() or p.is_symlink():
+            found.append(p)
+    return found
+
+
+def _previous_outputs(out: Path) -> Optional[List[Path]]:
+    """The files of the earlier run in ``out``: those its ``outputs.json`` lists; the layout's when
+    that run did not finish (or predates outputs.json, but wrote a report.json); None when the
+    folder does not look like a compress output folder at all."""
+    listing = out / OUTPUTS_FILE
+    if listing.is_file():
+        try:
+            doc = json.loads(listing.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if isinstance(doc, dict) and doc.get("complete") and isinstance(doc.get("files"), list):
+            return [out / n for n in doc["files"] if isinstance(n, str) and ".." not in Path(n).parts]
+        return _files_under(out, LAYOUT)
+    if (out / "report.json").is_file():
+        return _files_under(out, LAYOUT)
+    return None
+
+
+def clear_folder(out: Path, overwrite: bool) -> None:
+    """Leave ``out`` empty (but for the lock), or refuse: see the module docstring. Nothing is
+    removed unless everything in the folder is the earlier run's."""
+    from ..train.output import LOCK_NAME
+
+    top = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    if not top:
+        return
+    names = ", ".join(top[:4]) + (", ..." if len(top) > 4 else "")
+    present = [p for p in out.rglob("*") if (not p.is_dir() or p.is_symlink()) and p != out / LOCK_NAME]
+    if not overwrite:
+        raise CompressError(f"--out {out} is not empty ({names}); add --overwrite to replace the outputs of an "
+                            f"earlier run there, or choose another --out")
+    previous = _previous_outputs(out)
+    if previous is None:
+        raise CompressError(f"--overwrite: --out {out} holds {names} but no earlier aecomp compress run (no "
+                            f"{OUTPUTS_FILE} or report.json); nothing is removed: choose another --out")
+    ours = {p.resolve() if not p.is_symlink() else p for p in previous}
+    foreign = sorted(str(p.relative_to(out)) for p in present
+                     if (p.resolve() if not p.is_symlink() else p) not in ours)
+    if foreign:
+        raise CompressError(f"--overwrite: --out {out} also holds {', '.join(foreign[:4])}"
+                            f"{', ...' if len(foreign) > 4 else ''}, which the earlier run did not write; "
+                            f"nothing is removed: move it or choose another --out")
+    for p in present:
+        p.unlink()
+    for d in sorted((q for q in out.rglob("*") if q.is_dir() and not q.is_symlink()),
+                    key=lambda q: len(q.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+
+
+def _write_outputs_list(out: Path, complete: bool) -> None:
+    """``outputs.json``: at the start ``complete: false`` (a crash leaves a folder ``--overwrite``
+    may clear), at the end every file the run wrote."""
+    from ..train.checkpoint import atomic_write, default_file_mode
+    from ..train.output import LOCK_NAME
+
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                   if p.is_file() and p.name != LOCK_NAME and p.name != OUTPUTS_FILE) if complete else []
+    mode = default_file_mode()
+    for f in files:  # safetensors' writer creates its files 0600; every other file gets 0666 less the umask
+        os.chmod(out / f, mode)
+    doc = {"written_by": "aecomp compress", "complete": complete, "files": sorted(files + [OUTPUTS_FILE])}
+    atomic_write(out / OUTPUTS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def _check_sizes(s: CompressSettings, features: int, classes: int) -> None:
+    """Refuse widths whose models cannot fit in memory, before anything is allocated."""
+    from ..train.output import OutputError, check_memory
+
+    dims = encoder_dims(s, features)
+    enc = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+    try:
+        check_memory(2 * enc + s.latent * classes, f"the autoencoder ({'-'.join(map(str, dims))}, --hidden/--latent)")
+    except OutputError as exc:
+        raise CompressError(str(exc)) from None
 
 
 def encoder_dims(s: CompressSettings, features: int) -> List[int]:
@@ -281,15 +416,34 @@ class _Run:
 
 def run_compression(settings: CompressSettings, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Run the whole pipeline; returns ``{"rows", "paths", "report", "table", "files", "seconds"}``."""
+    from ..train.output import FolderLock, OutputError, prepare_folder
+
     s = settings
     _check(s)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     splits = load_labeled(s)
+    classes = check_labels(s, splits)
+    _check_sizes(s, splits.train.features, classes)
+    try:
+        out = prepare_folder(s.out)
+        lock = FolderLock(out).acquire()
+    except OutputError as exc:
+        raise CompressError(str(exc)) from None
+    try:
+        clear_folder(out, s.overwrite)
+        _write_outputs_list(out, complete=False)
+        result = _run_pipeline(s, splits, classes, log)
+        _write_outputs_list(out, complete=True)
+        return result
+    finally:
+        lock.release()
+
+
+def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
+                  log: Callable[[str], None]) -> Dict[str, Any]:
     run = _Run(s, log)
     tr, va, te = splits
     features = tr.features
-    classes = int(torch.cat([tr.y, va.y, te.y]).max()) + 1
-    run.out.mkdir(parents=True, exist_ok=True)
     run.log(f"data {splits.spec}: {len(tr)} train / {len(va)} val / {len(te)} test, {features} features, "
             f"{classes} classes; latent {s.latent}; modes {', '.join(s.modes())}")
     fit_kw = dict(x_val=va.x, y_val=va.y, batch_size=s.batch_size, seed=s.seed)
@@ -428,7 +582,8 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
     seconds = time.perf_counter() - run.t0
     run.log(f"done in {seconds:.1f} s")
     files = [paths["json"], paths["md"], paths["png"]] + sorted((run.out / "models").glob("*.safetensors")) \
-        + sorted((run.out / "checkpoints").iterdir()) + [Path(o["file"]) for o in onnx_info]
+        + sorted((run.out / "checkpoints").iterdir()) + [Path(o["file"]) for o in onnx_info] \
+        + [run.out / OUTPUTS_FILE]
     return {"rows": report["models"], "paths": paths, "report": report, "table": format_table(report["models"]),
             "files": files, "seconds": seconds}
 

@@ -43,6 +43,7 @@ __all__ = [
     "MANIFEST",
     "atomic_write",
     "checkpoint_dir",
+    "default_file_mode",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -81,14 +82,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one.
 
     Temp file in the same folder -> write -> flush -> fsync -> ``os.replace`` -> fsync the folder.
+    The file gets the mode any other file of the run gets (``0o666`` less the umask), not the
+    ``0o600`` of ``mkstemp``.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

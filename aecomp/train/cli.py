@@ -6,6 +6,8 @@ Examples::
     python -m aecomp train --data digits28 --model conv --epochs 5 --out runs/conv
     python -m aecomp train --data mnist:/data/mnist --model vae --dims 784,256,32 --out runs/vae
     python -m aecomp train --out runs/digits --resume               # continue a stopped run
+    python -m aecomp train --data digits --out runs/job --resume    # the same command again and again
+                                                                    # (a preemptible job): fresh the first time
     torchrun --nproc_per_node=2 -m aecomp train --data digits --out runs/ddp
 
 Writes into ``--out``: ``checkpoints/ckpt-<step>/`` (the newest two), ``metrics.jsonl`` (one
@@ -22,9 +24,21 @@ JSON line per epoch), ``reconstructions.png`` (test inputs above their reconstru
 
 ``--resume`` takes every setting that shapes the run from the checkpoint; giving a different
 value for one of them is an error. ``--epochs``, ``--patience``, ``--device``,
-``--checkpoint-every`` and ``--no-progress`` may change.
+``--checkpoint-every`` and ``--no-progress`` may change. With nothing to resume (no checkpoint
+in ``--out``) the run starts fresh and says so. The data path is stored resolved (absolute), so
+a run resumes from any directory; the data's SHA-256 is stored too, and a run whose data file
+changed is not resumed unless ``--allow-data-change`` (then with a warning).
 
-Mistakes (bad arguments, unreadable data, nothing to resume) print one line and exit with 2;
+``--out`` is locked for the run (``--out/.aecomp.lock``, an OS file lock): a second run on the
+same folder stops at once with one line naming the first one's pid.
+
+``--scale`` (default ``auto``): pixels stay pixels -- uint8 data is divided by 255, data already
+in [0, 1] is left alone, other images get one global min-max, and only tables are scaled per
+feature (see ``aecomp.data``). The model gets a sigmoid output when the training data is in
+[0, 1] after scaling.
+
+Mistakes (bad arguments, unreadable data, an unusable --out, a model too large for memory)
+print one line and exit with 2;
 a loss that turns NaN/inf prints one line and exits with 1 (the last good checkpoint stays).
 """
 from __future__ import annotations
@@ -32,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -44,6 +59,8 @@ except ImportError:  # pragma: no cover - the top-level CLI not present
         """A mistake in the command line or its inputs: one line, exit code 2."""
 
 
+from ..data import SCALES
+
 __all__ = ["UsageError", "add_arguments", "run", "build_model", "DEFAULTS"]
 
 MODEL_TYPES = ("mlp", "conv", "rnn", "vae")
@@ -54,7 +71,7 @@ STRUCTURAL = ("data", "model", "dims", "batch_size", "lr", "seed", "scale", "val
 DEFAULTS: Dict[str, Any] = {
     "data": "digits", "model": "mlp", "dims": None, "epochs": 10, "batch_size": 64, "lr": 1e-3,
     "backend": None, "seed": 0, "out": "runs/train", "device": "auto", "patience": None,
-    "checkpoint_every": None, "scale": "minmax", "val_fraction": 0.1, "test_fraction": 0.1,
+    "checkpoint_every": None, "scale": "auto", "val_fraction": 0.1, "test_fraction": 0.1,
     "beta": 1.0, "cell": "gru", "bf16": False,
 }
 
@@ -74,13 +91,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--backend", help="op backend: reference | cpu | triton | cuda (default: automatic)")
     a("--seed", type=int, help="seed for initialisation, split and batch order (default: 0)")
     a("--out", help="output folder (default: runs/train)")
-    a("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
+    a("--resume", action="store_true",
+      help="continue the run in --out from its newest good checkpoint (none there: start fresh)")
+    a("--allow-data-change", action="store_true", dest="allow_data_change",
+      help="with --resume: continue even though the data file's content changed (a warning, not an error)")
     a("--device", help="auto (default: cuda if available) | cpu | cuda")
     a("--bf16", action="store_true", default=None, help="bf16 autocast (CUDA only)")
     a("--patience", type=int, help="stop after this many epochs without a better validation loss")
     a("--checkpoint-every", type=int, dest="checkpoint_every", metavar="STEPS",
       help="also checkpoint every STEPS optimizer steps (default: at the end of each epoch only)")
-    a("--scale", choices=("minmax", "standard", "none"), help="preprocessing fitted on the training split (default: minmax)")
+    a("--scale", choices=SCALES,
+      help="preprocessing fitted on the training split (default: auto: uint8 /255, [0, 1] data as is, "
+           "other images one global min-max, tables per-feature min-max)")
     a("--val-fraction", type=float, dest="val_fraction", help="validation share (default: 0.1)")
     a("--test-fraction", type=float, dest="test_fraction", help="test share (default: 0.1)")
     a("--beta", type=float, help="vae: weight of the KL term (default: 1.0)")
@@ -93,8 +115,13 @@ def _parse_dims(text: Any) -> Optional[List[int]]:
         return None
     if isinstance(text, (list, tuple)):
         return [int(v) for v in text]
+    parts = str(text).replace(" ", "").split(",")
+    if text and str(text).replace(" ", "").endswith(",") and "" not in parts[:-1]:
+        parts = parts[:-1]  # one trailing comma is harmless
+    if "" in parts:
+        raise UsageError(f"--dims has an empty entry in {text!r}; give comma-separated integers like 64,32,16")
     try:
-        dims = [int(p) for p in str(text).replace(" ", "").split(",") if p != ""]
+        dims = [int(p) for p in parts]
     except ValueError:
         raise UsageError(f"--dims must be comma-separated integers like 64,32,16, got {text!r}") from None
     if not dims or any(d <= 0 for d in dims):
@@ -140,14 +167,18 @@ def _check_settings(s: Dict[str, Any]) -> None:
             raise UsageError(f"--backend {s['backend']} is not available here: {reason}")
 
 
-def build_model(settings: Dict[str, Any], sample_shape: Tuple[int, ...]):
-    """The model for ``settings`` (model, dims, scale, beta, cell, backend) and data samples of ``sample_shape``."""
+def build_model(settings: Dict[str, Any], sample_shape: Tuple[int, ...], unit_range: Optional[bool] = None):
+    """The model for ``settings`` (model, dims, scale, beta, cell, backend) and data samples of
+    ``sample_shape``; a sigmoid output when the (scaled) training data is in [0, 1] (``unit_range``;
+    None: guessed from ``scale``, min-max kinds only)."""
     from .. import models
 
     kind = settings["model"]
     dims = settings["dims"]
     features = math.prod(sample_shape)
-    output = "sigmoid" if settings["scale"] == "minmax" else "none"
+    if unit_range is None:
+        unit_range = settings["scale"] in ("minmax", "global")
+    output = "sigmoid" if unit_range else "none"
     backend = settings["backend"]
     if kind in ("mlp", "vae"):
         if dims is None:
@@ -183,12 +214,23 @@ def build_model(settings: Dict[str, Any], sample_shape: Tuple[int, ...]):
     raise UsageError(f"unknown --model {kind!r}; expected one of {', '.join(MODEL_TYPES)}")
 
 
-def _resume_settings(out: Path, given: Dict[str, Any]) -> Dict[str, Any]:
+def _same_data(a: Any, b: Any) -> bool:
+    from ..data import DataError, resolve_spec
+
+    try:
+        return resolve_spec(a) == resolve_spec(b)
+    except DataError:
+        return a == b
+
+
+def _resume_settings(out: Path, given: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """``(settings, the checkpoint's run record)`` to continue the run in ``out``, or None when
+    there is no checkpoint at all (a fresh start)."""
     from . import checkpoint as ckpt_mod
 
     root = out / "checkpoints"
     if not ckpt_mod.list_checkpoints(root):
-        raise UsageError(f"--resume: no checkpoint in {root} (nothing to resume)")
+        return None
     notes: List[str] = []
     ckpt = ckpt_mod.latest_checkpoint(root, on_skip=notes.append)
     for n in notes:
@@ -202,6 +244,8 @@ def _resume_settings(out: Path, given: Dict[str, Any]) -> Dict[str, Any]:
         return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
     for key in STRUCTURAL:
+        if key == "data" and key in given and _same_data(given[key], saved.get(key)):
+            continue
         if key in given and given[key] != saved.get(key):
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} {show(given[key])} differs from the run being resumed ({show(saved.get(key))}); "
@@ -210,11 +254,72 @@ def _resume_settings(out: Path, given: Dict[str, Any]) -> Dict[str, Any]:
     for key in ("epochs", "patience", "device", "checkpoint_every", "bf16"):
         if key in given:
             merged[key] = given[key]
-    return merged
+    return merged, dict(ckpt.state.get("run") or {})
+
+
+def _check_data_unchanged(saved_run: Dict[str, Any], source: Dict[str, Any], allow: bool) -> None:
+    """Refuse (or with ``allow``, warn) when the data's SHA-256 differs from the one the run started with."""
+    before = (saved_run.get("source") or {}).get("sha256")
+    now = source.get("sha256")
+    if before is None or now is None or before == now:
+        return
+    what = (f"the data {source.get('spec')} changed since the run was checkpointed "
+            f"(SHA-256 {now[:12]}..., the run was trained on {before[:12]}...)")
+    if not allow:
+        raise UsageError(f"{what}; resuming would mix two datasets: pass --allow-data-change to resume anyway, "
+                         f"or start a new run in another --out")
+    print(f"aecomp train: warning: {what}; resuming anyway (--allow-data-change)", file=sys.stderr)
+
+
+def _model_size_ok(s: Dict[str, Any], sample_shape: Tuple[int, ...], unit_range: bool) -> None:
+    """Build the model on the meta device (no memory) and refuse it if it cannot fit for real."""
+    import torch
+
+    from .output import OutputError, check_memory
+
+    with torch.device("meta"):
+        meta = build_model(s, sample_shape, unit_range)
+    try:
+        check_memory(sum(p.numel() for p in meta.parameters()), f"the model ({s['model']}, --dims "
+                     f"{','.join(map(str, s['dims'])) if s['dims'] else 'default'})")
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("alloc" in text or "out of memory" in text)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``aecomp train`` with parsed ``args``; returns the exit code."""
+    from .. import data as data_mod
+    from .output import FolderLock, OutputError, prepare_folder
+
+    given = _settings(args)
+    out = Path(given.get("out", DEFAULTS["out"]))
+    if "data" in given:
+        try:
+            given["data"] = data_mod.resolve_spec(given["data"])  # stored resolved: resume from anywhere
+        except data_mod.DataError as exc:
+            raise UsageError(str(exc)) from None
+    lock = None
+    try:
+        prepare_folder(out)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 speaks for the run
+            lock = FolderLock(out).acquire()
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _run_locked(args, given, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(args: argparse.Namespace, given: Dict[str, Any], out: Path) -> int:
     import torch
 
     from .. import data as data_mod
@@ -223,10 +328,18 @@ def run(args: argparse.Namespace) -> int:
     from . import plots
     from .trainer import NonFiniteLossError, Trainer
 
-    given = _settings(args)
-    out = Path(given.get("out", DEFAULTS["out"]))
-    if args.resume:
-        s = _resume_settings(out, given)
+    resume = bool(args.resume)
+    saved_run: Dict[str, Any] = {}
+    if resume:
+        found = _resume_settings(out, given)
+        if found is None:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"aecomp train: --resume: nothing to resume in {out} (no checkpoint yet); starting a new run",
+                      file=sys.stderr)
+            resume = False
+            s = _fill(given)
+        else:
+            s, saved_run = found
     else:
         from .checkpoint import list_checkpoints
 
@@ -244,11 +357,26 @@ def run(args: argparse.Namespace) -> int:
                                    seed=s["seed"], scale=s["scale"])
         except data_mod.DataError as exc:
             raise UsageError(str(exc)) from None
+        s["data"] = splits.source.get("spec", s["data"])
+        if resume:
+            _check_data_unchanged(saved_run, splits.source, bool(getattr(args, "allow_data_change", False)))
+        if s["patience"] is not None and len(splits.val) == 0:
+            raise UsageError(f"--patience {s['patience']} stops on the validation loss, but the validation split "
+                             f"is empty (--val-fraction {s['val_fraction']:g}); give --val-fraction > 0 or leave "
+                             f"--patience out")
+        unit = splits.train.unit_range
+        _model_size_ok(s, splits.train.sample_shape, unit)
         torch.manual_seed(s["seed"])
         try:
-            model = build_model(s, splits.train.sample_shape)
+            model = build_model(s, splits.train.sample_shape, unit)
         except (ValueError, TypeError) as exc:
             raise UsageError(str(exc)) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            raise UsageError(f"not enough memory to build the model ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no details'}); "
+                             f"use smaller --dims") from None
         if s["batch_size"] < info.world_size:
             raise UsageError(f"--batch-size {s['batch_size']} is smaller than the {info.world_size} processes")
         try:
@@ -256,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
                               device=None if s["device"] == "auto" else s["device"], bf16=bool(s["bf16"]),
                               patience=s["patience"], out_dir=out, checkpoint_every=s["checkpoint_every"],
                               progress=False if getattr(args, "no_progress", False) else None,
-                              run_config={"settings": s, "data": splits.config})
+                              run_config={"settings": s, "data": splits.config, "source": splits.source})
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if info.is_main:
@@ -267,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
 
         with aecomp.use_backend(s["backend"]):
             try:
-                result = trainer.fit(splits.train, splits.val, resume=bool(args.resume))
+                result = trainer.fit(splits.train, splits.val, resume=resume)
             except ckpt_mod.CheckpointError as exc:
                 raise UsageError(str(exc)) from None
             except NonFiniteLossError as exc:
@@ -276,6 +404,11 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             except ValueError as exc:  # e.g. the folder already holds another run
                 raise UsageError(str(exc)) from None
+            except (MemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                raise UsageError(f"ran out of memory while training ({type(exc).__name__}); "
+                                 f"use smaller --dims or --batch-size") from None
             test = trainer.evaluate(splits.test) if len(splits.test) else None
             if info.is_main:
                 _write_outputs(out, trainer, splits, result, test, plots)

@@ -33,13 +33,19 @@ def _write_png(fig, path: Union[str, os.PathLike]) -> None:
 def _as_images(x: torch.Tensor, sample_shape: Optional[Sequence[int]]) -> Tuple[torch.Tensor, bool]:
     """``[n, H, W]`` (grey) or ``[n, H, W, 3]`` images, and whether they are real images.
 
-    Non-image samples (a vector of features) come back as ``[n, 1, F]`` strips.
+    A flat sample whose width is a perfect square (784 = 28 x 28, 64 = 8 x 8) is drawn as a
+    square image: that is what a flat file of pixels is, and a strip of 784 values shows only
+    stripes. Other non-image samples (a vector of features) come back as ``[n, 1, F]`` strips.
     """
     x = x.detach().float().cpu()
     n = x.shape[0]
     shape = tuple(sample_shape) if sample_shape is not None else tuple(x.shape[1:])
     if math.prod(shape) != math.prod(x.shape[1:]):
         shape = tuple(x.shape[1:])
+    if len(shape) == 1:
+        side = math.isqrt(shape[0])
+        if side >= 2 and side * side == shape[0]:
+            shape = (side, side)
     x = x.reshape(n, *shape)
     if x.dim() == 3:
         return x, True

@@ -15,7 +15,10 @@ supports the model (its ``supports(model)`` returns True and its constructor doe
 
 Data: the training split lives whole on the device; batches come from
 :class:`aecomp.data.InMemoryLoader` (a seeded permutation per epoch, one ``index_select`` per
-batch). Samples are reshaped once to the model's ``input_shape``.
+batch). Samples are reshaped once to the model's ``input_shape`` and cast once to the dtype of the
+model's parameters (float64 data from numpy trains a float32 model; a ``model.double()`` takes
+float64). A model with a sigmoid output (``config["output"] == "sigmoid"``) given targets outside
+[0, 1] trains towards values it can never reach: ``fit`` warns once per split, with the range.
 
 Metrics, per epoch, appended as one JSON line to ``<out_dir>/metrics.jsonl`` (rank 0):
 ``epoch`` (1-based), ``step``, ``train_loss`` (sample-weighted mean of the batch losses of the
@@ -25,7 +28,7 @@ else null), ``seconds`` (wall time of the epoch, evaluation included), ``train_s
 ``samples_per_s`` (training samples over all ranks / ``train_seconds``), ``lr``, ``time``.
 
 Early stopping: after ``patience`` epochs in a row whose validation loss is not below the
-best so far minus ``min_delta``, training stops.
+best so far minus ``min_delta``, training stops; ``patience`` without validation data is an error.
 
 Checkpoints (``aecomp.train.checkpoint``) go to ``<out_dir>/checkpoints`` at the end of every
 epoch and, with ``checkpoint_every=K``, after every K-th optimizer step inside an epoch; the
@@ -39,6 +42,10 @@ A NaN or infinite loss stops training with :class:`NonFiniteLossError`. The loss
 after every step on a single-process CPU run, every ``check_every`` steps otherwise (a
 device-to-host sync), and always before a checkpoint is written, so no checkpoint ever holds
 weights from after a non-finite loss.
+
+Layout: the loop (this module), evaluation and prediction (``_evaluation.py``) and the checkpoint
+glue, what a checkpoint holds and how a run is rebuilt from it (``_checkpointing.py``), each a
+mixin of :class:`Trainer`.
 
 Test hook: with the environment variable ``AECOMP_TEST_KILL_AFTER_STEP=N`` the process sends
 itself SIGKILL right after optimizer step N (and after the checkpoint of that step, if one is
@@ -64,13 +71,12 @@ from torch import nn
 from .. import data as data_mod
 from . import checkpoint as ckpt_mod
 from . import distributed as dist_mod
+from ._checkpointing import STATE_FORMAT, CheckpointingMixin  # noqa: F401  (STATE_FORMAT: kept importable here)
+from ._evaluation import DataLike, EvaluationMixin
 
 __all__ = ["FitResult", "NonFiniteLossError", "PlainStep", "Trainer", "KILL_ENV"]
 
 KILL_ENV = "AECOMP_TEST_KILL_AFTER_STEP"
-STATE_FORMAT = 1
-
-DataLike = Union[data_mod.Dataset, torch.Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -117,19 +123,11 @@ class PlainStep:
         return loss.detach()
 
 
-def _b64(t: torch.Tensor) -> str:
-    return data_mod._encode_state(t)
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return data_mod._decode_state(s)
-
-
 def _finite_or_none(v: Optional[float]) -> Optional[float]:
     return None if v is None or not math.isfinite(v) else v
 
 
-class Trainer:
+class Trainer(CheckpointingMixin, EvaluationMixin):
     """Trains an autoencoder (any ``nn.Module`` with ``loss(batch)`` and ``forward`` = reconstruction).
 
     Arguments: ``epochs``, ``batch_size`` (the global batch: split across processes under
@@ -222,8 +220,9 @@ class Trainer:
         x = data.x if isinstance(data, data_mod.Dataset) else data
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x)
-        if not x.is_floating_point():
-            x = x.float()
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        if x.dtype != dtype:
+            x = x.to(dtype)  # float64 numpy data and a float32 model: train in the model's dtype
         shape = getattr(self.model, "input_shape", None)
         if shape is None:
             return x
@@ -237,6 +236,17 @@ class Trainer:
                              f"{' times any length' if -1 in shape else ''}) but the {what} data has {have} "
                              f"values per sample (shape {tuple(x.shape)})")
         return x.reshape(x.shape[0], *shape)
+
+    def _warn_outside_sigmoid(self, x: torch.Tensor, what: str) -> None:
+        config = getattr(self.model, "config", None)
+        if not isinstance(config, dict) or config.get("output") != "sigmoid" or x.numel() == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            self.log(f"warning: the model's output is a sigmoid (values in (0, 1)) but the {what} targets are "
+                     f"outside [0, 1] (min {lo:.4g}, max {hi:.4g}); those values can never be reconstructed. "
+                     f"Scale the data into [0, 1] (aecomp.data.load(..., scale='auto'|'global')) or use a model "
+                     f"with output='none'")
 
     def _unit_range(self, data: DataLike, x: torch.Tensor) -> bool:
         if isinstance(data, data_mod.Dataset):
@@ -309,6 +319,12 @@ class Trainer:
             x_val = self._samples(val, "validation")
             if x_val.shape[0] == 0:
                 x_val = None
+        if self.patience is not None and x_val is None:
+            raise ValueError(f"Trainer: patience={self.patience} stops on the validation loss, but there is no "
+                             f"validation data; pass fit(train, val) with a non-empty val, or patience=None")
+        self._warn_outside_sigmoid(x_train, "training")
+        if x_val is not None:
+            self._warn_outside_sigmoid(x_val, "validation")
         val_unit = self._unit_range(val, x_val) if x_val is not None else False
         loader = data_mod.InMemoryLoader(x_train, batch_size=self.batch_size, seed=self.seed, device=self.device,
                                          rank=info.rank, world_size=info.world_size)
@@ -451,167 +467,6 @@ class Trainer:
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    # ---------------------------------------------------------------------------------------
-    # checkpoint state
-
-    def _rng_states(self) -> Dict[str, Any]:
-        info = self.dist
-        cpu = dist_mod.all_gather(torch.get_rng_state(), info, self.device if info.backend == "nccl" else torch.device("cpu"))
-        out: Dict[str, Any] = {"cpu": [_b64(t) for t in cpu], "cuda": None}
-        if self.device.type == "cuda":
-            cuda = dist_mod.all_gather(torch.cuda.get_rng_state(self.device), info, self.device)
-            out["cuda"] = [_b64(t) for t in cuda]
-        return out
-
-    def _save(self, loader: data_mod.InMemoryLoader, optimizer: torch.optim.Optimizer, st: Dict[str, Any],
-              history: List[Dict[str, Any]]) -> None:
-        rng = self._rng_states()  # a collective: every rank takes part
-        if not self.dist.is_main:
-            return
-        state = {
-            "format": STATE_FORMAT,
-            "step": st["step"],
-            "epochs_completed": loader.epoch,
-            "epoch_in_progress": loader.position > 0,
-            "model_config": getattr(self.model, "config", None),
-            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
-            "trainer": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                        "weight_decay": self.weight_decay, "seed": self.seed, "bf16": self.bf16,
-                        "patience": self.patience, "min_delta": self.min_delta,
-                        "checkpoint_every": self.checkpoint_every},
-            "world_size": self.dist.world_size,
-            "device": str(self.device),
-            "loader": loader.state_dict(),
-            "rng": rng,
-            "early_stopping": {"best_val_loss": st["best"], "best_epoch": st["best_epoch"],
-                               "bad_epochs": st["bad"], "stopped": st["stopped"]},
-            "epoch_accumulators": {"loss_sum": st["acc_loss"], "samples": st["acc_n"],
-                                   "seconds": st["acc_seconds"]},
-            "history": history,
-            "run": self.run_config,
-            "versions": {"torch": torch.__version__, "aecomp": _aecomp_version()},
-        }
-        self.last_checkpoint = ckpt_mod.save_checkpoint(
-            self.checkpoint_root, st["step"], model_state=self.model.state_dict(),  # type: ignore[arg-type]
-            optimizer_state=optimizer.state_dict(), state=state, keep=self.keep_checkpoints)
-
-    def _restore(self, resume: Union[bool, str, os.PathLike], loader: data_mod.InMemoryLoader,
-                 optimizer: torch.optim.Optimizer, st: Dict[str, Any]) -> None:
-        if resume is True:
-            if self.out_dir is None:
-                raise ValueError("Trainer: resume=True needs out_dir (where the checkpoints are)")
-            root = self.checkpoint_root
-            if not ckpt_mod.list_checkpoints(root):  # type: ignore[arg-type]
-                raise ckpt_mod.CheckpointError(f"nothing to resume: no checkpoint in {root}")
-            ckpt = ckpt_mod.latest_checkpoint(root, on_skip=lambda m: self.log(f"warning: {m}"))  # type: ignore[arg-type]
-            if ckpt is None:
-                raise ckpt_mod.CheckpointError(f"nothing to resume: every checkpoint in {root} is incomplete or corrupt")
-        else:
-            ckpt = ckpt_mod.resolve_checkpoint(resume, on_skip=lambda m: self.log(f"warning: {m}"))
-        s = ckpt.state
-        mine = getattr(self.model, "config", None)
-        theirs = s.get("model_config")
-        if mine is not None and theirs is not None and json.loads(json.dumps(mine)) != theirs:
-            raise ckpt_mod.CheckpointError(f"checkpoint {ckpt.path} was written for model {theirs}, "
-                                           f"but this model is {mine}")
-        saved_bs = s.get("trainer", {}).get("batch_size")
-        if saved_bs is not None and saved_bs != self.batch_size:
-            raise ckpt_mod.CheckpointError(f"checkpoint {ckpt.path} was written with batch size {saved_bs}; "
-                                           f"resume with the same batch size (got {self.batch_size})")
-        try:
-            self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.model.items()})
-            if ckpt.optimizer is not None:
-                optimizer.load_state_dict(ckpt.optimizer)
-            loader.load_state_dict(s["loader"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ckpt_mod.CheckpointError(f"checkpoint {ckpt.path} does not fit this run: {exc}") from None
-        rank = self.dist.rank
-        rng = s.get("rng") or {}
-        cpu_states = rng.get("cpu") or []
-        if rank < len(cpu_states):
-            torch.set_rng_state(_unb64(cpu_states[rank]))
-        else:
-            torch.manual_seed(self.seed + rank + 7919 * int(s["step"]))
-        cuda_states = rng.get("cuda") or []
-        if self.device.type == "cuda":
-            if rank < len(cuda_states):
-                torch.cuda.set_rng_state(_unb64(cuda_states[rank]), self.device)
-            else:
-                torch.cuda.manual_seed(self.seed + rank + 7919 * int(s["step"]))
-        es = s.get("early_stopping", {})
-        acc = s.get("epoch_accumulators", {})
-        st.update(step=int(s["step"]), history=list(s.get("history", [])), best=es.get("best_val_loss"),
-                  best_epoch=es.get("best_epoch"), bad=int(es.get("bad_epochs", 0)), stopped=bool(es.get("stopped")),
-                  acc_loss=float(acc.get("loss_sum", 0.0)), acc_n=int(acc.get("samples", 0)),
-                  acc_seconds=float(acc.get("seconds", 0.0)))
-        self.last_checkpoint = ckpt.path
-        if self.dist.is_main and self.metrics_path is not None:
-            # the log says exactly what the checkpoint knows: epochs logged after it are redone
-            lines = "".join(json.dumps(r) + "\n" for r in st["history"])
-            ckpt_mod.atomic_write(self.metrics_path, lines.encode())
-        self.log(f"resuming from {ckpt.path} (epoch {s['loader']['epoch'] + 1}, "
-                 f"batch {s['loader']['position']} of the epoch, step {s['step']})")
-
-    # ---------------------------------------------------------------------------------------
-    # evaluate / predict
-
-    def _evaluate_tensor(self, x: torch.Tensor, unit_range: bool) -> Dict[str, Any]:
-        model, info = self.model, self.dist
-        was_training = model.training
-        model.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss*n, squared error, n, numel
-        devices = [self.device] if self.device.type == "cuda" else []
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.seed)  # evaluation noise (a VAE's) is the same every time
-                for xb in data_mod.batches(x, self.eval_batch_size, info.rank, info.world_size):
-                    xb = xb.to(self.device, non_blocking=True)
-                    with self._autocast():
-                        loss = model.loss(xb)
-                        recon = model(xb)
-                    n = xb.shape[0]
-                    sums[0] += loss.double() * n
-                    sums[1] += (recon.double() - xb.double()).pow(2).sum()
-                    sums[2] += n
-                    sums[3] += xb.numel()
-        finally:
-            model.train(was_training)
-        sums = dist_mod.all_reduce_sum(sums, info)
-        loss_sum, se, n, numel = (float(v) for v in sums.tolist())
-        if n == 0:
-            return {"loss": None, "mse": None, "psnr": None, "samples": 0}
-        mse = se / numel
-        psnr = None
-        if unit_range and math.isfinite(mse):
-            psnr = float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
-        return {"loss": loss_sum / n, "mse": mse, "psnr": psnr, "samples": int(n)}
-
-    def evaluate(self, data: DataLike) -> Dict[str, Any]:
-        """``{"loss", "mse", "psnr", "samples"}`` on ``data``: the model's mean loss, the mean
-        squared reconstruction error ``sum (x_hat - x)^2 / numel`` and, for data in [0, 1],
-        ``psnr = 10 log10(1 / mse)`` (else None)."""
-        self.model.to(self.device)
-        x = self._samples(data, "evaluation")
-        return self._evaluate_tensor(x, self._unit_range(data, x))
-
-    def predict(self, data: DataLike, batch_size: Optional[int] = None) -> torch.Tensor:
-        """Reconstructions of ``data`` (on the CPU, shaped like the model's input)."""
-        model = self.model.to(self.device)
-        x = self._samples(data, "prediction")
-        was_training = model.training
-        model.eval()
-        out = []
-        try:
-            with torch.no_grad():
-                for xb in data_mod.batches(x, batch_size or self.eval_batch_size):
-                    with self._autocast():
-                        out.append(model(xb.to(self.device)).float().cpu())
-        finally:
-            model.train(was_training)
-        if not out:
-            return x.new_empty((0, *x.shape[1:]))
-        return torch.cat(out)
-
 
 def _epoch_line(r: Dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {r['epoch']}/{epochs}", f"train_loss {r['train_loss']:.6g}"]
@@ -623,12 +478,3 @@ def _epoch_line(r: Dict[str, Any], epochs: int) -> str:
     if r.get("samples_per_s"):
         parts.append(f"{r['samples_per_s']:.0f} samples/s")
     return ", ".join(parts)
-
-
-def _aecomp_version() -> str:
-    try:
-        from .. import __version__
-
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
