@@ -11,7 +11,8 @@ import torch
 
 from aecomp.cli import main
 
-FAST = ["--ae-epochs", "3", "--epochs", "2", "--prune-epochs", "1", "--latency-repeats", "2"]
+FAST = ["--ae-epochs", "3", "--epochs", "2", "--prune-epochs", "1", "--latency-repeats", "2",
+        "--share-epochs", "1", "--bits", "4", "--no-distill"]  # distillation and the bit sweep: test_compress_targets.py
 FIELDS = ("name", "params", "bytes", "accuracy", "recon_mse", "latency_ms_b1", "latency_ms_b256", "ratio")
 
 

@@ -20,7 +20,8 @@ from aecomp.train import output
 from .test_compress_cli import _one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--ae-epochs", "2", "--epochs", "1", "--prune-epochs", "1", "--latency-repeats", "1", "--no-export"]
+FAST = ["--ae-epochs", "2", "--epochs", "1", "--prune-epochs", "1", "--latency-repeats", "1", "--no-export",
+        "--share-epochs", "1", "--bits", "4", "--no-distill"]
 
 
 def _labeled(tmp_path: Path, n: int = 120) -> Path:
