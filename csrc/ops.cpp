@@ -505,6 +505,10 @@ static pybind11::dict build_info() {
   return d;
 }
 
+namespace cpu {
+void def_train_step(pybind11::module& mod);  // cpu/train_step.cpp
+}  // namespace cpu
+
 }  // namespace aecomp
 
 // Schemas. Backward ops take an output mask; a gradient that is not needed comes back as an
@@ -557,4 +561,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("x"), pybind11::arg("weights"), pybind11::arg("biases"), pybind11::arg("activations"),
           pybind11::arg("target"), pybind11::arg("reduction"));
   mod.def("build_info", &aecomp::build_info, "what this extension was built with");
+  aecomp::cpu::def_train_step(mod);  // the fused training step and the microkernel entry points
 }
