@@ -211,3 +211,73 @@ def test_measure_latency_is_single_threaded_and_restores_threads():
     ms = measure_latency(lambda x: seen.append(torch.get_num_threads()), torch.zeros(1), repeats=3, warmup=1)
     assert seen == [1, 1, 1, 1] and ms >= 0 and math.isfinite(ms)
     assert torch.get_num_threads() == before
+
+
+# ---------------------------------------------------------------------------------------- frontier (issue 14)
+def test_family_and_variant_of_new_row_names():
+    from aecomp.compress.report import _family_variant
+
+    assert _family_variant("baseline-pruned90-shared4") == ("baseline", "pruned + shared")
+    assert _family_variant("baseline-shared8") == ("baseline", "shared")
+    assert _family_variant("compressed-frozen-kd-pruned70-int8-coded") == ("compressed-frozen-kd", "pruned + int8")
+    assert _family_variant("compressed-frozen-pruned70-int8") == ("compressed-frozen", "pruned + int8")
+    assert _family_variant("compressed-replace-kd") == ("compressed-replace-kd", "float32")
+
+
+def test_frontier_keeps_only_rows_no_smaller_file_beats(tmp_path):
+    from aecomp.compress.report import frontier, smallest_within
+
+    rows = [{"name": "baseline", "bytes": 8000, "accuracy": 97.0},
+            {"name": "baseline-int8", "bytes": 2000, "accuracy": 97.0},
+            {"name": "baseline-pruned90", "bytes": 3000, "accuracy": 96.0},  # bigger and worse: dropped
+            {"name": "baseline-pruned90-shared3", "bytes": 500, "accuracy": 95.0},
+            {"name": "compressed-frozen", "bytes": 900, "accuracy": 96.5},
+            {"name": "compressed-frozen-pruned70-shared4", "bytes": 90, "accuracy": 96.0}]
+    f = frontier(rows)
+    assert [m["name"] for m in f["baseline"]] == ["baseline-pruned90-shared3", "baseline-int8"]
+    assert [m["name"] for m in f["compressed-frozen"]] == ["compressed-frozen-pruned70-shared4", "compressed-frozen"]
+    assert smallest_within(rows)["name"] == "compressed-frozen-pruned70-shared4"
+    assert smallest_within(rows, points=0.1)["name"] == "baseline-int8"
+    paths = compress_report(rows, tmp_path, dataset="digits", latent=8, published=[DEEP_COMPRESSION_LENET_300_100])
+    md = paths["md"].read_text()
+    assert "Frontier" in md and "| compressed-frozen | compressed-frozen-pruned70-shared4 |" in md
+    assert "**compressed-frozen-pruned70-shared4**, 90 bytes, 88.9x" in md
+    doc = json.loads(paths["json"].read_text())
+    assert doc["smallest_within_1pt"] == "compressed-frozen-pruned70-shared4"
+    assert doc["frontier"]["baseline"] == ["baseline-pruned90-shared3", "baseline-int8"]
+
+
+# ---------------------------------------------------------------------------------------- distillation
+def test_distillation_loss_matches_its_formula():
+    from aecomp.compress.distill import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(7, 10, generator=g, dtype=torch.float64), torch.randn(7, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (7,), generator=g)
+    T, a = 3.0, 0.6
+    p, q = torch.softmax(t / T, 1), torch.softmax(s / T, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean()
+    ce = -torch.log_softmax(s, 1)[torch.arange(7), y].mean()
+    assert torch.allclose(distillation_loss(s, t, y, T, a), a * T * T * kl + (1 - a) * ce)
+    assert torch.allclose(distillation_loss(s, t, y, T, 0.0), ce)
+    # the student that copies the teacher has zero soft loss
+    assert float(distillation_loss(t, t, y, T, 1.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_distilled_student_learns_from_the_teacher(digits):
+    from aecomp.compress.distill import Distill
+    from aecomp.compress.net import fit_classifier
+
+    tr, va, te = digits
+    torch.manual_seed(0)
+    teacher = lenet_300_100(tr.features, 10)
+    fit_classifier(teacher, tr.x, tr.y, epochs=3, lr=3e-3)
+    torch.manual_seed(1)
+    student = lenet_300_100(tr.features, 10)
+    fit_classifier(student, tr.x, tr.y, epochs=3, lr=3e-3, distill=Distill(teacher, temperature=4.0, alpha=1.0))
+    # alpha = 1: labels unused, yet the student learns the task from the teacher's soft targets
+    assert accuracy(student, te.x, te.y) > 80
+    with pytest.raises(ValueError, match="temperature must be a positive"):
+        Distill(teacher, temperature=0.0)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        Distill(teacher, alpha=1.5)

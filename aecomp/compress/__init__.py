@@ -11,6 +11,11 @@ module                 what
 ``prune``              per-layer magnitude pruning, retraining under the mask
 ``storage``            the files that hold the models: safetensors, dense or sparse (CSR /
                        bitmask), float32 or int8; ``bytes`` = their size on disk
+``share``              trained weight sharing (k-means codebooks, b = 2..8 bits, codebook
+                       fine-tuning) and the packed in-memory form kernels read
+                       (``SharedLinear`` / ``Int8Linear`` / ``PackedNet``)
+``coding``             the entropy-coded single-file format (``.aecc``, versioned, CRC-32)
+``distill``            knowledge distillation (teacher soft targets mixed with the labels)
 ``report``             :func:`compress_report` (report.json, report.md, accuracy-vs-bytes PNG),
                        single-thread latency
 ``export``             ONNX export (standard Gemm/Relu/Sigmoid), checked in onnxruntime
@@ -27,8 +32,23 @@ from .prune import magnitude_masks, prune_, prune_and_retrain, sparsity
 from .quantize import dequantize_per_channel, quantize_model, quantize_per_channel
 from .report import compress_report, format_table, measure_latency
 from .storage import load_packed, payload_bytes, save_packed
+from .coding import CodedFileError, load_coded, save_coded
+from .distill import Distill, distillation_loss
+from .share import Int8Linear, PackedNet, SharedLinear, finalize, finetune_codebooks, int8_model, share_model
 
 __all__ = [
+    "CodedFileError",
+    "Distill",
+    "Int8Linear",
+    "PackedNet",
+    "SharedLinear",
+    "distillation_loss",
+    "finalize",
+    "finetune_codebooks",
+    "int8_model",
+    "load_coded",
+    "save_coded",
+    "share_model",
     "DEEP_COMPRESSION_LENET_300_100",
     "MODES",
     "CompressError",

@@ -61,6 +61,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> N
     a("--latency-repeats", type=int, default=d.latency_repeats, dest="latency_repeats",
       help=f"timed runs per latency at batch 1 (a quarter as many at batch 256; default: {d.latency_repeats})")
     a("--no-export", action="store_true", dest="no_export", help="skip the ONNX files")
+    # issue 14: trained weight sharing, entropy-coded files, distillation
+    a("--bits", default=",".join(map(str, d.bits)), metavar="B[,B...]",
+      help=f"bits of the shared weights of each pruned net, 2..8 (default: {','.join(map(str, d.bits))})")
+    a("--share-epochs", type=int, default=d.share_epochs, dest="share_epochs",
+      help=f"codebook fine-tuning epochs (default: {d.share_epochs})")
+    a("--share-lr", type=float, default=d.share_lr, dest="share_lr",
+      help=f"codebook fine-tuning learning rate (default: {d.share_lr:g})")
+    a("--distill", action=argparse.BooleanOptionalAction, default=d.distill,
+      help="also train each compressed net distilled from the baseline (the -kd rows; default: on)")
+    a("--temperature", type=float, default=d.temperature, help=f"distillation temperature (default: {d.temperature:g})")
+    a("--alpha", type=float, default=d.alpha,
+      help=f"weight of the soft targets in the distillation loss, the labels get 1 - alpha (default: {d.alpha:g})")
     a("--backend", default=None, help="op backend: reference | cpu | triton | cuda (default: automatic)")
     a("--threads", type=int, default=1,
       help="torch threads for training (default: 1; these layers are too small to split across threads, "
@@ -82,6 +94,16 @@ def _parse_hidden(text: Optional[str]) -> Optional[List[int]]:
         return [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise UsageError(f"--hidden must be comma-separated integers like 32 or 64,32, got {text!r}") from None
+
+
+def _parse_bits(text: str) -> List[int]:
+    try:
+        bits = [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        bits = []
+    if not bits or any(not 2 <= b <= 8 for b in bits):
+        raise UsageError(f"--bits must be comma-separated integers in 2..8 like 4 or 3,4,5, got {text!r}")
+    return bits
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -108,7 +130,9 @@ def settings_from_args(args: argparse.Namespace):
         sparsity=args.sparsity, sparsity_compressed=args.sparsity_compressed, prune_epochs=args.prune_epochs,
         prune_lr=args.prune_lr,
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        latency_repeats=args.latency_repeats, export=not args.no_export, backend=args.backend)
+        latency_repeats=args.latency_repeats, export=not args.no_export, backend=args.backend,
+        bits=_parse_bits(args.bits), share_epochs=args.share_epochs, share_lr=args.share_lr, distill=args.distill,
+        temperature=args.temperature, alpha=args.alpha)
 
 
 def apply_threads(n: int) -> int:

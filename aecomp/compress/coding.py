@@ -39,12 +39,17 @@ the alphabet), ``huffman`` (canonical Huffman, hand-written below: a table of 5-
 lengths for the whole alphabet, then the codes MSB first), ``lzma`` (stdlib, raw LZMA2 of one
 byte per symbol) or ``deflate`` (stdlib zlib, raw). Numeric streams are ``raw``.
 
-Why these (measured, ``benchmarks``/report note): the streams are short (hundreds to tens of
-thousands of symbols) and close to i.i.d. -- there are no long repeats for an LZ coder to
-find, so its bytes approach the order-0 entropy only with overhead; Huffman reaches within
-~1 bit/symbol... of the entropy with a table of a few bytes. The choice is per stream, by
-bytes, so a registry coder that wins on some stream would be taken there; the comparison with
-zstd / brotli / an ANS coder is in ``coding_report``.
+Why these, and no registry coder (measured with ``python -m benchmarks.bench_coding RUN/models``
+on the 42 coded files of a default ``aecomp compress --data digits`` run): taking per stream the
+smallest of our four, the 21 pruned + shared files hold 30,923 bytes of streams; also allowing
+zstd (level 22, no frame extras) gives 30,812 (-0.4%), brotli (quality 11) 30,570 (-1.1%), and
+zstd + brotli + constriction's ANS 30,542 (-1.2%); on the dense 8-bit files brotli saves 1.1%
+and zstd nothing. Alone, on all streams, brotli (179,766 B) and zstd (183,705 B) beat Huffman
+(195,309 B) -- Huffman pays whole bits per symbol on the skewed gap streams, where the LZ
+coders also find runs -- but deflate and lzma from the standard library are within 4% of them
+and the per-stream choice keeps Huffman where it wins (the near-i.i.d. weight codes). ANS with a
+stored 12-bit-per-symbol model (204,166 B) loses on these short streams to its table. A 1%
+gain does not pay for a required dependency, so the format needs only the standard library.
 
 Errors: a file that is too short, has the wrong magic or version, fails the CRC, or whose
 streams disagree with its header raises one :class:`CodedFileError` naming the file.
@@ -226,7 +231,7 @@ def _fixed_dec(data: bytes, alphabet: int, n: int) -> np.ndarray:
     return unpack_fixed(arr, w, n).astype(np.int64) if w <= 8 else unpack_fixed_wide(arr, w, n)
 
 
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]  # streams are small
 
 
 def _bytes_of(sym: np.ndarray, alphabet: int) -> bytes:

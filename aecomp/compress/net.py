@@ -251,12 +251,16 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, x_val:
                    y_val: Optional[torch.Tensor] = None, epochs: int = 30, lr: float = 1e-3, batch_size: int = 64,
                    weight_decay: float = 0.0, seed: int = 0,
                    param_groups: Optional[List[Dict[str, Any]]] = None,
-                   masks: Optional[Dict[nn.Parameter, torch.Tensor]] = None) -> Dict[str, Any]:
+                   masks: Optional[Dict[nn.Parameter, torch.Tensor]] = None, distill=None,
+                   progress: Optional[str] = None) -> Dict[str, Any]:
     """Train ``model`` (logits out) with Adam on the cross-entropy; keep the best-validation weights.
 
     ``param_groups`` overrides the optimizer's groups (default: every parameter with
     ``requires_grad``, at ``lr``). ``masks`` maps a parameter to a 0/1 tensor of its shape;
-    after each step ``p <- p * mask`` (pruned weights stay exactly zero). Returns
+    after each step ``p <- p * mask`` (pruned weights stay exactly zero). ``distill`` (an
+    ``aecomp.compress.distill.Distill``) replaces the cross-entropy by the distillation loss
+    (teacher soft targets mixed with the labels). ``progress``: a label for a tqdm bar over the
+    epochs (shown on a terminal only). Returns
     ``{"epochs", "best_epoch", "val_accuracy", "train_loss"}``.
     """
     from ..data import InMemoryLoader
@@ -277,11 +281,12 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, x_val:
     loader = InMemoryLoader(x, y, batch_size=batch_size, seed=seed)
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
-    for epoch in range(1, epochs + 1):
+    for epoch in _epochs(epochs, progress):
         loss_sum.zero_()
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            loss = distill.loss(logits, xb, yb) if distill is not None else F.cross_entropy(logits, yb)
             loss.backward()
             optimizer.step()
             if masks:
@@ -305,17 +310,29 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, x_val:
     return result
 
 
+def _epochs(epochs: int, label: Optional[str]):
+    """``range(1, epochs + 1)``, wrapped in a tqdm bar when ``label`` is given and stderr is a terminal."""
+    import sys
+
+    if label is None or not sys.stderr.isatty():
+        return range(1, epochs + 1)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(1, epochs + 1), desc=label, unit="epoch", leave=False)
+
+
 def train_compressed(net: CompressedNet, x: torch.Tensor, y: torch.Tensor, *, x_val=None, y_val=None,
                      mode: Optional[str] = None, epochs: int = 30, lr: float = 1e-3, finetune_factor: float = 0.1,
-                     head_ready: bool = False, batch_size: int = 64, seed: int = 0) -> Dict[str, Any]:
+                     head_ready: bool = False, batch_size: int = 64, seed: int = 0, distill=None,
+                     progress: Optional[str] = None) -> Dict[str, Any]:
     """Train ``net`` the way ``mode`` (default ``net.mode``) says (see the module docstring).
 
     ``finetune``: unless ``head_ready`` (the head was already trained with the encoder frozen),
     the head is first trained for ``epochs`` with the encoder frozen; then all parameters train
-    for ``epochs`` at ``lr * finetune_factor``.
+    for ``epochs`` at ``lr * finetune_factor``. ``distill``: see :func:`fit_classifier`.
     """
     mode = _check_mode("train_compressed", mode or net.mode)
-    kw = dict(x_val=x_val, y_val=y_val, batch_size=batch_size, seed=seed)
+    kw = dict(x_val=x_val, y_val=y_val, batch_size=batch_size, seed=seed, distill=distill, progress=progress)
     if mode == "finetune":
         if not head_ready:
             net.set_mode("frozen")

@@ -12,6 +12,14 @@ On one dataset and one seeded train / val / test split:
 5. for the baseline and each compressed net: **-int8** (post-training per-channel int8
    weights), **-pruned<S>** (magnitude pruning to sparsity ``S`` and a few epochs of retraining
    under the mask, stored sparse) and **-pruned<S>-int8** (both);
+4b. with ``distill`` (default on), **compressed-<mode>-kd**: each mode trained on the
+   distillation loss with the baseline as teacher (``aecomp.compress.distill``); its pruning
+   and codebook steps train distilled too;
+5b. (trained weight sharing and entropy coding, ``aecomp.compress.share`` / ``coding``) for the
+   baseline and each compressed net: **-int8-coded** and **-shared8** (per-channel int8 vs an
+   8-bit k-means codebook per layer, both post-training, both entropy-coded: equal bits),
+   **-pruned<S>-int8-coded**, and **-pruned<S>-shared<b>** for each ``b`` in ``bits`` (k-means
+   over the surviving weights, codebooks fine-tuned with the masks kept, entropy-coded);
 6. the report (``aecomp.compress.report``) and, when onnx is installed, ONNX files of the
    compressed nets and of the autoencoder's encoder and decoder, each checked in onnxruntime.
 
@@ -23,6 +31,7 @@ Layout of the output folder::
 
     report.json  report.md  accuracy_vs_bytes.png
     models/<name>.safetensors         the file behind each row's ``bytes``
+    models/<name>.aecc                (coded rows) the entropy-coded file behind ``bytes``
     checkpoints/<name>/ckpt-*/        trained float32 models (``aecomp export`` reads these)
     onnx/<name>.onnx, onnx/autoencoder.encoder.onnx, onnx/autoencoder.decoder.onnx
 """
@@ -32,7 +41,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -79,6 +88,13 @@ class CompressSettings:
     latency_repeats: int = 100
     export: bool = True
     backend: Optional[str] = None
+    # issue 14: trained weight sharing, entropy-coded files, distillation
+    bits: List[int] = field(default_factory=lambda: [3, 4, 5])  # shared bits of the pruned nets
+    share_epochs: int = 10  # codebook fine-tuning epochs
+    share_lr: float = 1e-3
+    distill: bool = True  # also train each compressed net distilled from the baseline (-kd rows)
+    temperature: float = 4.0
+    alpha: float = 0.7
 
     def modes(self) -> Tuple[str, ...]:
         return MODES if self.mode == "all" else (self.mode,)
@@ -104,6 +120,14 @@ def _check(s: CompressSettings) -> None:
             raise CompressError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     if s.hidden is not None and any(h < 1 for h in s.hidden):
         raise CompressError(f"--hidden widths must be positive, got {s.hidden}")
+    if any(not isinstance(b, int) or not 2 <= b <= 8 for b in s.bits):
+        raise CompressError(f"--bits must be integers in 2..8, got {s.bits}")
+    if s.share_epochs < 0:
+        raise CompressError(f"--share-epochs must be >= 0, got {s.share_epochs}")
+    if not (math.isfinite(s.temperature) and s.temperature > 0):
+        raise CompressError(f"--temperature must be a positive number, got {s.temperature}")
+    if not 0.0 <= s.alpha <= 1.0:
+        raise CompressError(f"--alpha must be in [0, 1], got {s.alpha}")
 
 
 def load_labeled(s: CompressSettings) -> data_mod.Splits:
@@ -214,6 +238,30 @@ class _Run:
         self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
         return row
 
+    def coded_row(self, name: str, description: str, packed, model: nn.Module,
+                  splits: data_mod.Splits) -> Dict[str, Any]:
+        """Write ``packed`` (a ``share.PackedNet``) entropy-coded, load it back, measure what was loaded."""
+        from . import coding
+
+        path = self.out / "models" / f"{name}.aecc"
+        nbytes = coding.save_coded(packed, path)
+        loaded = coding.load_coded(path).to_model(backend=self.s.backend)
+        te = splits.test
+        b1, b256 = self.latency(loaded, te.x)
+        sparse = any(layer.mask is not None for layer in packed.layers)
+        nonzero = packed.nnz() + sum(layer.bias.numel() for layer in packed.layers if layer.bias is not None)
+        bits = sorted({getattr(layer, "bits", 8) for layer in packed.layers})
+        row = {"name": name, "description": description, "params": nonzero, "bytes": nbytes,
+               "accuracy": accuracy(loaded, te.x, te.y), "recon_mse": None, "latency_ms_b1": b1,
+               "latency_ms_b256": b256, "macs": storage.macs(loaded, sparse=sparse),
+               "float32_bytes": storage.payload_bytes(model, "float32", sparse),
+               "int8_bytes": storage.payload_bytes(model, "int8", sparse),
+               "values": "shared" if hasattr(packed.layers[0], "codebook") else "int8", "bits": bits[-1],
+               "storage": "coded-sparse" if sparse else "coded-dense", "file": str(path)}
+        self.rows.append(row)
+        self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
+        return row
+
     def autoencoder_row(self, name: str, description: str, ae: nn.Module, splits: data_mod.Splits) -> Dict[str, Any]:
         path = self.out / "models" / f"{name}.safetensors"
         nbytes = storage.save_float32(ae.state_dict(), path, metadata={"aecomp": json.dumps({"config": ae.config})})
@@ -300,26 +348,8 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
     frozen: Optional[CompressedNet] = None
     for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
         t = time.perf_counter()
-        torch.manual_seed(s.seed + 1)
-        if mode == "replace":
-            net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
-                                                 backend=s.backend)
-            fit = train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
-        elif mode == "frozen":
-            net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
-            fit = train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
-            frozen = net
-        else:
-            if frozen is not None:
-                import copy
-
-                net = copy.deepcopy(frozen)
-                head_ready = True
-            else:
-                net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
-                head_ready = False
-            fit = train_compressed(net, tr.x, tr.y, mode="finetune", epochs=s.epochs, lr=s.head_lr,
-                                   finetune_factor=s.finetune_lr / s.head_lr, head_ready=head_ready, **fit_kw)
+        net, fit = _train_mode(s, mode, ae, base, classes, frozen, tr, fit_kw)
+        frozen = net if mode == "frozen" else frozen
         name = f"compressed-{mode}"
         run.timed(name, t)
         run.checkpoint(name, net, s.epochs, fit, splits)
@@ -327,25 +357,35 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
         run.classifier_row(name, f"encoder {'-'.join(map(str, net.encoder.dims))} + head "
                                  f"{'-'.join(map(str, net.head.dims))}, {mode}", net, splits)
 
+    # 4b. (issue 14) the same compressed nets trained distilled from the baseline: -kd ------------
+    distill_of: Dict[str, Any] = {}
+    if s.distill:
+        distill_of = _distilled_nets(run, s, models, base, ae, splits, classes, fit_kw)
+
     # 5. pruning and int8 ----------------------------------------------------------------------
     for name, model in models.items():
         sp = s.sparsity if name == "baseline" else s.sparsity_compressed
         tag = f"pruned{int(round(sp * 100))}"
         run.classifier_row(f"{name}-int8", f"{name}, int8 per-channel weights", model, splits, values="int8")
         t = time.perf_counter()
-        pruned = prune_and_retrain(model, sp, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr, **fit_kw)
+        pruned = prune_and_retrain(model, sp, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr,
+                                   distill=distill_of.get(name), progress=f"{name}-{tag}", **fit_kw)
         run.timed(f"{name}-{tag}", t)
         run.classifier_row(f"{name}-{tag}", f"{name}, {sp:.0%} of weights pruned, sparse float32", pruned, splits,
                            sparse=True)
         run.classifier_row(f"{name}-{tag}-int8", f"{name}, {sp:.0%} pruned, sparse int8", pruned, splits,
                            values="int8", sparse=True)
+        # 5b. (issue 14) shared weights and entropy-coded files
+        _shared_rows(run, s, name, tag, model, pruned, splits, distill_of.get(name), fit_kw)
 
     # 6. ONNX ----------------------------------------------------------------------------------
     onnx_info: List[Dict[str, Any]] = []
     notes: List[str] = []
     if s.export:
         t = time.perf_counter()
-        onnx_info, note = export_all(run.out / "onnx", models, ae, te.x)
+        # the -kd nets have the architecture of their mode's net: one ONNX file per mode is enough
+        onnx_info, note = export_all(run.out / "onnx", {k: v for k, v in models.items() if not k.endswith("-kd")},
+                                     ae, te.x)
         if note:
             notes.append(note)
             run.log(note)
@@ -362,6 +402,13 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
         "so latency is that of float32 compute; pruned models run dense).",
         "Latency: median of repeated single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
         "recon MSE: mean over all test elements of (x_hat - x)^2 for the autoencoders and PCA.",
+        f"-shared<b> files: per layer a k-means codebook of 2^b values (float16) over the surviving weights, "
+        f"b-bit codes, codebooks fine-tuned {s.share_epochs} epochs with the pruning masks kept; *-coded and "
+        f"-shared files (.aecc) entropy-code the codes and the kept positions (per stream the smallest of "
+        f"fixed-width, Huffman, lzma, deflate), biases float16, CRC-32; loaded back bit-identical.",
+        f"-kd: trained on the distillation loss, teacher = the baseline, T = {s.temperature:g}, alpha = "
+        f"{s.alpha:g} on the soft targets (1 - alpha on the labels); their pruning and codebook steps too.",
+        "Pruning retrains every parameter, so -pruned rows of the frozen family have a fine-tuned encoder.",
         f"Modes: replace = encoder in place of the baseline's first layer, head = the baseline's back layers "
         f"(latent-100-classes) trained end-to-end at lr {s.lr:g}; frozen = encoder frozen, linear head only (lr "
         f"{s.head_lr:g}); finetune = the frozen net, then encoder and head together at lr "
@@ -374,12 +421,87 @@ def run_compression(settings: CompressSettings, log: Optional[Callable[[str], No
     paths = compress_report(report_rows, run.out, dataset=splits.spec, latent=s.latent,
                             published=[DEEP_COMPRESSION_LENET_300_100], notes=notes, extra=extra)
     report = json.loads(paths["json"].read_text())
+    best = next((m for m in report["models"] if m["name"] == report.get("smallest_within_1pt")), None)
+    if best is not None:  # issue 14: the headline of the frontier
+        run.log(f"smallest file within 1 point of the baseline: {best['name']}, {best['bytes']:,} bytes "
+                f"({best['ratio']:.1f}x), accuracy {best['accuracy']:.2f}%")
     seconds = time.perf_counter() - run.t0
     run.log(f"done in {seconds:.1f} s")
     files = [paths["json"], paths["md"], paths["png"]] + sorted((run.out / "models").glob("*.safetensors")) \
         + sorted((run.out / "checkpoints").iterdir()) + [Path(o["file"]) for o in onnx_info]
     return {"rows": report["models"], "paths": paths, "report": report, "table": format_table(report["models"]),
             "files": files, "seconds": seconds}
+
+
+def _train_mode(s: CompressSettings, mode: str, ae: nn.Module, base: nn.Module, classes: int,
+                frozen: Optional[CompressedNet], tr: data_mod.Dataset,
+                fit_kw: Dict[str, Any]) -> Tuple[CompressedNet, Dict[str, Any]]:
+    """A CompressedNet trained in ``mode`` (``finetune`` starts from ``frozen`` when given)."""
+    import copy
+
+    torch.manual_seed(s.seed + 1)
+    if mode == "replace":
+        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
+                                             backend=s.backend)
+        return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+    if mode == "frozen":
+        net = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
+        return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
+    ready = frozen is not None
+    net = copy.deepcopy(frozen) if ready else CompressedNet.from_autoencoder(ae, classes, mode="frozen",
+                                                                            backend=s.backend)
+    return net, train_compressed(net, tr.x, tr.y, mode="finetune", epochs=s.epochs, lr=s.head_lr,
+                                 finetune_factor=s.finetune_lr / s.head_lr, head_ready=ready, **fit_kw)
+
+
+def _distilled_nets(run: "_Run", s: CompressSettings, models: Dict[str, nn.Module], base: nn.Module,
+                    ae: nn.Module, splits: data_mod.Splits, classes: int, fit_kw: Dict[str, Any]) -> Dict[str, Any]:
+    """``compressed-<mode>-kd`` for each mode: trained as ``compressed-<mode>`` but on the
+    distillation loss (teacher: the baseline); adds them to ``models``; returns ``{name: Distill}``
+    for every model whose later steps (pruning, codebooks) train distilled."""
+    from .distill import Distill
+
+    tr = splits.train
+    kd = Distill(base, temperature=s.temperature, alpha=s.alpha)
+    out: Dict[str, Any] = {}
+    frozen_kd: Optional[CompressedNet] = None
+    for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
+        t = time.perf_counter()
+        name = f"compressed-{mode}-kd"
+        net, fit = _train_mode(s, mode, ae, base, classes, frozen_kd, tr, dict(fit_kw, distill=kd, progress=name))
+        frozen_kd = net if mode == "frozen" else frozen_kd
+        run.timed(name, t)
+        run.checkpoint(name, net, s.epochs, fit, splits)
+        models[name] = net
+        out[name] = kd
+        run.classifier_row(name, f"compressed-{mode} distilled from the baseline (T={s.temperature:g}, "
+                                 f"alpha={s.alpha:g})", net, splits)
+    return out
+
+
+def _shared_rows(run: "_Run", s: CompressSettings, name: str, tag: str, model: nn.Module, pruned: nn.Module,
+                 splits: data_mod.Splits, distill, fit_kw: Dict[str, Any]) -> None:
+    """``<name>-int8-coded`` and ``<name>-shared8`` (equal bits: per-channel int8 vs a 256-value
+    k-means codebook per layer, both post-training, both entropy-coded), then
+    ``<name>-<tag>-int8-coded`` and ``<name>-<tag>-shared<b>`` for each ``b`` in ``s.bits``
+    (k-means over the surviving weights, codebooks fine-tuned with the masks kept)."""
+    from .share import finalize, finetune_codebooks, int8_model, share_model
+
+    tr = splits.train
+    run.coded_row(f"{name}-int8-coded", f"{name}, int8 per-channel, entropy-coded", finalize(int8_model(model)),
+                  model, splits)
+    run.coded_row(f"{name}-shared8", f"{name}, 8-bit shared weights (k-means, no fine-tuning), entropy-coded",
+                  finalize(share_model(model, 8, pruned=False)), model, splits)
+    run.coded_row(f"{name}-{tag}-int8-coded", f"{name}, {tag}, int8 per-channel, entropy-coded",
+                  finalize(int8_model(pruned)), pruned, splits)
+    for b in s.bits:
+        t = time.perf_counter()
+        packed = share_model(pruned, b, pruned=True)
+        tuned = finetune_codebooks(packed, tr.x, tr.y, epochs=s.share_epochs, lr=s.share_lr, backend=s.backend,
+                                   distill=distill, progress=f"{name}-{tag}-shared{b}", **fit_kw)
+        run.timed(f"{name}-{tag}-shared{b}", t)
+        run.coded_row(f"{name}-{tag}-shared{b}", f"{name}, {tag}, {b}-bit shared weights (codebooks fine-tuned), "
+                      f"entropy-coded", tuned, pruned, splits)
 
 
 def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -389,7 +511,7 @@ def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         n = r["name"]
         fam = 0 if n.startswith("baseline") else 1 if n.startswith("pca") else 2 if n.startswith("autoencoder") else 3
         mode = next((i for i, m in enumerate(MODES) if n.startswith(f"compressed-{m}")), len(MODES))
-        return (fam, mode, "pruned" in n, n.endswith("int8"), n)
+        return (fam, mode, "-kd" in n, "pruned" in n, n.endswith("int8"), n)
     return sorted(rows, key=key)
 
 

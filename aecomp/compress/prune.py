@@ -66,10 +66,12 @@ def sparsity(model: nn.Module) -> float:
 
 def prune_and_retrain(model: nn.Module, sparsity: float, x: torch.Tensor, y: torch.Tensor, *,
                       x_val: Optional[torch.Tensor] = None, y_val: Optional[torch.Tensor] = None,
-                      epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> nn.Module:
+                      epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, seed: int = 0, distill=None,
+                      progress=None) -> nn.Module:
     """A pruned copy of ``model``, retrained ``epochs`` epochs with the mask held (0: no retraining).
 
     Every parameter trains during retraining (a CompressedNet's encoder too, whatever its mode).
+    ``distill``/``progress``: see ``fit_classifier``.
     """
     pruned = copy.deepcopy(model)
     for p in pruned.parameters():
@@ -77,7 +79,7 @@ def prune_and_retrain(model: nn.Module, sparsity: float, x: torch.Tensor, y: tor
     masks = prune_(pruned, sparsity)
     if epochs > 0:
         fit_classifier(pruned, x, y, x_val=x_val, y_val=y_val, epochs=epochs, lr=lr, batch_size=batch_size,
-                       seed=seed, masks=masks)
+                       seed=seed, masks=masks, distill=distill, progress=progress)
     if hasattr(pruned, "set_mode"):
         pruned.set_mode(pruned.mode)  # restore requires_grad as the mode says
     return pruned.eval()

@@ -26,7 +26,8 @@ The file's metadata (``__metadata__["aecomp"]``) is JSON: ``format``, the model 
 dequantized, ``q * s``) weights, so it runs with the fused float32 ops.
 
 ``bytes`` of a model = ``os.path.getsize`` of this file (header included), never a count of
-parameters times four.
+parameters times four. Shared-weight and entropy-coded models live in a different single file,
+``aecomp.compress.coding`` (``.aecc``).
 """
 from __future__ import annotations
 
