@@ -216,7 +216,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx512"])
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_every_isa_path_matches_the_references(isa):
     """AECOMP_CPU_ISA caps the kernels' ISA (read once per process): run each in a subprocess."""
     script = _ISA_SCRIPT.format(tests=os.path.dirname(__file__))

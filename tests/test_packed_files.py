@@ -141,3 +141,21 @@ def test_round_trip_file_packed_onnx_onnxruntime(tmp_path, trained, digits):
     assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     # and the int8 model is as accurate as the dequantized float model within a point
     assert abs(acc_ours - accuracy(load_packed(path), x, y)) <= 1.0
+
+
+def test_aecomp_export_int8_cli(tmp_path, trained, capsys):
+    from aecomp.cli import main
+    from aecomp.compress.export import onnx_ops
+
+    path = tmp_path / "m.safetensors"
+    save_packed(trained, path, values="int8", sparse=True)
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(path), "--int8", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8 operators" in text and "vs the packed int8 kernel" in text
+    assert "MatMulInteger" in onnx_ops(out)
+    f32 = tmp_path / "f32.safetensors"
+    save_packed(trained, f32, values="float32")
+    assert main(["export", str(f32), "--int8", "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds float32 weights" in err[0]

@@ -62,6 +62,7 @@
 #include <vector>
 
 #include "epilogue.h"
+#include "microkernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -77,6 +78,99 @@
 #pragma GCC optimize("fp-contract=off")
 // GCC 12 warns about _mm512_undefined_* inside its own intrinsics (a false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// ---------------------------------------------------------------------------- float path
+// The float path runs on the microkernel framework (microkernel.h): B panel loaders that decode
+// the packed layouts in registers (packed_isa.inc) and a scale + bias + activation epilogue.
+namespace aecomp {
+namespace cpu {
+namespace mk {
+
+// One packed layer as the float loaders see it (kind 0 int8, 1 4-bit codes, 2 byte codes).
+struct PkLayer {
+  int kind;
+  int64_t n, k;
+  int64_t gstride;  // bytes per 16-column group
+  int colbytes;     // bytes of one column within a block row: 4 (int8 VNNI blocks) or 1 (codes)
+  const uint8_t* w;
+  const uint8_t* zeros;  // read for column blocks past the last group (lanes past N)
+  const float* table;    // codebook table (kinds 1, 2)
+  int tsize;
+  const float* scale;  // int8 per-channel scales (kind 0) or null
+  const float* bias;
+  int act;
+  // The packed bytes of columns c0 .. c0 + L - 1 (L <= 16, c0 a multiple of L) at k = 0.
+  const uint8_t* base(int64_t c0) const {
+    if (c0 >= ((n + 15) / 16) * 16) return zeros;
+    return w + (c0 / 16) * gstride + (c0 % 16) * colbytes;
+  }
+};
+
+#if AECOMP_MK_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2")
+namespace avx512 {
+// 16 columns x 4 k of int8 in 64 bytes (one dword a column): byte t of each dword -> float.
+static AECOMP_MK_INLINE __m512 pk_i8(const uint8_t* p, int t) {
+  const __m512i d = _mm512_loadu_si512(p);
+  return _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_sll_epi32(d, _mm_cvtsi32_si128(24 - 8 * t)), 24));
+}
+// 16 columns of 4-bit codes (low nibble k even, high nibble k odd) -> table values (vpermps).
+static AECOMP_MK_INLINE __m512 pk_nib(const uint8_t* p, int hi, const float* table) {
+  __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  d = _mm512_and_si512(_mm512_srl_epi32(d, _mm_cvtsi32_si128(4 * hi)), _mm512_set1_epi32(15));
+  return _mm512_permutexvar_ps(d, _mm512_loadu_ps(table));
+}
+// 16 columns of byte codes -> table values (32 entries: vpermt2ps; 256: a gather from L1).
+static AECOMP_MK_INLINE __m512 pk_byte(const uint8_t* p, const float* table, int tsize) {
+  const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  if (tsize == 32) return _mm512_permutex2var_ps(_mm512_loadu_ps(table), d, _mm512_loadu_ps(table + 16));
+  return _mm512_i32gather_ps(d, table, 4);
+}
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+namespace avx2 {
+static AECOMP_MK_INLINE __m256 pk_i8(const uint8_t* p, int t) {
+  const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_sll_epi32(d, _mm_cvtsi32_si128(24 - 8 * t)), 24));
+}
+// 8 columns of 4-bit codes: two 8-entry vpermps halves, blended on bit 3 of the code.
+static AECOMP_MK_INLINE __m256 pk_nib(const uint8_t* p, int hi, const float* table) {
+  __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  d = _mm256_and_si256(_mm256_srl_epi32(d, _mm_cvtsi32_si128(4 * hi)), _mm256_set1_epi32(15));
+  const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), d);
+  const __m256 up = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), d);
+  return _mm256_blendv_ps(lo, up, _mm256_castsi256_ps(_mm256_slli_epi32(d, 28)));
+}
+static AECOMP_MK_INLINE __m256 pk_byte(const uint8_t* p, const float* table, int) {
+  const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_i32gather_ps(table, d, 4);
+}
+}  // namespace avx2
+#pragma GCC pop_options
+#endif  // AECOMP_MK_X86
+
+namespace generic {
+static inline V::vec pk_i8(const uint8_t* p, int t) {
+  return V::map([=](int l) { return static_cast<float>(static_cast<int8_t>(p[l * 4 + t])); });
+}
+static inline V::vec pk_nib(const uint8_t* p, int hi, const float* table) {
+  return V::map([=](int l) { return table[(p[l] >> (4 * hi)) & 15]; });
+}
+static inline V::vec pk_byte(const uint8_t* p, const float* table, int) {
+  return V::map([=](int l) { return table[p[l]]; });
+}
+}  // namespace generic
+
+}  // namespace mk
+}  // namespace cpu
+}  // namespace aecomp
+
+#define AECOMP_MK_BODY "packed_isa.inc"
+#include "microkernel_foreach.h"
 
 namespace aecomp {
 namespace packed {
@@ -204,43 +298,6 @@ AECOMP_PK_CLONES void int_layer_portable(const uint8_t* __restrict xq, int64_t m
   }
 }
 
-// The weight (j = 16 g + c, k) of a packed layer, as float (codebook: the table value).
-inline float weight_at(const Layer& L, int64_t g, int c, int64_t k, int64_t kp) {
-  if (L.kind == kInt8) {
-    const int8_t* wg = reinterpret_cast<const int8_t*>(L.w) + g * (kp / 4) * 64;
-    return static_cast<float>(wg[(k / 4) * 64 + c * 4 + (k % 4)]);
-  }
-  if (L.table == 16) {
-    const uint8_t* wg = L.w + g * ceil_div(L.k, 2) * kGroup;
-    const uint8_t b = wg[(k / 2) * kGroup + c];
-    return L.scale[(k % 2) ? (b >> 4) : (b & 15)];
-  }
-  return L.scale[L.w[g * L.k * kGroup + k * kGroup + c]];
-}
-
-// Float path: out[i, j] = act(sum_k x w (* s[j]) + b[j]); x [m, kp] zero-padded.
-AECOMP_PK_CLONES void float_layer_portable(const float* __restrict x, int64_t m, int64_t kp, const Layer& L,
-                                           float* __restrict out, int64_t ldo) {
-  const int64_t G = ceil_div(L.n, kGroup);
-  float wv[kGroup], acc[kGroup];
-  std::vector<float> panel(static_cast<size_t>(L.k) * kGroup);
-  for (int64_t g = 0; g < G; ++g) {
-    for (int64_t k = 0; k < L.k; ++k)
-      for (int c = 0; c < kGroup; ++c) panel[k * kGroup + c] = weight_at(L, g, c, k, kp);
-    const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - g * kGroup));
-    for (int64_t i = 0; i < m; ++i) {
-      const float* xr = x + i * kp;
-      for (int c = 0; c < kGroup; ++c) acc[c] = 0.0f;
-      for (int64_t k = 0; k < L.k; ++k) {
-        for (int c = 0; c < kGroup; ++c) wv[c] = panel[k * kGroup + c];
-        for (int c = 0; c < kGroup; ++c) acc[c] += xr[k] * wv[c];
-      }
-      store_row(out + i * ldo + g * kGroup, acc, L.kind == kInt8 ? L.scale + g * kGroup : nullptr, 1.0f,
-                L.bias ? L.bias + g * kGroup : nullptr, nr, L.act);
-    }
-  }
-}
-
 #if AECOMP_PK_X86
 // ---------------------------------------------------------------------------- AVX-512 kernels
 #pragma GCC push_options
@@ -296,98 +353,17 @@ __attribute__((always_inline)) inline void int_tile_avx512(const uint8_t* xq, in
   }
 }
 
-// Float tile: the same loop with decoded weights and FMAs.
+// Runs integer tiles of MR rows over every group: NV groups at a time, then the remaining
+// groups one by one. Rows in blocks of MR (the last block repeats its last row).
 template <int MR, int NV>
-__attribute__((always_inline)) inline void float_tile_avx512(const float* x, int64_t kp, int64_t i0, int mr,
-                                                             const Layer& L, int64_t g0, float* out, int64_t ldo) {
-  const float* xr[MR];
-  for (int i = 0; i < MR; ++i) xr[i] = x + (i0 + (i < mr ? i : mr - 1)) * kp;
-  __m512 acc[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
-  auto fma_k = [&](int64_t k, const __m512* w) {
-    for (int i = 0; i < MR; ++i) {
-      const __m512 a = _mm512_set1_ps(xr[i][k]);
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, w[v], acc[i][v]);
-    }
-  };
-  if (L.kind == kInt8) {
-    const int64_t K4 = kp / 4;
-    const uint8_t* wg = L.w + g0 * K4 * 64;
-    for (int64_t q = 0; q < K4; ++q) {
-      __m512i d[NV];
-      for (int v = 0; v < NV; ++v) d[v] = _mm512_loadu_si512(wg + (v * K4 + q) * 64);
-      __m512 w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(d[v], 24), 24));
-      fma_k(4 * q, w);
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(d[v], 16), 24));
-      fma_k(4 * q + 1, w);
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(d[v], 8), 24));
-      fma_k(4 * q + 2, w);
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_cvtepi32_ps(_mm512_srai_epi32(d[v], 24));
-      fma_k(4 * q + 3, w);
-    }
-  } else if (L.table == 16) {
-    const __m512 tab = _mm512_loadu_ps(L.scale);
-    const int64_t K2 = ceil_div(L.k, 2);
-    const uint8_t* wg = L.w + g0 * K2 * kGroup;
-    const __m512i lo4 = _mm512_set1_epi32(15);
-    for (int64_t p = 0; p < K2; ++p) {
-      __m512i d[NV];
-      for (int v = 0; v < NV; ++v)
-        d[v] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wg + (v * K2 + p) * kGroup)));
-      __m512 w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_permutexvar_ps(_mm512_and_si512(d[v], lo4), tab);
-      fma_k(2 * p, w);
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_permutexvar_ps(_mm512_srli_epi32(d[v], 4), tab);
-      fma_k(2 * p + 1, w);  // k = K (odd K) reads the zero padding of x
-    }
-  } else {
-    const uint8_t* wg = L.w + g0 * L.k * kGroup;
-    const __m512 t0 = _mm512_loadu_ps(L.scale), t1 = _mm512_loadu_ps(L.scale + 16);
-    for (int64_t k = 0; k < L.k; ++k) {
-      __m512 w[NV];
-      for (int v = 0; v < NV; ++v) {
-        const __m512i d =
-            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wg + (v * L.k + k) * kGroup)));
-        w[v] = L.table == 32 ? _mm512_permutex2var_ps(t0, d, t1) : _mm512_i32gather_ps(d, L.scale, 4);
-      }
-      fma_k(k, w);
-    }
-  }
-  alignas(64) float tmp[kGroup];
-  for (int v = 0; v < NV; ++v) {
-    const int64_t j0 = (g0 + v) * kGroup;
-    const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - j0));
-    for (int i = 0; i < mr; ++i) {
-      _mm512_store_ps(tmp, acc[i][v]);
-      store_row(out + (i0 + i) * ldo + j0, tmp, L.kind == kInt8 ? L.scale + j0 : nullptr, 1.0f,
-                L.bias ? L.bias + j0 : nullptr, nr, L.act);
-    }
-  }
-}
-
-// Runs tiles of MR rows over every group: NV groups at a time, then the remaining groups one
-// by one. Rows are processed in blocks of MR (the last block repeats its last row).
-template <int MR, int NV, bool INT>
-void rows_avx512(const void* x, int64_t kp, int64_t i0, int64_t i1, const Layer& L, QParams qp, float* out,
-                 int64_t ldo) {
+void int_rows_avx512(const uint8_t* xq, int64_t kp, int64_t i0, int64_t i1, const Layer& L, QParams qp, float* out,
+                     int64_t ldo) {
   const int64_t G = ceil_div(L.n, kGroup);
   for (int64_t i = i0; i < i1; i += MR) {
     const int mr = static_cast<int>(std::min<int64_t>(MR, i1 - i));
     int64_t g = 0;
-    for (; g + NV <= G; g += NV) {
-      if (INT)
-        int_tile_avx512<MR, NV>(static_cast<const uint8_t*>(x), kp, i, mr, L, g, qp, out, ldo);
-      else
-        float_tile_avx512<MR, NV>(static_cast<const float*>(x), kp, i, mr, L, g, out, ldo);
-    }
-    for (; g < G; ++g) {
-      if (INT)
-        int_tile_avx512<MR, 1>(static_cast<const uint8_t*>(x), kp, i, mr, L, g, qp, out, ldo);
-      else
-        float_tile_avx512<MR, 1>(static_cast<const float*>(x), kp, i, mr, L, g, out, ldo);
-    }
+    for (; g + NV <= G; g += NV) int_tile_avx512<MR, NV>(xq, kp, i, mr, L, g, qp, out, ldo);
+    for (; g < G; ++g) int_tile_avx512<MR, 1>(xq, kp, i, mr, L, g, qp, out, ldo);
   }
 }
 
@@ -434,13 +410,13 @@ void quantize_rows_avx512(const float* x, int64_t m, int64_t k, int64_t ld, QPar
   }
 }
 
-template <bool INT>
-void layer_avx512(const void* x, int64_t m, int64_t kp, const Layer& L, QParams qp, float* out, int64_t ldo) {
+void int_layer_avx512(const uint8_t* xq, int64_t m, int64_t kp, const Layer& L, QParams qp, float* out,
+                      int64_t ldo) {
   // Tiles: 8 rows x 2 groups (16 accumulators); 1 row x 4 groups for the leftover rows, so a
   // batch of 1 still has 4 independent accumulation chains.
   const int64_t m8 = (m / 8) * 8;
-  if (m8 > 0) rows_avx512<8, 2, INT>(x, kp, 0, m8, L, qp, out, ldo);
-  if (m8 < m) rows_avx512<1, 4, INT>(x, kp, m8, m, L, qp, out, ldo);
+  if (m8 > 0) int_rows_avx512<8, 2>(xq, kp, 0, m8, L, qp, out, ldo);
+  if (m8 < m) int_rows_avx512<1, 4>(xq, kp, m8, m, L, qp, out, ldo);
 }
 
 #pragma GCC pop_options
@@ -457,7 +433,7 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
       if (qp.finite) {
         xq.resize(static_cast<size_t>(m * kp));
         quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
-        return layer_avx512<true>(xq.data(), m, kp, L, qp, out, ldo);
+        return int_layer_avx512(xq.data(), m, kp, L, qp, out, ldo);
       }
     } else
 #endif
@@ -470,17 +446,24 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
       }
     }
   }
-  xf.resize(static_cast<size_t>(m * kp));
-  for (int64_t i = 0; i < m; ++i) {
-    std::memcpy(xf.data() + i * kp, x + i * ldx, sizeof(float) * L.k);
-    std::fill(xf.data() + i * kp + L.k, xf.data() + (i + 1) * kp, 0.0f);
-  }
-  QParams none{1.0f, 0, true};
-#if AECOMP_PK_X86
-  if (use_avx512()) return layer_avx512<false>(xf.data(), m, kp, L, none, out, ldo);
-#endif
-  (void)none;
-  float_layer_portable(xf.data(), m, kp, L, out, ldo);
+  // float path: the microkernel framework with the packed loaders (packed_isa.inc)
+  cpu::mk::PkLayer P;
+  P.kind = L.kind == kInt8 ? 0 : (L.table == 16 ? 1 : 2);
+  P.n = L.n;
+  P.k = L.k;
+  P.gstride = P.kind == 0 ? ceil_div(L.k, 4) * 64 : (P.kind == 1 ? ceil_div(L.k, 2) * kGroup : L.k * kGroup);
+  P.colbytes = P.kind == 0 ? 4 : 1;
+  P.w = L.w;
+  thread_local std::vector<uint8_t> zeros;
+  if (zeros.size() < static_cast<size_t>(kp * 16 + 64)) zeros.assign(static_cast<size_t>(kp * 16 + 64), 0);
+  P.zeros = zeros.data();
+  P.table = L.kind == kCodebook ? L.scale : nullptr;
+  P.tsize = static_cast<int>(L.table);
+  P.scale = L.kind == kInt8 ? L.scale : nullptr;
+  P.bias = L.bias;
+  P.act = L.act;
+  (void)xf;
+  AECOMP_MK_DISPATCH(cpu::mk::active_isa(), pk_float_layer, x, ldx, m, P, out, ldo);
 }
 
 // The parsed chain: what the op and the pybind11 handle share.
