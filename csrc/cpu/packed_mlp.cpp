@@ -574,12 +574,19 @@ Tensor run_chain(const Chain& c, const Tensor& x) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, kOp, ": x must be float32, got ", x.scalar_type(), " (shape ",
                    shape_of(x), ")");
   TORCH_CHECK_VALUE(x.is_cpu(), kOp, ": x is on ", x.device(), "; the packed CPU kernels take CPU tensors");
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = c.out_features;
-  Tensor y = at::empty(shape, x.options());
-  const int64_t m = x.numel() / c.in_features;
+  // A 2-D input with unit column stride is read in place (no view, no copy: at batch 1 the
+  // per-call tensor bookkeeping is a large part of the time).
+  const int64_t m = x.dim() == 2 ? x.size(0) : x.numel() / c.in_features;
+  Tensor y;
+  if (x.dim() == 2) {
+    y = at::empty({m, c.out_features}, x.options());
+  } else {
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = c.out_features;
+    y = at::empty(shape, x.options());
+  }
   if (m == 0) return y;
-  Tensor x2 = x.reshape({m, c.in_features});
+  Tensor x2 = x.dim() == 2 ? x : x.reshape({m, c.in_features});
   if (x2.stride(1) != 1) x2 = x2.contiguous();
   thread_local std::vector<float> xf, h0, h1;
   thread_local std::vector<uint8_t> xq;
