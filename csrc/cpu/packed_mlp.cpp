@@ -34,17 +34,21 @@
 //   codes4 (T = 16): uint8 [G][K2][16], K2 = ceil(K / 2): low nibble code(16g + c, 2p), high
 //          nibble code(16g + c, 2p + 1)
 //   codes8 (T = 32 or 256): uint8 [G][K][16]
-// Inputs are copied (and quantized, for int8) into a scratch buffer padded with zeros to
-// K4 * 4 columns, so padded weights always meet finite zeros.
+// The integer path quantizes its input into a uint8 scratch buffer padded to K4 * 4 columns
+// (padding = zp, met by zero weights); the float path reads x in place for k < K.
 //
 // ---------------------------------------------------------------------------- ISAs
-// avx512 (F/BW/VL/DQ + VNNI for the integer path): hand-written tiles of MR rows x NV groups;
-// integer: vpdpbusd, u8 x s8 -> int32, 64 MACs an instruction; float: 64-byte blocks
-// sign-extended by shifts (int8) or codes looked up with vpermps / vpermt2ps / gather
-// (codebook). Every other CPU: the portable loops below (compiled for AVX2 and baseline by
-// target_clones). AECOMP_CPU_ISA=generic|avx2 caps the choice (tests run both paths).
+// Integer path: AVX-512 VNNI hand-written tiles (8 rows x 2 groups, or 1 row x 4 groups for
+// the last rows; vpdpbusd, u8 x s8 -> int32, 64 multiply-adds an instruction) when the CPU has
+// AVX-512 F/BW/VL/DQ + VNNI; otherwise the portable loops below (compiled for AVX2 and baseline
+// by target_clones, not hand-written). Float path: the microkernel framework of microkernel.h
+// (AVX-512 8x32, AVX2 6x16, portable 4x8 tiles; 1 row x 4 vectors for small batches) with the
+// B-panel loaders of packed_isa.inc that decode the layouts in registers (int8: shifts of
+// 64-byte blocks; 4-bit codes: vpermps; byte codes: vpermt2ps / gather), and a scale + bias +
+// activation epilogue. AECOMP_CPU_ISA=generic|avx2|avx512 caps both (tests run each path).
 // The integer accumulators are exact on every path, so the int8 path gives the same
-// integers everywhere; float results differ by rounding only.
+// integers everywhere; float results differ by rounding only. One thread (inference batches
+// here are small; the caller's threads are not used).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
