@@ -504,6 +504,33 @@ def _copy_fn(nbytes: int, device: str):
 
 def run(args: argparse.Namespace) -> int:
     """Run the matrix described by ``args`` (see :func:`add_arguments`); 0 when every row measured."""
+    # inference group (issue 15, benchmarks/bench_inference.py): `--only inference` (alone or with
+    # other groups) times the packed path vs torch eager and onnxruntime, rows in the same JSONL
+    only = _csv(args.only)
+    if only and "inference" in only and cfg_device(args) == "cpu":
+        from benchmarks import bench_inference
+
+        rest = [g for g in only if g != "inference"]
+        out = None
+        if not args.no_save:
+            results_dir = Path(args.results_dir) if args.results_dir else _machine.RESULTS_DIR
+            results_dir.mkdir(parents=True, exist_ok=True)
+            out = results_dir / f"{_machine.machine_tag('cpu', args.machine)}.jsonl"
+        fh = open(out, "a") if out else None
+        try:
+            tag = _machine.machine_tag("cpu", args.machine)
+            env = {k: v for k, v in _machine.describe("cpu", tag).items()
+                   if k in ("machine", "cpu", "torch", "commit", "date")}
+            env["load_avg"] = _machine.load_average()
+            rows = bench_inference.run(quick=args.quick or args.smoke, emit=(lambda r: fh.write(
+                json.dumps({**r, **{k: v for k, v in env.items() if k not in r}}) + "\n")) if fh else None)
+        finally:
+            if fh:
+                fh.close()
+        print(bench_inference.table(rows))
+        if not rest:
+            return 0
+        args.only = ",".join(rest)
     try:
         cfg = settings_from_args(args)
         if cfg["device"] == "cpu":
@@ -574,6 +601,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(runner.rows)} rows in {time.monotonic() - runner.t0:.0f} s"
           + (f"; appended to {out}" if out else ""))
     return 1 if errors else 0
+
+
+def cfg_device(args: argparse.Namespace) -> str:
+    """The device ``--device`` resolves to (the inference group is CPU-only)."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -621,6 +621,10 @@ static pybind11::dict build_info() {
   return d;
 }
 
+namespace cpu {
+void def_train_step(pybind11::module& mod);  // cpu/train_step.cpp
+}  // namespace cpu
+
 }  // namespace aecomp
 
 // Schemas. Backward ops take an output mask; a gradient that is not needed comes back as an
@@ -683,4 +687,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("cuda_kernel_image_error", &aecomp::cuda_kernel_image_error,
           "'' when the CUDA kernels have an image for the current GPU, else the runtime's error");
 #endif
+  aecomp::cpu::def_train_step(mod);  // the fused training step and the microkernel entry points
 }

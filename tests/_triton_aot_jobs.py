@@ -144,7 +144,27 @@ def aot_jobs() -> List[Dict]:
             _job("linear_act", "sum_splits_kernel", dtype, {"BLOCK": rb}, ("src_ptr",), (), (), rw, 1,
                  f"sum_splits {rb} w{rw} {dtype}"),
         ]
-    return jobs + chain_jobs()
+    return jobs + chain_jobs() + packed_jobs()
+
+
+# Packed-weight inference (aecomp/kernels/packed.py): each Hopper tile of packed_linear_kernel,
+# int8 and codebook weights, bfloat16 activations; the first tile also with float32 ("ieee").
+def packed_jobs() -> List[Dict]:
+    from aecomp.kernels.packed import CONFIGS, FLOAT32_BLOCK_K
+
+    jobs = []
+    for kind, code, wtype in (("int8", 0, "*i8"), ("codebook", 1, "*u8")):
+        for i, (bm, bn, bk, warps, stages) in enumerate(CONFIGS):
+            for dtype in ("bfloat16", "float32") if i == 0 else ("bfloat16",):
+                prec = "ieee" if dtype == "float32" else "tf32"
+                kb = FLOAT32_BLOCK_K if dtype == "float32" else bk
+                ce = {"KIND": code, "HAS_BIAS": True, "ACT": 1, "PRECISION": prec, "BLOCK_M": bm, "BLOCK_N": bn,
+                      "BLOCK_K": kb}
+                job = _job("packed", "packed_linear_kernel", dtype, ce, ("s_ptr", "b_ptr"), ("stride_xk",), (),
+                           warps, stages, f"packed {kind} {bm}x{bn}x{kb} w{warps} s{stages} {dtype}")
+                job["ptr_types"] = {"w_ptr": wtype}
+                jobs.append(job)
+    return jobs
 
 
 def init_worker() -> None:
@@ -206,6 +226,9 @@ def compile_job(job: Dict) -> Dict:
             elif name in job["unit_strides"]:
                 signature[name] = "constexpr"
                 constexprs[name] = 1
+            elif name in job.get("ptr_types", {}):
+                signature[name] = job["ptr_types"][name]
+                attrs[(i,)] = [["tt.divisibility", 16]]
             elif name.endswith("_ptr"):
                 signature[name] = "*fp32" if name in job["fp32_ptrs"] else f"*{data}"
                 attrs[(i,)] = [["tt.divisibility", 16]]

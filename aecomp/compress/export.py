@@ -39,6 +39,7 @@ __all__ = [
     "MissingDependencyError",
     "check_onnx",
     "export_autoencoder",
+    "export_int8_onnx",
     "export_onnx",
     "onnx_ops",
     "require_onnx",
@@ -195,3 +196,118 @@ def onnx_ops(path: PathLike) -> Sequence[str]:
     import onnx
 
     return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+# ---------------------------------------------------------------------- int8 ONNX (integer operators)
+# An int8 classifier (per-channel int8 weights, see aecomp.compress.quantize) as ONNX that
+# onnxruntime runs in int8. Per layer, with h the layer's float input:
+#
+#     hq, hs, hz = DynamicQuantizeLinear(h)          uint8, per tensor (scale, zero point)
+#     acc        = MatMulInteger(hq, Q^T, hz, 0)      int32, exact: sum_k (hq - hz) q
+#     y          = act(Cast<float>(acc) * (hs * s) + b)
+#
+# Why integer operators and not QDQ: a QDQ file needs a fixed activation scale per layer
+# (calibration), or it runs DequantizeLinear on the weights and a float MatMul; dynamic
+# quantization (DynamicQuantizeLinear + MatMulInteger) keeps the weights int8 in the file and
+# in onnxruntime's memory, needs no calibration data, and onnxruntime fuses the chain into its
+# DynamicQuantizeMatMul kernel (u8 x s8 GEMM). It is also exactly the integer arithmetic of our
+# packed kernel's int8 path (csrc/cpu/packed_mlp.cpp), so the two agree to float rounding.
+INT8_OPSET = 17
+
+
+def _int8_layers(source):
+    """``[(q int8 [N, K], scale [N], bias or None, activation)]`` of an int8 model file or PackedNet."""
+    from .share import Int8Linear, PackedNet
+
+    if isinstance(source, PackedNet):
+        net = source
+    else:
+        from .packed import _activations
+
+        p = os.fspath(source)
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+        from .coding import MAGIC, load_coded
+
+        if magic == MAGIC:
+            net = load_coded(p)
+        else:
+            from safetensors.torch import load_file
+
+            from .storage import StorageError, decode_bitmask, decode_csr, read_header
+
+            header = read_header(p)
+            tensors = load_file(p)
+            out = []
+            for i, (meta, act) in enumerate(zip(header["layers"], _activations(header["config"]))):
+                if meta.get("values") != "int8":
+                    raise StorageError(f"{p}: layer {i} holds {meta.get('values')} weights; int8 ONNX needs an int8 "
+                                       f"model file")
+                enc = meta["encoding"]
+                try:
+                    if enc == "dense":
+                        q = tensors[f"{i}.q"]
+                    elif enc == "csr":
+                        q = decode_csr(tensors[f"{i}.v"], tensors[f"{i}.c"], tensors[f"{i}.n"], meta["shape"])
+                    else:
+                        q = decode_bitmask(tensors[f"{i}.m"], tensors[f"{i}.v"], meta["shape"])
+                    out.append((q, tensors[f"{i}.s"], tensors.get(f"{i}.b"), act))
+                except KeyError as exc:
+                    raise StorageError(f"{p}: tensor {exc} is missing") from None
+            return out, header["config"]
+    out = []
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, Int8Linear):
+            raise ValueError(f"export_int8_onnx: layer {i} is a {type(layer).__name__}; int8 ONNX needs int8 layers "
+                             f"(shared-weight models export as float ONNX)")
+        out.append((layer.q, layer.scale, layer.bias, layer.activation))
+    return out, net.config
+
+
+def export_int8_onnx(source, path: PathLike) -> Path:
+    """Write an int8 classifier (an int8 model file or an ``aecomp.compress.share.PackedNet`` of
+    int8 layers) as integer-operator ONNX (see the comment above); input ``x``, output ``y``,
+    dynamic batch."""
+    require_onnx()
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    layers, _ = _int8_layers(source)
+    nodes, inits = [], []
+    k0 = int(layers[0][0].shape[1])
+    h = "x"
+    inits.append(numpy_helper.from_array(np.zeros((), dtype=np.int8), "w_zero"))
+    for i, (q, s, b, act) in enumerate(layers):
+        inits.append(numpy_helper.from_array(q.numpy().T.copy(), f"q{i}"))
+        inits.append(numpy_helper.from_array(s.float().numpy(), f"s{i}"))
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [h], [f"h{i}_q", f"h{i}_s", f"h{i}_z"]))
+        nodes.append(helper.make_node("MatMulInteger", [f"h{i}_q", f"q{i}", f"h{i}_z", "w_zero"], [f"acc{i}"]))
+        nodes.append(helper.make_node("Cast", [f"acc{i}"], [f"accf{i}"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [f"h{i}_s", f"s{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Mul", [f"accf{i}", f"m{i}"], [f"lin{i}"]))
+        cur = f"lin{i}"
+        if b is not None:
+            inits.append(numpy_helper.from_array(b.float().numpy(), f"b{i}"))
+            nodes.append(helper.make_node("Add", [cur, f"b{i}"], [f"pre{i}"]))
+            cur = f"pre{i}"
+        last = i == len(layers) - 1
+        out = "y" if last else f"a{i}"
+        if act == "relu":
+            nodes.append(helper.make_node("Relu", [cur], [out]))
+        elif act == "sigmoid":
+            nodes.append(helper.make_node("Sigmoid", [cur], [out]))
+        else:
+            nodes.append(helper.make_node("Identity", [cur], [out]))
+        h = out
+    n_out = int(layers[-1][0].shape[0])
+    graph = helper.make_graph(nodes, "aecomp_int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k0])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", INT8_OPSET)],
+                              producer_name="aecomp")
+    model.ir_version = min(model.ir_version, 10)
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

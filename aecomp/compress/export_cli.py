@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="with an aecomp compress output folder: export only this model (default: all of them)")
     a("--no-check", action="store_true", dest="no_check", help="do not run the exported files in onnxruntime")
     a("--tolerance", type=float, default=1e-5, help="largest allowed |onnxruntime - torch| (default: 1e-5)")
+    # packed-weight inference (issue 15): int8 ONNX that onnxruntime runs in int8
+    a("--int8", action="store_true",
+      help="CHECKPOINT is an int8 model file: write integer-operator ONNX (DynamicQuantizeLinear + MatMulInteger) "
+           "and check it against the packed int8 kernel (aecomp.compress.packed)")
 
 
 def compress_models(folder: Path) -> List[Tuple[str, Path]]:
@@ -188,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         require_onnx(runtime=not args.no_check)
     except MissingDependencyError as exc:
         raise UsageError(str(exc)) from None
+    if getattr(args, "int8", False):
+        return _run_int8(args)
     targets, into_folder = _targets(args)
     written: List[Tuple[Path, object, torch.Tensor]] = []
     for name, source in targets:
@@ -223,4 +229,41 @@ def run(args: argparse.Namespace) -> int:
         print(f"aecomp export: error: the ONNX output differs from torch by {worst:.3g} > --tolerance "
               f"{args.tolerance:g}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_int8(args: argparse.Namespace) -> int:
+    """``aecomp export FILE --int8``: integer-operator ONNX of an int8 model file, checked against
+    the packed int8 kernel on random inputs (the same integer arithmetic: they agree to float
+    rounding, ``--tolerance`` scaled by the largest output)."""
+    import torch
+
+    from .export import export_int8_onnx, run_onnx
+    from .packed import load_packed_model
+
+    p = Path(args.checkpoint)
+    if not p.is_file():
+        raise UsageError(f"{args.checkpoint}: --int8 takes an int8 model file (aecomp compress ... models/*-int8.*)")
+    try:
+        packed = load_packed_model(p)
+        out = _out_path(args, p.name.split(".")[0] + ".int8", into_folder=False)
+        path = export_int8_onnx(p, out)
+    except ValueError as exc:  # StorageError / CodedFileError / a shared-weight layer
+        raise UsageError(str(exc).splitlines()[0]) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    line = f"wrote {path} ({path.stat().st_size:,} bytes, int8 operators)"
+    if not args.no_check:
+        x = torch.rand(64, packed.in_features, generator=torch.Generator().manual_seed(0))
+        want = packed(x)
+        diff = float((run_onnx(path, x) - want).abs().max())
+        scale = 1.0 + float(want.abs().max())
+        line += f"; onnxruntime max |diff| vs the packed int8 kernel on 64 random inputs: {diff:.3g}"
+        print(line)
+        if diff > args.tolerance * scale:
+            print(f"aecomp export: error: the int8 ONNX output differs from the packed kernel by {diff:.3g} > "
+                  f"--tolerance {args.tolerance:g} x (1 + max|y|)", file=sys.stderr)
+            return 1
+        return 0
+    print(line)
     return 0

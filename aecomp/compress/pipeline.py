@@ -349,6 +349,23 @@ class _Run:
         return (measure_latency(fn, x_test[:1].contiguous(), repeats=reps),
                 measure_latency(fn, x256, repeats=max(reps // 4, 1)))
 
+    def packed_latency(self, row: Dict[str, Any], path: Path, te) -> None:
+        """Issue 15: an int8 / shared-weight file's latency from the packed path (the file loaded
+        packed, one packed_mlp call), its resident bytes, and its accuracy on that path."""
+        from .packed import load_packed_model
+
+        try:
+            packed = load_packed_model(path)
+        except ValueError as exc:  # a layout the packed kernels do not hold (8-bit shared + pruned)
+            row["latency_path"] = "float32"
+            self.log(f"{row['name']}: timed in float32 ({exc})")
+            return
+        row["latency_ms_b1"], row["latency_ms_b256"] = self.latency(packed, te.x)
+        row["resident_bytes"] = packed.resident_bytes
+        row["latency_path"] = "packed"
+        with torch.no_grad():
+            row["accuracy_packed"] = 100.0 * float((packed(te.x).argmax(1) == te.y).float().mean())
+
     # --------------------------------------------------------------------- rows
     def classifier_row(self, name: str, description: str, model: nn.Module, splits: data_mod.Splits,
                        values: str = "float32", sparse: bool = False) -> Dict[str, Any]:
@@ -369,6 +386,8 @@ class _Run:
                "storage": "sparse" if sparse else "dense", "file": str(path)}
         if isinstance(model, CompressedNet):
             row["trainable_params"] = model.num_params(trainable_only=True) if not sparse and values == "float32" else None
+        if values == "int8":
+            self.packed_latency(row, path, te)
         self.rows.append(row)
         self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
         return row
@@ -393,6 +412,7 @@ class _Run:
                "int8_bytes": storage.payload_bytes(model, "int8", sparse),
                "values": "shared" if hasattr(packed.layers[0], "codebook") else "int8", "bits": bits[-1],
                "storage": "coded-sparse" if sparse else "coded-dense", "file": str(path)}
+        self.packed_latency(row, path, te)
         self.rows.append(row)
         self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
         return row
@@ -552,8 +572,10 @@ def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
         "bytes = size of the safetensors file that holds the model (models/<name>.safetensors); ratio = baseline "
         "bytes / model bytes; int8 files hold int8 weights + per-channel float32 scales; pruned files hold only "
         "the nonzero weights (CSR or bitmask, whichever is smaller); biases stay float32.",
-        "Every classifier row is measured on the model loaded back from its file (int8 is dequantized at load, "
-        "so latency is that of float32 compute; pruned models run dense).",
+        "Every classifier row is measured on the model loaded back from its file: accuracy on the dequantized "
+        "float32 weights; latency of int8 and shared-weight files from the packed path (weights kept packed in "
+        "memory, aecomp.compress.packed: resident bytes; accuracy_packed = the same file on that path, int8 "
+        "layers with dynamic int8 activations); float32 files through the fused float ops; pruned models run dense.",
         "Latency: median of repeated single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
         "recon MSE: mean over all test elements of (x_hat - x)^2 for the autoencoders and PCA.",
         f"-shared<b> files: per layer a k-means codebook of 2^b values (float16) over the surviving weights, "

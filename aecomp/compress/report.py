@@ -16,7 +16,11 @@ layout (dense or sparse), without the file header. ``macs`` = multiply-adds per 
 pruned model, the nonzero weights).
 
 Latency (:func:`measure_latency`): the median wall time of repeated forward passes, after
-warm-up, with ``torch.set_num_threads(1)``, at batch 1 and batch 256.
+warm-up, with ``torch.set_num_threads(1)``, at batch 1 and batch 256. For an int8 (or
+shared-weight) model they time the packed path (``aecomp.compress.packed``: the file loaded
+packed, one ``packed_mlp`` call; ``latency_path`` = ``packed``), and ``resident_bytes`` is what
+that packed model holds in memory (packed weights, scales or codebooks, biases, column sums);
+float32 models are timed through the fused float ops (``latency_path`` = ``float32``).
 
 ``report.md`` holds the same table plus the published Deep Compression row for
 LeNet-300-100; ``accuracy_vs_bytes.png`` plots accuracy against file size (log x).
@@ -97,6 +101,10 @@ COLUMNS = (
     ("recon MSE", "recon_mse", "mse"),
     ("ms @1", "latency_ms_b1", "ms"),
     ("ms @256", "latency_ms_b256", "ms"),
+    # packed-weight inference (aecomp.compress.packed): the weights as held in memory by the
+    # packed model, beside the file's bytes; "latency from" says which path was timed
+    ("resident bytes", "resident_bytes", "int"),
+    ("latency from", "latency_path", "str"),
 )
 
 

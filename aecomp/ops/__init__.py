@@ -150,3 +150,13 @@ def mlp_fusion_info() -> dict:
         describe = getattr(get_backend(name), "describe_mlp", None)
         out[name] = describe() if describe else "one linear_act per layer"
     return out
+
+
+# ---------------------------------------------------------------------- packed-weight inference
+# aecomp.ops.packed_mlp(x, chain): a chain whose weights stay packed (int8 + per-channel scales,
+# or b-bit codes + codebook), unpacked in registers inside the GEMM; inference only. Built by
+# aecomp.compress.packed from a model file; the layouts and the math: aecomp/ops/_packed.py and
+# csrc/cpu/packed_mlp.cpp.
+from ._packed import PackedChain, PackedLayer, codebook_layer, int8_layer, packed_mlp  # noqa: E402
+
+__all__ += ["PackedChain", "PackedLayer", "codebook_layer", "int8_layer", "packed_mlp"]

@@ -75,3 +75,8 @@ def register() -> None:
         gi = input.new_empty(input.shape) if need_input else input.new_empty((0,))
         gt = target.new_empty(target.shape) if need_target else target.new_empty((0,))
         return gi, gt
+
+    # packed-weight inference (aecomp::packed_mlp, csrc/cpu/packed_mlp.cpp)
+    from . import _packed
+
+    _packed.register_fake()

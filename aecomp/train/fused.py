@@ -15,6 +15,17 @@ Then ``optimizer.step()`` (use ``torch.optim.Adam(..., fused=True)``: one kernel
 parameters). The result is the same, up to float rounding, as the plain step
 ``zero_grad; model.loss(batch).backward(); optimizer.step()``.
 
+The optimizer fused into the backward (CPU, float32): when the optimizer is a plain
+``torch.optim.Adam``, ``AdamW`` or ``SGD`` (with or without momentum, nesterov, weight decay;
+not amsgrad / maximize / capturable / differentiable, float hyper-parameters, no step hooks),
+the whole step is ``aecomp._C.mlp_mse_train_step``: forward, loss, backward, and each weight
+tile updated by the optimizer's formula in the epilogue of the GEMM that finishes its
+gradient, so no gradient tensor is written (``p.grad`` stays None). The state is the
+optimizer's own (``exp_avg``, ``exp_avg_sq``, ``step``; ``momentum_buffer``), created the way
+torch.optim creates it and updated in place, so ``optimizer.state_dict()``, checkpoints and
+resume work unchanged; hyper-parameters are read from ``param_groups`` every step (LR
+schedulers work). Anything else takes the plain path: gradients, then ``optimizer.step()``.
+
 On the GPU, ``cuda_graph=True`` captures the whole step (forward, loss, backward, optimizer)
 in a ``torch.cuda.CUDAGraph`` per batch shape and replays it: for small batches the step is
 then one launch from Python instead of dozens. It needs an optimizer that can be captured
@@ -26,6 +37,12 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+
+try:  # the dtype torch.optim gives the step counter (float32 unless the default is float64)
+    from torch.optim.optimizer import _get_scalar_dtype
+except ImportError:  # pragma: no cover - older/newer torch
+    def _get_scalar_dtype(is_fused=None):
+        return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 from .. import _ext
 from .._backend import requested_backend
@@ -49,6 +66,44 @@ def _chain(model) -> Tuple[List[torch.nn.Linear], List[str], Optional[str]]:
         layers, backend = fused_chain()
     return list(layers), [layer.activation for layer in layers], backend
 
+
+
+# Hyper-parameter row per param group for aecomp._C.mlp_mse_train_step (csrc/cpu/train_step.cpp):
+# [kind (1 Adam, 2 SGD), lr, beta1, beta2, eps, weight_decay, decoupled, momentum, dampening, nesterov]
+_ADAM, _SGD = 1.0, 2.0
+
+
+def _is_float(v) -> bool:
+    return isinstance(v, (float, int)) and not isinstance(v, bool)
+
+
+def _fused_optimizer_kind(optimizer) -> Optional[float]:
+    """_ADAM / _SGD when the optimizer's update can run fused into the backward, else None."""
+    kind = {torch.optim.Adam: _ADAM, torch.optim.AdamW: _ADAM, torch.optim.SGD: _SGD}.get(type(optimizer))
+    if kind is None or getattr(optimizer, "_optimizer_step_pre_hooks", None) or getattr(
+            optimizer, "_optimizer_step_post_hooks", None):
+        return None
+    from torch.optim import optimizer as _opt_mod
+    if getattr(_opt_mod, "_global_optimizer_pre_hooks", None) or getattr(_opt_mod, "_global_optimizer_post_hooks", None):
+        return None
+    for g in optimizer.param_groups:
+        if g.get("maximize") or g.get("differentiable") or g.get("capturable"):
+            return None
+        if kind == _ADAM:
+            if g.get("amsgrad") or not all(_is_float(v) for v in (g["lr"], *g["betas"], g["eps"], g["weight_decay"])):
+                return None
+        elif not all(_is_float(g.get(k, 0.0)) for k in ("lr", "momentum", "dampening", "weight_decay")):
+            return None
+    return kind
+
+
+def _hyper_row(optimizer, kind: float, g: dict) -> List[float]:
+    if kind == _ADAM:
+        decoupled = g.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
+        return [kind, g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"], float(bool(decoupled)),
+                0.0, 0.0, 0.0]
+    return [kind, g["lr"], 0.0, 0.0, 0.0, g["weight_decay"], 0.0, g["momentum"], g["dampening"],
+            float(bool(g["nesterov"]))]
 
 class FusedStep:
     """A training step whose forward, loss and backward run as one fused chain call."""
@@ -87,6 +142,57 @@ class FusedStep:
             return _ext.load()[0] is not None
         return name == "cpu" and _ext.load()[0] is not None
 
+    def uses_fused_optimizer(self, x: Optional[torch.Tensor] = None) -> bool:
+        """Whether step() runs the optimizer fused into the backward (for a float32 CPU batch x)."""
+        params = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        ok = (_fused_optimizer_kind(self.optimizer) is not None and hasattr(_ext._C, "mlp_mse_train_step")
+              and all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params))
+        if x is not None:
+            ok = ok and x.dtype == torch.float32 and self._direct_cpu(x)
+        return ok
+
+    def _fused_optim_args(self, weights, biases):
+        """The per-parameter arguments of mlp_mse_train_step, creating torch.optim's state lazily."""
+        opt = self.optimizer
+        kind = _fused_optimizer_kind(opt)
+        if kind is None:
+            return None
+        group_index = {}
+        hyper: List[float] = []
+        for gi, g in enumerate(opt.param_groups):
+            hyper.extend(_hyper_row(opt, kind, g))
+            for p in g["params"]:
+                group_index[p] = gi
+        params = list(weights) + list(biases)
+        group_of, state1, state2, steps, first = [], [], [], [], []
+        for p in params:
+            gi = group_index.get(p, -1) if p is not None and p.requires_grad else -1
+            if gi >= 0 and (p.dtype != torch.float32 or not p.is_contiguous() or p.device.type != "cpu"):
+                return None
+            group_of.append(gi)
+            s1 = s2 = st = None
+            fst = False
+            if gi >= 0:
+                state = opt.state[p]
+                if kind == _ADAM:
+                    if len(state) == 0:
+                        g = opt.param_groups[gi]
+                        state["step"] = (torch.zeros((), dtype=_get_scalar_dtype(is_fused=g.get("fused")))
+                                         if g.get("fused") else torch.tensor(0.0, dtype=_get_scalar_dtype()))
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    s1, s2, st = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                elif opt.param_groups[gi]["momentum"] != 0:
+                    s1 = state.get("momentum_buffer")
+                    if s1 is None:
+                        s1 = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        fst = True
+            state1.append(s1)
+            state2.append(s2)
+            steps.append(st)
+            first.append(fst)
+        return hyper, group_of, state1, state2, steps, first
+
     def step(self, batch, weight: Optional[float] = None) -> torch.Tensor:
         batch_input = getattr(self.model, "batch_input", None)
         x = batch_input(batch) if batch_input else (batch[0] if isinstance(batch, (tuple, list)) else batch)
@@ -97,6 +203,19 @@ class FusedStep:
         biases = [layer.bias for layer in self.layers]
         if self.cuda_graph and x.is_cuda and weight is None:
             return self._graph_step(x)
+        if (weight is None and x.dtype == torch.float32 and self._direct_cpu(x) and torch.is_grad_enabled()
+                and hasattr(_ext._C, "mlp_mse_train_step")):
+            args = self._fused_optim_args(weights, biases)
+            if args is not None:
+                for p in weights + biases:
+                    if p is not None:
+                        p.grad = None
+                with torch.no_grad():
+                    loss = _ext._C.mlp_mse_train_step(
+                        x, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],
+                        self._acts, x, "mean", *args)
+                self.optimizer._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
+                return loss
         if weight is None and self._direct_cpu(x) and torch.is_grad_enabled():
             loss, gw, gb = _ext._C.mlp_mse_value_and_grad(
                 x, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],

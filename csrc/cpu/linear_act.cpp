@@ -1,6 +1,8 @@
 // CPU kernels of aecomp::linear_act and aecomp::linear_act_backward.
 //
-// Forward:  acc = x @ W^T                  (ATen's CPU GEMM)
+// Forward:  acc = x @ W^T                  (float32 below the crossover: the microkernels of
+//                                           dense_gemm.h with bias+act in the epilogue, no pass;
+//                                           else ATen's CPU GEMM)
 //           y   = act(acc + b)             (ONE pass over acc, in place; epilogue.cpp)
 // Backward: gz  = g * act'(y),  db = sum_rows gz     (ONE pass; act' from the saved output y)
 //           dx  = gz @ W,  dW = gz^T @ x             (two GEMMs, each only if needed)
@@ -23,6 +25,8 @@ using at::Tensor;
 constexpr int64_t kRowChunk = 256;
 
 Tensor dense_forward(const Tensor& x2d, const Tensor& w, const Tensor& b, Act act) {
+  if (x2d.scalar_type() == at::kFloat && x2d.size(0) > 0 && use_microkernel(x2d.size(0), w.size(0), w.size(1)))
+    return mk_forward(x2d, w, b, act);
   // No activation: the bias rides in the GEMM's C operand (addmm), so there is no pass at all.
   if (act == Act::None && b.defined() && x2d.size(0) > 0) return at::addmm(b, x2d, w.t());
   Tensor y = at::mm(x2d, w.t());
@@ -144,8 +148,15 @@ std::tuple<Tensor, Tensor, Tensor> linear_act_backward_cpu(const Tensor& grad_y,
   Tensor gb = at::empty({0}, weight.options());
   // never in place: the incoming gradient may be shared with other consumers
   Tensor gz = cpu::act_grad_pass(g, y, act, need_bias ? &gb : nullptr, /*in_place=*/false);
-  Tensor gx = need_x ? at::mm(gz, weight).view(x.sizes()) : at::empty({0}, weight.options());
-  Tensor gw = need_weight ? at::mm(gz.t(), flatten_rows(x)) : at::empty({0}, weight.options());
+  const int64_t M = gz.numel() / std::max<int64_t>(weight.size(0), 1);
+  const bool mk = g.scalar_type() == at::kFloat && M > 0 && cpu::use_microkernel(M, weight.size(0), weight.size(1));
+  const Tensor gz2d = gz.reshape({M, weight.size(0)});
+  Tensor gx = !need_x ? at::empty({0}, weight.options())
+              : mk    ? cpu::mk_dgrad(gz2d, weight, Tensor(), Act::None).view(x.sizes())
+                      : at::mm(gz, weight).view(x.sizes());
+  Tensor gw = !need_weight ? at::empty({0}, weight.options())
+              : mk         ? cpu::mk_wgrad(gz2d, flatten_rows(x), nullptr)
+                           : at::mm(gz.t(), flatten_rows(x));
   return {gx, gw, gb};
 }
 

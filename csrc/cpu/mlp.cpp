@@ -51,26 +51,51 @@ Tensor mlp_cpu(const Tensor& x, at::TensorList weights, const c10::List<std::opt
 
 // Given gz of the last layer (and its bias gradient), runs the rest of the chain backward.
 // Returns [gx, gW_0..gW_{L-1}, gb_0..gb_{L-1}]; unneeded entries are empty tensors.
+// float32 layers below the crossover (cpu::use_microkernel) run on the microkernels: the dgrad
+// applies act' of the layer below in its epilogue (gz of that layer is stored once) and the
+// bias gradient comes out of the next wgrad's packing pass. Other layers: ATen's GEMMs and
+// one in-place activation pass that also reduces the bias gradient.
 std::vector<Tensor> chain_backward(Tensor gz, Tensor gb_last, const Tensor& x, at::TensorList weights,
                                    at::TensorList outputs, const std::vector<Act>& acts, bool need_x,
                                    at::IntArrayRef need_bias) {
   const size_t L = weights.size();
   const Tensor x2d = flatten_rows(x);
+  const int64_t M = x2d.size(0);
   auto empty = [&] { return at::empty({0}, weights[0].options()); };
   std::vector<Tensor> result(1 + 2 * L);
   for (auto& t : result) t = empty();
   result[1 + 2 * L - 1] = gb_last;
+  std::vector<char> have_gb(L, 0);
+  have_gb[L - 1] = 1;
   for (size_t k = L; k-- > 0;) {
     const Tensor& h = k == 0 ? x2d : outputs[k - 1];
-    result[1 + k] = at::mm(gz.t(), h);
+    const bool mk = gz.scalar_type() == at::kFloat && M > 0 &&
+                    cpu::use_microkernel(M, weights[k].size(0), weights[k].size(1));
+    const bool want_gb = need_bias[k] && !have_gb[k];
+    Tensor gbk;
+    if (mk) {
+      result[1 + k] = cpu::mk_wgrad(gz, h, want_gb ? &gbk : nullptr);
+    } else {
+      result[1 + k] = at::mm(gz.t(), h);
+      if (want_gb) cpu::act_grad_pass(gz, gz, Act::None, &gbk, /*in_place=*/true);  // column sums only
+    }
+    if (want_gb) result[1 + L + k] = gbk;
     if (k == 0) {
-      if (need_x) result[0] = at::mm(gz, weights[0]).view(x.sizes());
+      if (need_x)
+        result[0] = (mk ? cpu::mk_dgrad(gz, weights[0], Tensor(), Act::None) : at::mm(gz, weights[0])).view(x.sizes());
       break;
+    }
+    if (mk) {
+      gz = cpu::mk_dgrad(gz, weights[k], outputs[k - 1], acts[k - 1]);
+      continue;
     }
     Tensor g = at::mm(gz, weights[k]);  // a fresh buffer: the activation pass runs in place
     Tensor gb;
     gz = cpu::act_grad_pass(g, outputs[k - 1], acts[k - 1], need_bias[k - 1] ? &gb : nullptr, /*in_place=*/true);
-    if (need_bias[k - 1]) result[1 + L + k - 1] = gb;
+    if (need_bias[k - 1]) {
+      result[1 + L + k - 1] = gb;
+      have_gb[k - 1] = 1;
+    }
   }
   return result;
 }

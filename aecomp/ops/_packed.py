@@ -1,0 +1,202 @@
+"""``packed_mlp``: a chain of layers whose weights stay packed (int8 + per-channel scales, or
+b-bit codes + codebook), run by the C++ kernels of ``csrc/cpu/packed_mlp.cpp`` (the math, the
+two compute paths and the byte layouts are in that file's header comment).
+
+This module owns the layouts' Python side: :func:`int8_layer` / :func:`codebook_layer` turn a
+layer's integer weights into the kernel's packed tensors (done once, at load time), and
+:class:`PackedChain` holds a whole chain and runs it: outside ``torch.compile`` through the
+pybind11 handle (``aecomp._packed.Chain``: parsed once, called with ``x`` only), under
+``torch.compile`` as ``torch.ops.aecomp.packed_mlp``. Inference only: the op refuses a gradient.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from .. import _ext
+
+__all__ = ["GROUP", "PackedChain", "PackedLayer", "codebook_layer", "int8_layer", "load_module", "packed_mlp"]
+
+GROUP = 16  # output columns per packed group (the kernels' layout)
+KINDS = {"int8": 0, "codebook": 1}
+COMPUTE = ("auto", "int8", "float")
+_MODULE = None
+
+
+def load_module():
+    """``aecomp._packed``: the pybind11 module that lives in the same shared library as ``aecomp._C``."""
+    global _MODULE
+    if _MODULE is None:
+        mod, err = _ext.load()
+        if mod is None:
+            raise RuntimeError(f"aecomp::packed_mlp: {err}")
+        loader = importlib.machinery.ExtensionFileLoader("aecomp._packed", mod.__file__)
+        spec = importlib.util.spec_from_loader("aecomp._packed", loader)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        _MODULE = module
+    return _MODULE
+
+
+@dataclass
+class PackedLayer:
+    """One packed layer as the kernel reads it (see csrc/cpu/packed_mlp.cpp, "layouts")."""
+
+    kind: str  # "int8" | "codebook"
+    out_features: int
+    in_features: int
+    weight: torch.Tensor  # uint8, the packed layout
+    scale: torch.Tensor  # float32: int8 per-channel scales [N], or the codebook table [T]
+    bias: Optional[torch.Tensor]
+    activation: str
+    colsum: Optional[torch.Tensor] = None  # int32 [N] (int8)
+    table: int = 0  # codebook table size T (16, 32 or 256)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layer holds in memory (packed weights, scales/table, bias, column sums)."""
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.scale, self.bias, self.colsum)
+                   if t is not None)
+
+
+def _groups(n: int) -> int:
+    return (n + GROUP - 1) // GROUP
+
+
+def int8_layer(q: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> PackedLayer:
+    """Pack an int8 layer ``W = q * scale[:, None]`` (``q`` int8 ``[N, K]`` in [-127, 127])."""
+    if q.dim() != 2 or q.dtype != torch.int8:
+        raise ValueError(f"aecomp::packed_mlp: q must be int8 [out, in], got {q.dtype} {list(q.shape)}")
+    n, k = q.shape
+    if scale.shape != (n,):
+        raise ValueError(f"aecomp::packed_mlp: scale must have shape [{n}], got {list(scale.shape)}")
+    if n and k and int(q.min()) < -127:
+        raise ValueError("aecomp::packed_mlp: q holds -128; the int8 format is symmetric, [-127, 127]")
+    g, k4 = _groups(n), (k + 3) // 4
+    pad = torch.zeros(g * GROUP, k4 * 4, dtype=torch.int8)
+    pad[:n, :k] = q
+    w = pad.view(g, GROUP, k4, 4).permute(0, 2, 1, 3).contiguous().view(torch.uint8).reshape(-1)
+    return PackedLayer("int8", n, k, w, scale.detach().float().contiguous().clone(), _bias(bias, n), activation,
+                       colsum=q.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous())
+
+
+def codebook_layer(codes: torch.Tensor, codebook: torch.Tensor, mask: Optional[torch.Tensor],
+                   bias: Optional[torch.Tensor], activation: str) -> PackedLayer:
+    """Pack a shared-weight layer ``W = where(mask, codebook[codes], 0)`` (codes uint8 ``[N, K]``).
+
+    A pruned layer's masked weights get one extra table entry holding 0.0, so the alphabet is
+    ``len(codebook) (+ 1)``; it is stored as 4-bit codes (alphabet <= 16) or bytes (<= 256).
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"aecomp::packed_mlp: codes must be 2-D [out, in], got {list(codes.shape)}")
+    n, k = codes.shape
+    values = codebook.detach().float().reshape(-1)
+    c = codes.to(torch.int64)
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= values.numel()):
+        raise ValueError(f"aecomp::packed_mlp: a code is outside the codebook of {values.numel()} values")
+    if mask is not None:
+        if mask.shape != codes.shape:
+            raise ValueError(f"aecomp::packed_mlp: mask must have the codes' shape {list(codes.shape)}, got "
+                             f"{list(mask.shape)}")
+        zero = values.numel()
+        values = torch.cat([values, values.new_zeros(1)])
+        c = torch.where(mask.bool(), c, torch.full_like(c, zero))
+    alphabet = values.numel()
+    if alphabet > 256:
+        raise ValueError(f"aecomp::packed_mlp: {alphabet} shared values (8-bit codes plus the pruned zero) do not "
+                         f"fit the byte codes of the kernel; share with at most 7 bits when pruned")
+    table = 16 if alphabet <= 16 else (32 if alphabet <= 32 else 256)
+    tab = torch.zeros(table)
+    tab[:alphabet] = values
+    g = _groups(n)
+    if table == 16:
+        k2 = (k + 1) // 2
+        pad = torch.zeros(g * GROUP, k2 * 2, dtype=torch.int64)
+        pad[:n, :k] = c
+        pairs = pad.view(g, GROUP, k2, 2).permute(0, 2, 1, 3)
+        w = (pairs[..., 0] | (pairs[..., 1] << 4)).to(torch.uint8).contiguous().reshape(-1)
+    else:
+        pad = torch.zeros(g * GROUP, k, dtype=torch.int64)
+        pad[:n] = c
+        w = pad.view(g, GROUP, k).permute(0, 2, 1).to(torch.uint8).contiguous().reshape(-1)
+    return PackedLayer("codebook", n, k, w, tab.contiguous(), _bias(bias, n), activation, table=table)
+
+
+def _bias(bias: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    if bias is None:
+        return None
+    b = bias.detach().float().reshape(-1).contiguous().clone()
+    if b.shape != (n,):
+        raise ValueError(f"aecomp::packed_mlp: bias must have shape [{n}], got {list(bias.shape)}")
+    return b
+
+
+_EMPTY_F = torch.empty(0)
+_EMPTY_I = torch.empty(0, dtype=torch.int32)
+
+
+class PackedChain:
+    """A chain of :class:`PackedLayer` run in one call: ``chain(x)`` (see :func:`packed_mlp`).
+
+    ``compute``: ``"auto"`` (int8 layers on the integer path, codebook layers in float),
+    ``"int8"`` or ``"float"`` (every layer in float: dequantize-then-GEMM semantics).
+    """
+
+    def __init__(self, layers: Sequence[PackedLayer], compute: str = "auto") -> None:
+        if compute not in COMPUTE:
+            raise ValueError(f"aecomp::packed_mlp: compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
+        if not layers:
+            raise ValueError("aecomp::packed_mlp: a chain needs at least one layer")
+        self.layers: List[PackedLayer] = list(layers)
+        self.compute = compute
+        self.data: List[torch.Tensor] = []
+        self.meta: List[int] = []
+        for layer in self.layers:
+            self.data += [layer.weight, layer.scale, _EMPTY_F if layer.bias is None else layer.bias,
+                          _EMPTY_I if layer.colsum is None else layer.colsum]
+            self.meta += [KINDS[layer.kind], layer.out_features, layer.in_features, layer.table]
+        self.activations = ",".join(layer.activation for layer in self.layers)
+        self._handle = load_module().Chain(self.data, self.meta, self.activations, compute)
+        self.in_features = self.layers[0].in_features
+        self.out_features = self.layers[-1].out_features
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor the chain holds (the resident weights)."""
+        return sum(layer.nbytes for layer in self.layers)
+
+    def with_compute(self, compute: str) -> "PackedChain":
+        return PackedChain(self.layers, compute)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_mlp(x, self)
+
+
+def packed_mlp(x: torch.Tensor, chain: PackedChain) -> torch.Tensor:
+    """``act_L(... act_1(x @ W_1^T + b_1) ...)`` with every ``W_i`` held packed (inference only)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.aecomp.packed_mlp.default(x, chain.data, chain.meta, chain.activations, chain.compute)
+    return chain._handle(x)
+
+
+def register_fake() -> None:
+    try:
+        torch.ops.aecomp.packed_mlp
+    except (AttributeError, RuntimeError):  # an extension built before packed_mlp.cpp existed
+        return
+
+    @torch.library.register_fake("aecomp::packed_mlp")
+    def _packed_mlp_fake(x, data, meta, activations, compute):
+        if len(meta) < 4 or len(meta) % 4 or len(data) != len(meta):
+            raise ValueError(f"aecomp::packed_mlp: expected 4 tensors and 4 meta ints per layer, got {len(data)} "
+                             f"tensors and {len(meta)} ints")
+        k, n = meta[2], meta[-3]
+        if x.dim() < 1 or x.shape[-1] != k:
+            raise ValueError(f"aecomp::packed_mlp: x must be [..., {k}], got {list(x.shape)}")
+        if x.dtype != torch.float32:
+            raise TypeError(f"aecomp::packed_mlp: x must be float32, got {x.dtype} (shape {list(x.shape)})")
+        return x.new_empty((*x.shape[:-1], n))

@@ -1,0 +1,680 @@
+// Packed-weight inference on the CPU: aecomp::packed_mlp, a whole chain of layers whose weights
+// stay packed (int8 + per-channel scales, or b-bit codes + codebook) and are unpacked in
+// registers inside the GEMM; bias and activation fused before the one store; the whole chain in
+// ONE call. Inference only (the Autograd kernel refuses).
+//
+// ---------------------------------------------------------------------------- math
+// Layer l: y = act(x @ W^T + b), W [N, K]. W is held in one of two packed forms:
+//   int8      W[j, k] = q[j, k] * s[j]             q int8 in [-127, 127], s float32 [N]
+//   codebook  W[j, k] = table[code[j, k]]          code < T, table float32 [T] (T = 16, 32, 256)
+//             (a pruned shared layer maps its pruned weights to an extra table entry 0.0)
+// Two ways to compute a layer (chosen per layer by `compute`):
+//   float  y[i, j] = act(s[j] * sum_k x[i, k] q[j, k] + b[j])        (int8)
+//          y[i, j] = act(sum_k x[i, k] table[code[j, k]] + b[j])      (codebook)
+//          float32 FMAs in ascending k; this is dequantize-then-float-GEMM up to float rounding
+//          (the scale moves out of the sum: |error| ~ K * eps * sum |x W|).
+//   int8   dynamic activation quantization, exactly ONNX's DynamicQuantizeLinear (per tensor):
+//            lo = min(0, min x), hi = max(0, max x), sx = (hi - lo) / 255 (1 when hi == lo),
+//            zp = clamp(rne(-lo / sx), 0, 255),  xq = clamp(rne(x / sx) + zp, 0, 255)  (uint8)
+//          then the integer GEMM, exact in int32 (|acc| <= K * 255 * 127, so K <= 66000):
+//            acc[i, j] = sum_k xq[i, k] q[j, k] - zp * colsum[j],  colsum[j] = sum_k q[j, k]
+//          and the epilogue y = act(float(acc) * (sx * s[j]) + b[j]) (what MatMulInteger ->
+//          Cast -> Mul -> Add computes in the int8 ONNX file). The error against the float
+//          path is the activation rounding, |x - sx (xq - zp)| <= sx / 2 per element.
+//          A non-finite input switches that layer to the float path (NaN/inf propagate).
+//          Per-tensor means a row's result depends (within sx / 2 per input) on the other rows
+//          of the batch, as in onnxruntime; the float path is row-independent.
+//
+// ---------------------------------------------------------------------------- layouts
+// Fixed, ISA-independent (built once by aecomp.ops._packed): columns in groups of 16,
+// G = ceil(N / 16) groups, padded columns hold 0 (int8) or code 0 (codebook; discarded).
+//   int8   w uint8 [G][K4][16][4], K4 = ceil(K / 4): byte (c * 4 + t) of block (g, q) is
+//          q[16 g + c, 4 q + t] (0 past K): one 64-byte block is exactly one VNNI operand
+//          (16 int32 lanes x 4 bytes) and, read as 16 dwords, 16 columns x 4 k for the float path
+//   codes4 (T = 16): uint8 [G][K2][16], K2 = ceil(K / 2): low nibble code(16g + c, 2p), high
+//          nibble code(16g + c, 2p + 1)
+//   codes8 (T = 32 or 256): uint8 [G][K][16]
+// The integer path quantizes its input into a uint8 scratch buffer padded to K4 * 4 columns
+// (padding = zp, met by zero weights); the float path reads x in place for k < K.
+//
+// ---------------------------------------------------------------------------- ISAs
+// Integer path: AVX-512 VNNI hand-written tiles (8 rows x 2 groups, or 1 row x 4 groups for
+// the last rows; vpdpbusd, u8 x s8 -> int32, 64 multiply-adds an instruction) when the CPU has
+// AVX-512 F/BW/VL/DQ + VNNI; otherwise the portable loops below (compiled for AVX2 and baseline
+// by target_clones, not hand-written). Float path: the microkernel framework of microkernel.h
+// (AVX-512 8x32, AVX2 6x16, portable 4x8 tiles; 1 row x 4 vectors for small batches) with the
+// B-panel loaders of packed_isa.inc that decode the layouts in registers (int8: shifts of
+// 64-byte blocks; 4-bit codes: vpermps; byte codes: vpermt2ps / gather), and a scale + bias +
+// activation epilogue. AECOMP_CPU_ISA=generic|avx2|avx512 caps both (tests run each path).
+// The integer accumulators are exact on every path, so the int8 path gives the same
+// integers everywhere; float results differ by rounding only. One thread (inference batches
+// here are small; the caller's threads are not used).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "epilogue.h"
+#include "microkernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define AECOMP_PK_X86 1
+#define AECOMP_PK_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define AECOMP_PK_X86 0
+#define AECOMP_PK_CLONES
+#endif
+
+// The int8 path's epilogue must round like onnxruntime (a multiply, then an add): no FMA
+// contraction in the compiler-vectorised loops (the AVX-512 tiles use explicit intrinsics).
+#pragma GCC optimize("fp-contract=off")
+// GCC 12 warns about _mm512_undefined_* inside its own intrinsics (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// ---------------------------------------------------------------------------- float path
+// The float path runs on the microkernel framework (microkernel.h): B panel loaders that decode
+// the packed layouts in registers (packed_isa.inc) and a scale + bias + activation epilogue.
+namespace aecomp {
+namespace cpu {
+namespace mk {
+
+// One packed layer as the float loaders see it (kind 0 int8, 1 4-bit codes, 2 byte codes).
+struct PkLayer {
+  int kind;
+  int64_t n, k;
+  int64_t gstride;  // bytes per 16-column group
+  int colbytes;     // bytes of one column within a block row: 4 (int8 VNNI blocks) or 1 (codes)
+  const uint8_t* w;
+  const uint8_t* zeros;  // read for column blocks past the last group (lanes past N)
+  const float* table;    // codebook table (kinds 1, 2)
+  int tsize;
+  const float* scale;  // int8 per-channel scales (kind 0) or null
+  const float* bias;
+  int act;
+  // The packed bytes of columns c0 .. c0 + L - 1 (L <= 16, c0 a multiple of L) at k = 0.
+  const uint8_t* base(int64_t c0) const {
+    if (c0 >= ((n + 15) / 16) * 16) return zeros;
+    return w + (c0 / 16) * gstride + (c0 % 16) * colbytes;
+  }
+};
+
+#if AECOMP_MK_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2")
+namespace avx512 {
+// 16 columns x 4 k of int8 in 64 bytes (one dword a column): byte t of each dword -> float.
+static AECOMP_MK_INLINE __m512 pk_i8(const uint8_t* p, int t) {
+  const __m512i d = _mm512_loadu_si512(p);
+  return _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_sll_epi32(d, _mm_cvtsi32_si128(24 - 8 * t)), 24));
+}
+// 16 columns of 4-bit codes (low nibble k even, high nibble k odd) -> table values (vpermps).
+static AECOMP_MK_INLINE __m512 pk_nib(const uint8_t* p, int hi, const float* table) {
+  __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  d = _mm512_and_si512(_mm512_srl_epi32(d, _mm_cvtsi32_si128(4 * hi)), _mm512_set1_epi32(15));
+  return _mm512_permutexvar_ps(d, _mm512_loadu_ps(table));
+}
+// 16 columns of byte codes -> table values (32 entries: vpermt2ps; 256: a gather from L1).
+static AECOMP_MK_INLINE __m512 pk_byte(const uint8_t* p, const float* table, int tsize) {
+  const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  if (tsize == 32) return _mm512_permutex2var_ps(_mm512_loadu_ps(table), d, _mm512_loadu_ps(table + 16));
+  return _mm512_i32gather_ps(d, table, 4);
+}
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+namespace avx2 {
+static AECOMP_MK_INLINE __m256 pk_i8(const uint8_t* p, int t) {
+  const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_sll_epi32(d, _mm_cvtsi32_si128(24 - 8 * t)), 24));
+}
+// 8 columns of 4-bit codes: two 8-entry vpermps halves, blended on bit 3 of the code.
+static AECOMP_MK_INLINE __m256 pk_nib(const uint8_t* p, int hi, const float* table) {
+  __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  d = _mm256_and_si256(_mm256_srl_epi32(d, _mm_cvtsi32_si128(4 * hi)), _mm256_set1_epi32(15));
+  const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), d);
+  const __m256 up = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), d);
+  return _mm256_blendv_ps(lo, up, _mm256_castsi256_ps(_mm256_slli_epi32(d, 28)));
+}
+static AECOMP_MK_INLINE __m256 pk_byte(const uint8_t* p, const float* table, int) {
+  const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_i32gather_ps(table, d, 4);
+}
+}  // namespace avx2
+#pragma GCC pop_options
+#endif  // AECOMP_MK_X86
+
+namespace generic {
+static inline V::vec pk_i8(const uint8_t* p, int t) {
+  return V::map([=](int l) { return static_cast<float>(static_cast<int8_t>(p[l * 4 + t])); });
+}
+static inline V::vec pk_nib(const uint8_t* p, int hi, const float* table) {
+  return V::map([=](int l) { return table[(p[l] >> (4 * hi)) & 15]; });
+}
+static inline V::vec pk_byte(const uint8_t* p, const float* table, int) {
+  return V::map([=](int l) { return table[p[l]]; });
+}
+}  // namespace generic
+
+}  // namespace mk
+}  // namespace cpu
+}  // namespace aecomp
+
+#define AECOMP_MK_BODY "packed_isa.inc"
+#include "microkernel_foreach.h"
+
+namespace aecomp {
+namespace packed {
+namespace {
+
+using at::Tensor;
+
+constexpr int kGroup = 16;
+enum Kind : int64_t { kInt8 = 0, kCodebook = 1 };
+enum Compute : int { kFloat = 0, kInteger = 1 };
+
+struct Layer {
+  int64_t kind, n, k, table;  // table: codebook size T (0 for int8)
+  int act;                    // 0 none, 1 relu, 2 sigmoid
+  bool integer;               // int8 layer computed on the integer path
+  const uint8_t* w;
+  const float* scale;  // int8: [N]; codebook: the table [T]
+  const float* bias;   // [N] or null
+  const int32_t* colsum;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t k_pad(int64_t k) { return ceil_div(k, 4) * 4; }
+
+// ---------------------------------------------------------------------------- ISA choice
+bool use_avx512() {
+  static const bool ok = [] {
+#if AECOMP_PK_X86
+    __builtin_cpu_init();
+    bool hw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+              __builtin_cpu_supports("avx512vnni");
+    const char* cap = std::getenv("AECOMP_CPU_ISA");
+    if (cap != nullptr && std::strcmp(cap, "avx512") != 0) hw = false;
+    return hw;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+// ---------------------------------------------------------------------------- epilogue
+// One row of a finished tile: out[j] = act(v[j] * mul[j] + b[j]) for j < nr (mul may be null).
+// relu here (keeps NaN); sigmoid by the CPU backend's vectorised sigmoid (epilogue.h) on the
+// row just written, while it is in L1.
+__attribute__((always_inline)) inline void store_row(float* __restrict out, const float* __restrict v,
+                                                     const float* __restrict mul, float mul0,
+                                                     const float* __restrict b, int nr, int act) {
+  for (int j = 0; j < nr; ++j) {
+    float y = mul ? v[j] * (mul[j] * mul0) : v[j];
+    if (b) y += b[j];
+    out[j] = (act == 1 && y < 0.0f) ? 0.0f : y;
+  }
+  if (act == 2) cpu::bias_act_f32(out, nullptr, 1, nr, 2);
+}
+
+// ---------------------------------------------------------------------------- quantization
+struct QParams {
+  float scale;
+  int32_t zp;
+  bool finite;
+};
+
+// ONNX DynamicQuantizeLinear's parameters over x [m, k] (row stride ld).
+AECOMP_PK_CLONES QParams dynamic_qparams(const float* __restrict x, int64_t m, int64_t k, int64_t ld) {
+  float lo = 0.0f, hi = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < m; ++i) {
+    const float* r = x + i * ld;
+    float l = 0.0f, h = 0.0f, s = 0.0f;
+    for (int64_t j = 0; j < k; ++j) {
+      l = std::min(l, r[j]);
+      h = std::max(h, r[j]);
+      s += r[j] * 0.0f;  // NaN or inf anywhere makes s NaN
+    }
+    lo = std::min(lo, l);
+    hi = std::max(hi, h);
+    finite = finite && (s == 0.0f);
+  }
+  QParams p;
+  p.finite = finite;
+  p.scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+  const float z = std::nearbyint(-lo / p.scale);
+  p.zp = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, z)));
+  return p;
+}
+
+// xq [m, kp] uint8 = clamp(rne(x / scale) + zp, 0, 255), padded columns = zp.
+AECOMP_PK_CLONES void quantize_rows(const float* __restrict x, int64_t m, int64_t k, int64_t ld, QParams p,
+                                    uint8_t* __restrict xq, int64_t kp) {
+  const float zp = static_cast<float>(p.zp);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* r = x + i * ld;
+    uint8_t* o = xq + i * kp;
+    for (int64_t j = 0; j < k; ++j) {
+      float q = std::nearbyint(r[j] / p.scale) + zp;
+      q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+      o[j] = static_cast<uint8_t>(static_cast<int32_t>(q));
+    }
+    for (int64_t j = k; j < kp; ++j) o[j] = static_cast<uint8_t>(p.zp);
+  }
+}
+
+// ---------------------------------------------------------------------------- portable kernels
+// Integer path: out[i, j] = act(float(sum_k xq q - zp colsum) * (sx s[j]) + b[j]).
+AECOMP_PK_CLONES void int_layer_portable(const uint8_t* __restrict xq, int64_t m, int64_t kp, const Layer& L,
+                                         QParams qp, float* __restrict out, int64_t ldo) {
+  const int64_t G = ceil_div(L.n, kGroup), K4 = kp / 4;
+  int32_t acc[kGroup];
+  float v[kGroup];
+  for (int64_t i = 0; i < m; ++i) {
+    const uint8_t* xr = xq + i * kp;
+    for (int64_t g = 0; g < G; ++g) {
+      const int8_t* wg = reinterpret_cast<const int8_t*>(L.w) + g * K4 * 64;
+      for (int c = 0; c < kGroup; ++c) acc[c] = 0;
+      for (int64_t q = 0; q < K4; ++q)
+        for (int c = 0; c < kGroup; ++c)
+          for (int t = 0; t < 4; ++t) acc[c] += int32_t(xr[4 * q + t]) * int32_t(wg[q * 64 + c * 4 + t]);
+      const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - g * kGroup));
+      for (int c = 0; c < nr; ++c) v[c] = static_cast<float>(acc[c] - qp.zp * L.colsum[g * kGroup + c]);
+      store_row(out + i * ldo + g * kGroup, v, L.scale + g * kGroup, qp.scale, L.bias ? L.bias + g * kGroup : nullptr,
+                nr, L.act);
+    }
+  }
+}
+
+#if AECOMP_PK_X86
+// ---------------------------------------------------------------------------- AVX-512 kernels
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2")
+
+// Integer tile: rows i0..i0+MR (edge rows repeat the last real row), groups g0..g0+NV.
+template <int MR, int NV>
+__attribute__((always_inline)) inline void int_tile_avx512(const uint8_t* xq, int64_t kp, int64_t i0, int mr,
+                                                           const Layer& L, int64_t g0, QParams qp, float* out,
+                                                           int64_t ldo) {
+  const int64_t K4 = kp / 4;
+  const uint8_t* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = xq + (i0 + (i < mr ? i : mr - 1)) * kp;
+  const uint8_t* wg = L.w + g0 * K4 * 64;
+  __m512i acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < K4; ++q) {
+    __m512i b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(wg + (v * K4 + q) * 64);
+    for (int i = 0; i < MR; ++i) {
+      int32_t a4;
+      std::memcpy(&a4, xr[i] + 4 * q, 4);
+      const __m512i a = _mm512_set1_epi32(a4);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a, b[v]);
+    }
+  }
+  const __m512 sx = _mm512_set1_ps(qp.scale);
+  const __m512i zp = _mm512_set1_epi32(qp.zp);
+  alignas(64) float tmp[kGroup];
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j0 = (g0 + v) * kGroup;
+    const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - j0));
+    const __mmask16 mk = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1u);
+    const __m512i cs = _mm512_maskz_loadu_epi32(mk, L.colsum + j0);
+    const __m512 mul = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, L.scale + j0), sx);
+    const __m512 bias = L.bias ? _mm512_maskz_loadu_ps(mk, L.bias + j0) : _mm512_setzero_ps();
+    const __m512i zcs = _mm512_mullo_epi32(zp, cs);
+    for (int i = 0; i < mr; ++i) {
+      __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], zcs));
+      y = _mm512_add_ps(_mm512_mul_ps(y, mul), bias);
+      float* o = out + (i0 + i) * ldo + j0;
+      if (L.act == 1) {
+        // max(y, 0) keeping NaN: max returns its second operand when either is NaN
+        _mm512_mask_storeu_ps(o, mk, _mm512_max_ps(_mm512_setzero_ps(), y));
+      } else if (L.act == 0) {
+        _mm512_mask_storeu_ps(o, mk, y);
+      } else {
+        _mm512_store_ps(tmp, y);
+        store_row(o, tmp, nullptr, 1.0f, nullptr, nr, L.act);
+      }
+    }
+  }
+}
+
+// Runs integer tiles of MR rows over every group: NV groups at a time, then the remaining
+// groups one by one. Rows in blocks of MR (the last block repeats its last row).
+template <int MR, int NV>
+void int_rows_avx512(const uint8_t* xq, int64_t kp, int64_t i0, int64_t i1, const Layer& L, QParams qp, float* out,
+                     int64_t ldo) {
+  const int64_t G = ceil_div(L.n, kGroup);
+  for (int64_t i = i0; i < i1; i += MR) {
+    const int mr = static_cast<int>(std::min<int64_t>(MR, i1 - i));
+    int64_t g = 0;
+    for (; g + NV <= G; g += NV) int_tile_avx512<MR, NV>(xq, kp, i, mr, L, g, qp, out, ldo);
+    for (; g < G; ++g) int_tile_avx512<MR, 1>(xq, kp, i, mr, L, g, qp, out, ldo);
+  }
+}
+
+// dynamic_qparams / quantize_rows with explicit AVX-512 (the portable versions' libm calls
+// cost more than the integer GEMM at batch 256): same results (min/max are exact; the division
+// and the round-to-nearest-even are the same IEEE operations).
+QParams dynamic_qparams_avx512(const float* x, int64_t m, int64_t k, int64_t ld) {
+  __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps(), bad = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < m; ++i) {
+    const float* r = x + i * ld;
+    for (int64_t j = 0; j < k; j += 16) {
+      const __mmask16 mk = k - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - j)) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(mk, r + j);
+      lo = _mm512_min_ps(lo, v);
+      hi = _mm512_max_ps(hi, v);
+      bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));  // NaN once any v is NaN or inf
+    }
+  }
+  QParams p;
+  p.finite = _mm512_reduce_add_ps(bad) == 0.0f;
+  const float l = std::min(0.0f, _mm512_reduce_min_ps(lo)), h = std::max(0.0f, _mm512_reduce_max_ps(hi));
+  p.scale = h > l ? (h - l) / 255.0f : 1.0f;
+  const float z = std::nearbyint(-l / p.scale);
+  p.zp = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, z)));
+  return p;
+}
+
+void quantize_rows_avx512(const float* x, int64_t m, int64_t k, int64_t ld, QParams p, uint8_t* xq, int64_t kp) {
+  const __m512 sc = _mm512_set1_ps(p.scale), zp = _mm512_set1_ps(static_cast<float>(p.zp));
+  const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* r = x + i * ld;
+    uint8_t* o = xq + i * kp;
+    int64_t j = 0;
+    for (; j < k; j += 16) {
+      const __mmask16 mk = k - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - j)) - 1u);
+      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mk, r + j), sc),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(q, zp)));
+      _mm_mask_storeu_epi8(o + j, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+    }
+    for (j = k; j < kp; ++j) o[j] = static_cast<uint8_t>(p.zp);
+  }
+}
+
+void int_layer_avx512(const uint8_t* xq, int64_t m, int64_t kp, const Layer& L, QParams qp, float* out,
+                      int64_t ldo) {
+  // Tiles: 8 rows x 2 groups (16 accumulators); 1 row x 4 groups for the leftover rows, so a
+  // batch of 1 still has 4 independent accumulation chains.
+  const int64_t m8 = (m / 8) * 8;
+  if (m8 > 0) int_rows_avx512<8, 2>(xq, kp, 0, m8, L, qp, out, ldo);
+  if (m8 < m) int_rows_avx512<1, 4>(xq, kp, m8, m, L, qp, out, ldo);
+}
+
+#pragma GCC pop_options
+#endif  // AECOMP_PK_X86
+
+// ---------------------------------------------------------------------------- the chain
+void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* out, int64_t ldo,
+               std::vector<float>& xf, std::vector<uint8_t>& xq) {
+  const int64_t kp = k_pad(L.k);
+  if (L.integer) {
+#if AECOMP_PK_X86
+    if (use_avx512()) {
+      const QParams qp = dynamic_qparams_avx512(x, m, L.k, ldx);
+      if (qp.finite) {
+        xq.resize(static_cast<size_t>(m * kp));
+        quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
+        return int_layer_avx512(xq.data(), m, kp, L, qp, out, ldo);
+      }
+    } else
+#endif
+    {
+      const QParams qp = dynamic_qparams(x, m, L.k, ldx);
+      if (qp.finite) {
+        xq.resize(static_cast<size_t>(m * kp));
+        quantize_rows(x, m, L.k, ldx, qp, xq.data(), kp);
+        return int_layer_portable(xq.data(), m, kp, L, qp, out, ldo);
+      }
+    }
+  }
+  // float path: the microkernel framework with the packed loaders (packed_isa.inc)
+  cpu::mk::PkLayer P;
+  P.kind = L.kind == kInt8 ? 0 : (L.table == 16 ? 1 : 2);
+  P.n = L.n;
+  P.k = L.k;
+  P.gstride = P.kind == 0 ? ceil_div(L.k, 4) * 64 : (P.kind == 1 ? ceil_div(L.k, 2) * kGroup : L.k * kGroup);
+  P.colbytes = P.kind == 0 ? 4 : 1;
+  P.w = L.w;
+  thread_local std::vector<uint8_t> zeros;
+  if (zeros.size() < static_cast<size_t>(kp * 16 + 64)) zeros.assign(static_cast<size_t>(kp * 16 + 64), 0);
+  P.zeros = zeros.data();
+  P.table = L.kind == kCodebook ? L.scale : nullptr;
+  P.tsize = static_cast<int>(L.table);
+  P.scale = L.kind == kInt8 ? L.scale : nullptr;
+  P.bias = L.bias;
+  P.act = L.act;
+  (void)xf;
+  AECOMP_MK_DISPATCH(cpu::mk::active_isa(), pk_float_layer, x, ldx, m, P, out, ldo);
+}
+
+// The parsed chain: what the op and the pybind11 handle share.
+struct Chain {
+  std::vector<Tensor> keep;  // owns the packed tensors
+  std::vector<Layer> layers;
+  int64_t in_features = 0, out_features = 0;
+};
+
+const char* kOp = "aecomp::packed_mlp";
+
+std::string shape_of(const Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + "]";
+}
+
+int parse_act(c10::string_view a) {
+  if (a == "none") return 0;
+  if (a == "relu") return 1;
+  if (a == "sigmoid") return 2;
+  TORCH_CHECK_VALUE(false, kOp, ": unknown activation '", std::string(a), "'; expected 'none', 'relu' or 'sigmoid'");
+  return 0;
+}
+
+// data: 4 tensors a layer (packed weights uint8, scale-or-table float32, bias float32 [N] or [0],
+// colsum int32 [N] or [0]); meta: 4 ints a layer (kind, N, K, T); activations "relu,relu,none";
+// compute "auto" (int8 layers on the integer path) | "int8" | "float".
+Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
+                  c10::string_view compute) {
+  TORCH_CHECK_VALUE(!meta.empty() && meta.size() % 4 == 0 && data.size() == meta.size(), kOp,
+                    ": expected 4 tensors and 4 meta ints per layer, got ", data.size(), " tensors and ", meta.size(),
+                    " ints");
+  const size_t nl = meta.size() / 4;
+  std::vector<int> acts;
+  {
+    std::string s(activations);
+    size_t start = 0;
+    while (true) {
+      const size_t e = s.find(',', start);
+      acts.push_back(parse_act(s.substr(start, e == std::string::npos ? std::string::npos : e - start)));
+      if (e == std::string::npos) break;
+      start = e + 1;
+    }
+  }
+  TORCH_CHECK_VALUE(acts.size() == nl, kOp, ": ", acts.size(), " activations for ", nl, " layers");
+  TORCH_CHECK_VALUE(compute == "auto" || compute == "int8" || compute == "float", kOp, ": compute must be 'auto', ",
+                    "'int8' or 'float', got '", std::string(compute), "'");
+  Chain c;
+  c.keep.assign(data.begin(), data.end());
+  for (size_t l = 0; l < nl; ++l) {
+    Layer L{};
+    L.kind = meta[4 * l];
+    L.n = meta[4 * l + 1];
+    L.k = meta[4 * l + 2];
+    L.table = meta[4 * l + 3];
+    L.act = acts[l];
+    const Tensor& w = data[4 * l];
+    const Tensor& s = data[4 * l + 1];
+    const Tensor& b = data[4 * l + 2];
+    const Tensor& cs = data[4 * l + 3];
+    TORCH_CHECK_VALUE(L.kind == kInt8 || L.kind == kCodebook, kOp, ": layer ", l, " has unknown kind ", L.kind);
+    TORCH_CHECK_VALUE(L.n >= 1 && L.k >= 1 && L.k <= 66000, kOp, ": layer ", l, " has shape [", L.n, ", ", L.k,
+                      "]; need N >= 1 and 1 <= K <= 66000");
+    if (l > 0)
+      TORCH_CHECK_VALUE(L.k == c.layers.back().n, kOp, ": layer ", l, " takes ", L.k, " inputs but layer ", l - 1,
+                        " gives ", c.layers.back().n);
+    const int64_t G = ceil_div(L.n, kGroup);
+    int64_t want_w = 0;
+    if (L.kind == kInt8) {
+      want_w = G * ceil_div(L.k, 4) * 64;
+      TORCH_CHECK_VALUE(L.table == 0, kOp, ": int8 layer ", l, " must have table size 0");
+      TORCH_CHECK_VALUE(s.numel() == L.n, kOp, ": layer ", l, " scale has ", s.numel(), " values, expected ", L.n);
+      TORCH_CHECK_VALUE(cs.numel() == L.n && cs.scalar_type() == at::kInt && cs.is_contiguous(), kOp, ": layer ", l,
+                        " colsum must be int32 [", L.n, "], got ", cs.scalar_type(), " ", shape_of(cs));
+    } else {
+      TORCH_CHECK_VALUE(L.table == 16 || L.table == 32 || L.table == 256, kOp, ": codebook layer ", l,
+                        " table size must be 16, 32 or 256, got ", L.table);
+      want_w = L.table == 16 ? G * ceil_div(L.k, 2) * kGroup : G * L.k * kGroup;
+      TORCH_CHECK_VALUE(s.numel() == L.table, kOp, ": layer ", l, " table has ", s.numel(), " values, expected ",
+                        L.table);
+    }
+    TORCH_CHECK_VALUE(w.scalar_type() == at::kByte && w.is_contiguous() && w.numel() == want_w && w.is_cpu(), kOp,
+                      ": layer ", l, " packed weights must be a contiguous CPU uint8 tensor of ", want_w,
+                      " bytes, got ", w.scalar_type(), " ", shape_of(w));
+    TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.is_contiguous() && s.is_cpu(), kOp, ": layer ", l,
+                      " scale/table must be contiguous CPU float32, got ", s.scalar_type(), " ", shape_of(s));
+    TORCH_CHECK_VALUE(b.numel() == 0 || (b.numel() == L.n && b.scalar_type() == at::kFloat && b.is_contiguous()), kOp,
+                      ": layer ", l, " bias must be float32 [", L.n, "] or empty, got ", b.scalar_type(), " ",
+                      shape_of(b));
+    L.w = w.data_ptr<uint8_t>();
+    L.scale = s.data_ptr<float>();
+    L.bias = b.numel() ? b.data_ptr<float>() : nullptr;
+    L.colsum = L.kind == kInt8 ? cs.data_ptr<int32_t>() : nullptr;
+    L.integer = L.kind == kInt8 && compute != "float";
+    TORCH_CHECK_VALUE(!(L.kind == kCodebook && compute == "int8"), kOp, ": layer ", l,
+                      " is a codebook layer, which has no int8 path; use compute='auto' or 'float'");
+    c.layers.push_back(L);
+  }
+  c.in_features = c.layers.front().k;
+  c.out_features = c.layers.back().n;
+  return c;
+}
+
+Tensor run_chain(const Chain& c, const Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == c.in_features, kOp, ": x must be [..., ", c.in_features,
+                    "], got ", shape_of(x));
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, kOp, ": x must be float32, got ", x.scalar_type(), " (shape ",
+                   shape_of(x), ")");
+  TORCH_CHECK_VALUE(x.is_cpu(), kOp, ": x is on ", x.device(), "; the packed CPU kernels take CPU tensors");
+  // A 2-D input with unit column stride is read in place (no view, no copy: at batch 1 the
+  // per-call tensor bookkeeping is a large part of the time).
+  const int64_t m = x.dim() == 2 ? x.size(0) : x.numel() / c.in_features;
+  Tensor y;
+  if (x.dim() == 2) {
+    y = at::empty({m, c.out_features}, x.options());
+  } else {
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = c.out_features;
+    y = at::empty(shape, x.options());
+  }
+  if (m == 0) return y;
+  Tensor x2 = x.dim() == 2 ? x : x.reshape({m, c.in_features});
+  if (x2.stride(1) != 1) x2 = x2.contiguous();
+  thread_local std::vector<float> xf, h0, h1;
+  thread_local std::vector<uint8_t> xq;
+  const float* in = x2.data_ptr<float>();
+  int64_t ldx = x2.stride(0);
+  for (size_t l = 0; l < c.layers.size(); ++l) {
+    const Layer& L = c.layers[l];
+    float* out;
+    if (l + 1 == c.layers.size()) {
+      out = y.data_ptr<float>();
+    } else {
+      std::vector<float>& h = (l % 2 == 0) ? h0 : h1;
+      h.resize(static_cast<size_t>(m * L.n));
+      out = h.data();
+    }
+    run_layer(L, in, m, ldx, out, L.n, xf, xq);
+    in = out;
+    ldx = L.n;
+  }
+  return y;
+}
+
+Tensor packed_mlp_cpu(const Tensor& x, at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
+                      c10::string_view compute) {
+  return run_chain(parse_chain(data, meta, activations, compute), x);
+}
+
+[[noreturn]] void inference_only() {
+  TORCH_CHECK(false, kOp,
+              ": packed ops are inference-only (their weights are integers); no gradient flows through them. "
+              "Call it under torch.no_grad() / torch.inference_mode(), or train the float model.");
+}
+
+Tensor packed_mlp_autograd(const Tensor& x, at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
+                           c10::string_view compute) {
+  if (c10::GradMode::is_enabled()) {
+    bool any = x.requires_grad();
+    for (const auto& t : data) any = any || t.requires_grad();
+    if (any) inference_only();
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("aecomp::packed_mlp", "")
+                       .typed<Tensor(const Tensor&, at::TensorList, at::IntArrayRef, c10::string_view,
+                                     c10::string_view)>();
+  return op.call(x, data, meta, activations, compute);
+}
+
+// The eager fast path: a chain parsed once, called with x only.
+struct Handle {
+  Chain chain;
+  Tensor call(const Tensor& x) const {
+    if (x.requires_grad() && c10::GradMode::is_enabled()) inference_only();
+    return run_chain(chain, x);
+  }
+};
+
+}  // namespace
+}  // namespace packed
+}  // namespace aecomp
+
+TORCH_LIBRARY_FRAGMENT(aecomp, m) {
+  m.def("packed_mlp(Tensor x, Tensor[] data, int[] meta, str activations, str compute) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(aecomp, CPU, m) { m.impl("packed_mlp", &aecomp::packed::packed_mlp_cpu); }
+
+TORCH_LIBRARY_IMPL(aecomp, Autograd, m) { m.impl("packed_mlp", &aecomp::packed::packed_mlp_autograd); }
+
+// A second Python module in the same shared library (PEP 489: a loader given the name
+// "aecomp._packed" finds PyInit__packed here), so this file adds its entry points without
+// touching the shared PYBIND11_MODULE of ops.cpp. aecomp/ops/_packed.py loads it.
+PYBIND11_MODULE(_packed, mod) {
+  namespace py = pybind11;
+  using aecomp::packed::Handle;
+  mod.doc() = "aecomp packed-weight inference: eager entry points of aecomp::packed_mlp";
+  py::class_<Handle>(mod, "Chain")
+      .def(py::init([](const std::vector<at::Tensor>& data, const std::vector<int64_t>& meta,
+                       const std::string& activations, const std::string& compute) {
+             return Handle{aecomp::packed::parse_chain(data, meta, activations, compute)};
+           }),
+           py::arg("data"), py::arg("meta"), py::arg("activations"), py::arg("compute"))
+      .def("__call__", &Handle::call, py::arg("x"), "the chain on x (float32 [..., K])")
+      .def_property_readonly("in_features", [](const Handle& h) { return h.chain.in_features; })
+      .def_property_readonly("out_features", [](const Handle& h) { return h.chain.out_features; });
+  mod.def("has_avx512_vnni", &aecomp::packed::use_avx512, "whether the AVX-512 VNNI kernels run here");
+}
