@@ -17,5 +17,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "torch==2.13.0"
 fi
 pip install pybind11 ninja numpy
-MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation -e ".[test,export]"
+MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation -e ".[test,export,fl]"
 .venv/bin/python -c "import aecomp, aecomp._C; print('aecomp', aecomp.__version__, 'installed with its C++ extension')"
