@@ -402,3 +402,22 @@ def test_cli_without_flwr(monkeypatch, capsys, tmp_path):
     rc = main(["fl", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["aecomp: error: flwr is not installed; install the extra: pip install 'aecomp[fl]'"]
+
+
+# ---------------------------------------------------------------------- local training
+def test_client_autoencoder_training_uses_fused_step(monkeypatch):
+    """The clients' autoencoder steps are aecomp.train.FusedStep calls (one fused chain call each)."""
+    from aecomp.fl import apps
+    from aecomp.fl.settings import FLSettings
+    from aecomp.train import FusedStep
+
+    calls = []
+    real = FusedStep.step
+    monkeypatch.setattr(FusedStep, "step", lambda self, batch, weight=None: calls.append(1) or real(self, batch, weight))
+    s = FLSettings()
+    ae = apps.build_model("autoencoder", s, 64, 10)
+    x = torch.rand(70, 64)
+    before = apps.recon_mse(ae, x)
+    apps.train_autoencoder(ae, x, epochs=3, lr=1e-2, batch_size=32, seed=0)
+    assert len(calls) == 3 * 3  # ceil(70 / 32) batches x 3 epochs
+    assert apps.recon_mse(ae, x) < before
