@@ -5,9 +5,10 @@ Set-ups (same data, same partition, same number of rounds ``R``, same local epoc
 ``baseline``
     FedAvg on LeNet-300-100 (``in -relu-> 300 -relu-> 100 -> C``) for ``R`` rounds.
 ``compressed``
-    ``A`` rounds of FedAvg on the autoencoder ``in -> hidden -> latent -> hidden -> in`` trained
-    on the clients' pixels only (labels unused; each client step is one ``aecomp.train.FusedStep``,
-    the whole chain forward + MSE + backward in one fused call), then ``R - A`` rounds of FedAvg
+    ``A`` rounds of FedAvg on the autoencoder ``in -> latent -> in`` (``in -relu-> hidden ->
+    latent -relu-> hidden -> in`` with ``hidden > 0``; sigmoid output) trained on the clients'
+    pixels only (labels unused; each client step is one ``aecomp.train.FusedStep``, the whole
+    chain forward + MSE + backward in one fused call), then ``R - A`` rounds of FedAvg
     on a ``CompressedNet``: the federated encoder plus a head ``latent -relu-> head -> C``, both
     trained ("replace" mode, see ``aecomp.compress.net``). Every round moves the small model.
 ``compressed+coded``
