@@ -182,7 +182,7 @@ def main() -> None:
         print(f"aecomp: building the CPU kernels only ({plan['reason']})")
         ext = CppExtension("aecomp._C", cpu_sources, extra_compile_args={"cxx": cxx_flags})
 
-    subpackages = [p for p in ("ops", "nn", "models", "train", "compress") if os.path.isdir(os.path.join(ROOT, "aecomp", p))]
+    subpackages = [p for p in ("ops", "nn", "models", "train", "compress", "fl") if os.path.isdir(os.path.join(ROOT, "aecomp", p))]
     has_kernels = os.path.isfile(os.path.join(ROOT, "kernels", "__init__.py"))
     setup(
         name="aecomp",
@@ -205,6 +205,8 @@ def main() -> None:
         extras_require={
             "test": ["pytest", "pytest-benchmark", "hypothesis"],
             "export": ["onnx", "onnxruntime", "onnxscript"],
+            # federated learning (aecomp.fl): Flower and its Ray simulation engine
+            "fl": ["flwr[simulation]>=1.42,<1.43"],
         },
         entry_points={"console_scripts": ["aecomp=aecomp.cli:main"]},
         zip_safe=False,

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "export": ("aecomp.compress.export_cli", "export a checkpoint to ONNX"),
     "demo": ("aecomp.demo", "the main job: train, compress and report on the embedded digits"),
     "bench": ("aecomp.bench", "run the benchmark matrix"),
+    "fl": ("aecomp.fl.cli", "federated learning with autoencoder-compressed clients, on Flower"),
 }
 
 

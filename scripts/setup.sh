@@ -17,7 +17,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "torch==2.13.0"
 fi
 pip install pybind11 ninja numpy
-MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation -e ".[test,export]"
+MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation -e ".[test,export,fl]"
 .venv/bin/python -c "import aecomp, aecomp._C; print('aecomp', aecomp.__version__, 'installed with its C++ extension')"
 # The GPU machine runs triton 3.6 (this venv has a newer one): .venv-triton36 holds triton 3.6
 # only and reuses .venv's packages (torch, aecomp) through a .pth, so tests/test_triton_aot.py
