@@ -7,7 +7,7 @@ Tolerances (set here, used below):
   length of the sum behind the value (K for the output, N for dx, M for dW and the bias
   gradient). A float32 sum of L unit-size products rounds each partial sum (of size ~sqrt(i)),
   so its error is a random walk of size ~ u * L / sqrt(6) (u = 2^-24): linear in L once L is
-  large; 1.5e-7 * L is about 4 standard deviations of it (2e-6 * sqrt(L) alone was exceeded
+  large; 1.5e-7 * L is about 6 standard deviations of it (2e-6 * sqrt(L) alone was exceeded
   at L = 1023 by fresh seeds).
 - float64: rtol 1e-10, atol 1e-12 * sqrt(L).
 """
