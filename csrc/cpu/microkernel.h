@@ -141,7 +141,7 @@ int tile_mr(Isa isa);
 int tile_nr(Isa isa);
 
 // Work (multiply-adds) below which a GEMM runs on one thread.
-constexpr int64_t kParallelMinFlops = int64_t(1) << 22;
+constexpr int64_t kParallelMinFlops = int64_t(1) << 25;
 
 // Runs fn(t0, t1) over [0, ntiles) split in contiguous ranges: one thread when
 // flops < kParallelMinFlops, else up to at::get_num_threads(). fn must be thread-safe and its
