@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -216,13 +216,17 @@ def auto_backend_name(device_type: str, dtype: torch.dtype = torch.float32, op: 
     return "reference"
 
 
-_LOADED = False
+# Registrations that import something heavy (triton) run on first use, not at import.
+# ``aecomp.ops`` registers its backends (and adds these) when it is imported; this module
+# never imports ``aecomp.ops``: imports go one way, ops -> _backend.
+_LAZY: List[Callable[[], None]] = []
+
+
+def add_lazy_registration(fn: Callable[[], None]) -> None:
+    """Run ``fn`` (which calls register_backend) the first time a backend is looked up."""
+    _LAZY.append(fn)
 
 
 def _load_backends() -> None:
-    """Import the backend modules once; each registers itself."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from .ops import _registry  # noqa: F401  (registers every backend)
+    while _LAZY:
+        _LAZY.pop(0)()

@@ -215,6 +215,79 @@ static const c10::TypedOperatorHandle<MseBwdSig>& mse_backward_op() {
   return op;
 }
 
+// ---- second order
+// The fused backward kernels return plain tensors: their results carry no graph. When the
+// engine runs a backward with create_graph=True, GradMode is on inside it, and then each
+// backward below is computed with differentiable ATen ops instead, so the gradient has a
+// graph and second derivatives (gradient penalties, Hessian-vector products, gradgradcheck)
+// are exact. Without create_graph (a plain .backward()) the fused kernels run as before.
+//   linear_act: gz = g * act'(y) with ATen's own threshold_backward / sigmoid_backward on the
+//     saved output y (y keeps its graph, so d/dy of act'(y) is taken too), dx = gz W,
+//     dW = gz^T x, db = sum_rows gz.
+//   mse_loss: d input = 2 (input - target) g / n, d target = -d input.
+//   chains: the forward is recomputed from the saved inputs with at::linear + activation
+//     (+ at::mse_loss) and autograd differentiates that with create_graph. Each input slot is
+//     first aliased (a view), so a tensor passed in two slots (target = x, a repeated weight)
+//     gets each slot's own gradient, which the engine then sums, as it does for the fast path.
+static Tensor act_aten(const Tensor& z, Act a) {
+  switch (a) {
+    case Act::ReLU: return at::relu(z);
+    case Act::Sigmoid: return at::sigmoid(z);
+    default: return z;
+  }
+}
+
+static int64_t reduction_enum(c10::string_view r) {
+  switch (parse_reduction("aecomp::mse_loss", r)) {
+    case Reduction::Sum: return at::Reduction::Sum;
+    case Reduction::None: return at::Reduction::None;
+    default: return at::Reduction::Mean;
+  }
+}
+
+static Tensor mse_grad_input_aten(const Tensor& g, const Tensor& input, const Tensor& target,
+                                  c10::string_view reduction) {
+  Tensor d = (input - target) * g * 2;
+  if (parse_reduction("aecomp::mse_loss", reduction) == Reduction::Mean) d = d / static_cast<double>(input.numel());
+  return d;
+}
+
+// Slot views of the inputs that need a gradient (others pass through unchanged).
+static variable_list alias_needed(const variable_list& inputs, const std::vector<bool>& need) {
+  variable_list out(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i)
+    out[i] = (need[i] && inputs[i].defined()) ? inputs[i].view_as(inputs[i]) : inputs[i];
+  return out;
+}
+
+// d <out, grad> / d slot for each needed slot, with a graph; undefined elsewhere.
+static variable_list grad_with_graph(const Tensor& out, const Tensor& grad, const variable_list& slots,
+                                     const std::vector<bool>& need) {
+  variable_list want;
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (need[i] && slots[i].defined()) want.push_back(slots[i]);
+  variable_list res(slots.size());
+  if (want.empty()) return res;
+  variable_list got = torch::autograd::grad({out}, want, {grad}, /*retain_graph=*/true, /*create_graph=*/true,
+                                            /*allow_unused=*/true);
+  size_t j = 0;
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (need[i] && slots[i].defined()) res[i] = got[j++];
+  return res;
+}
+
+// The chain from slot views: x, w_0..w_{L-1}, then the defined biases in order.
+static Tensor chain_aten(const variable_list& slots, size_t L, const std::vector<int64_t>& has,
+                         const std::vector<Act>& acts) {
+  Tensor h = slots[0];
+  size_t j = 0;
+  for (size_t i = 0; i < L; ++i) {
+    Tensor b = has[i] ? slots[1 + L + j++] : Tensor();
+    h = act_aten(at::linear(h, slots[1 + i], b), acts[i]);
+  }
+  return h;
+}
+
 // y = act(x @ weight^T + bias). Saves x, weight and the output y (not the pre-activation):
 // act'(.) is a function of y for all three activations (relu: y > 0; sigmoid: y (1 - y)).
 class LinearActFunction : public torch::autograd::Function<LinearActFunction> {
@@ -238,6 +311,15 @@ class LinearActFunction : public torch::autograd::Function<LinearActFunction> {
     const bool need_b = has_bias && ctx->needs_input_grad(2);
     Tensor g = grads[0];
     if (!g.defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    if (at::GradMode::is_enabled()) {  // create_graph: differentiable ops (see "second order")
+      const Tensor &x = saved[0], &w = saved[1], &y = saved[2];
+      const Act a = parse_activation("aecomp::linear_act", act);
+      Tensor gz = a == Act::ReLU ? at::threshold_backward(g, y, 0)
+                  : a == Act::Sigmoid ? at::sigmoid_backward(g, y) : g;
+      Tensor gz2 = gz.reshape({-1, w.size(0)});
+      return {need_x ? gz.matmul(w) : Tensor(), need_w ? gz2.t().mm(x.reshape({-1, w.size(1)})) : Tensor(),
+              need_b ? gz2.sum(0) : Tensor(), Tensor()};
+    }
     auto [gx, gw, gb] = linear_act_backward_op().call(g, saved[0], saved[1], saved[2], act, need_x, need_w, need_b);
     return {need_x ? gx : Tensor(), need_w ? gw : Tensor(), need_b ? gb : Tensor(), Tensor()};
   }
@@ -260,6 +342,10 @@ class MseLossFunction : public torch::autograd::Function<MseLossFunction> {
     const bool need_i = ctx->needs_input_grad(0);
     const bool need_t = ctx->needs_input_grad(1);
     if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    if (at::GradMode::is_enabled()) {  // create_graph: differentiable ops (see "second order")
+      Tensor d = mse_grad_input_aten(grads[0], saved[0], saved[1], red);
+      return {need_i ? d : Tensor(), need_t ? -d : Tensor(), Tensor()};
+    }
     auto [gi, gt] = mse_backward_op().call(grads[0], saved[0], saved[1], red, need_i, need_t);
     return {need_i ? gi : Tensor(), need_t ? gt : Tensor(), Tensor()};
   }
@@ -364,6 +450,7 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
     std::vector<Tensor> saved{x};
     saved.insert(saved.end(), weights.begin(), weights.end());
     saved.insert(saved.end(), outs.begin(), outs.end());
+    saved.insert(saved.end(), biases.begin(), biases.end());  // only the second-order path reads them
     ctx->save_for_backward(saved);
     ctx->saved_data["activations"] = std::string(activations);
     ctx->saved_data["has_bias"] = has_bias;
@@ -376,7 +463,19 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
     const size_t L = has.size();
     // needs_input_grad is only valid here: in forward, a call with no input requiring grad has no edges
     const std::vector<int64_t> need_bias = bias_mask(ctx, has, 1 + L);
-    std::vector<Tensor> w(saved.begin() + 1, saved.begin() + 1 + L), outs(saved.begin() + 1 + L, saved.end());
+    if (grads[0].defined() && at::GradMode::is_enabled()) {  // create_graph (see "second order")
+      variable_list slots{saved[0]};
+      slots.insert(slots.end(), saved.begin() + 1, saved.begin() + 1 + L);
+      slots.insert(slots.end(), saved.begin() + 1 + 2 * L, saved.end());
+      std::vector<bool> need(slots.size());
+      for (size_t k = 0; k < slots.size(); ++k) need[k] = ctx->needs_input_grad(k);
+      variable_list a = alias_needed(slots, need);
+      const auto acts = parse_activations("aecomp::mlp", ctx->saved_data["activations"].toStringRef(), L);
+      variable_list out = grad_with_graph(chain_aten(a, L, has, acts), grads[0], a, need);
+      out.resize(out.size() + 2);  // has_bias, activations
+      return out;
+    }
+    std::vector<Tensor> w(saved.begin() + 1, saved.begin() + 1 + L), outs(saved.begin() + 1 + L, saved.begin() + 1 + 2 * L);
     std::vector<Tensor> g;
     if (grads[0].defined())
       g = mlp_backward_op().call(grads[0], saved[0], w, outs, ctx->saved_data["activations"].toStringRef(),
@@ -401,6 +500,7 @@ class MlpMseFunction : public torch::autograd::Function<MlpMseFunction> {
     std::vector<Tensor> saved{x, target};
     saved.insert(saved.end(), weights.begin(), weights.end());
     saved.insert(saved.end(), outs.begin(), outs.end());
+    saved.insert(saved.end(), biases.begin(), biases.end());  // only the second-order path reads them
     ctx->save_for_backward(saved);
     ctx->saved_data["activations"] = std::string(activations);
     ctx->saved_data["reduction"] = std::string(reduction);
@@ -416,8 +516,24 @@ class MlpMseFunction : public torch::autograd::Function<MlpMseFunction> {
     const std::vector<int64_t> need_bias = bias_mask(ctx, has, 1 + L);
     const Tensor& x = saved[0];
     const Tensor& target = saved[1];
-    std::vector<Tensor> w(saved.begin() + 2, saved.begin() + 2 + L), outs(saved.begin() + 2 + L, saved.end());
     const std::string red = ctx->saved_data["reduction"].toStringRef();
+    if (grads[0].defined() && at::GradMode::is_enabled()) {  // create_graph (see "second order")
+      variable_list slots{x};
+      slots.insert(slots.end(), saved.begin() + 2, saved.begin() + 2 + L);
+      slots.insert(slots.end(), saved.begin() + 2 + 2 * L, saved.end());
+      slots.push_back(target);
+      std::vector<bool> need(slots.size());
+      for (size_t k = 0; k < slots.size(); ++k) need[k] = ctx->needs_input_grad(k);
+      variable_list a = alias_needed(slots, need);
+      const auto acts = parse_activations("aecomp::mlp_mse_loss", ctx->saved_data["activations"].toStringRef(), L);
+      Tensor loss = at::mse_loss(chain_aten(a, L, has, acts), a.back(), reduction_enum(red));
+      variable_list g2 = grad_with_graph(loss, grads[0], a, need);
+      variable_list out(g2.begin(), g2.end() - 1);
+      out.insert(out.end(), {Tensor(), Tensor(), g2.back(), Tensor()});  // has_bias, activations, target, reduction
+      return out;
+    }
+    std::vector<Tensor> w(saved.begin() + 2, saved.begin() + 2 + L),
+        outs(saved.begin() + 2 + L, saved.begin() + 2 + 2 * L);
     std::vector<Tensor> g;
     if (grads[0].defined())
       g = mlp_mse_backward_op().call(grads[0], x, w, outs, ctx->saved_data["activations"].toStringRef(), target, red,

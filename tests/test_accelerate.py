@@ -23,7 +23,7 @@ from torch import nn
 
 import aecomp
 from aecomp._backend import get_backend
-from aecomp.nn import AccelerateReport, FusedLinear, FusedMLP, FusedMSELoss, accelerate
+from aecomp.nn import AccelerateReport, FusedLinear, FusedMLP, FusedMSELoss, FusedSequential, accelerate
 
 # The backends that run float32 CPU tensors here, less triton: on the CPU it runs only under the
 # Triton interpreter, far too slow for 784-wide models trained for 50 steps (tests/test_nn.py
@@ -78,7 +78,8 @@ def _grads(model):
 def test_accelerate_reference_autoencoder_same_outputs_and_grads(backend, digits784):
     torch.manual_seed(0)
     plain = PlainAutoencoder()
-    fast, report = accelerate(plain, backend=backend)
+    fast = accelerate(plain, backend=backend)
+    report = fast.aecomp_report
     assert isinstance(report, AccelerateReport)
     # the original is untouched (inplace=False), the copy is rewritten
     assert type(plain.encoder[0]) is nn.Linear and type(plain.criterion) is nn.MSELoss
@@ -92,11 +93,13 @@ def test_accelerate_reference_autoencoder_same_outputs_and_grads(backend, digits
     assert list(fast.state_dict()) == list(plain.state_dict())
     for (n, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
         assert p is not q and torch.equal(p, q), n
-    assert len(report.replaced) == 7 and not report.left_alone
+    assert type(fast.encoder) is FusedSequential and type(fast.decoder) is FusedSequential
+    assert len(report.replaced) == 9 and not report.left_alone
     text = str(report)
     assert "encoder.0: Linear(784->128) + ReLU -> FusedLinear(784->128, relu)" in text
     assert "decoder.4: Linear(128->784) + Sigmoid -> FusedLinear(128->784, sigmoid)" in text
     assert "criterion: MSELoss(mean) -> FusedMSELoss(mean)" in text
+    assert "encoder: Sequential -> FusedSequential(layers 0-4 (3) as one mlp op)" in text
 
     x = digits784[:64]
     torch.testing.assert_close(fast(x), plain(x), **TOL)
@@ -111,7 +114,7 @@ def test_accelerate_reference_autoencoder_same_outputs_and_grads(backend, digits
 def test_accelerate_same_loss_curve_over_50_adam_steps(backend, digits784):
     torch.manual_seed(1)
     plain = PlainAutoencoder()
-    fast, _ = accelerate(plain, backend=backend)
+    fast = accelerate(plain, backend=backend)
     curves = []
     for model in (plain, fast):
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -134,7 +137,8 @@ def test_accelerate_inplace_keeps_the_parameter_objects_and_the_optimizer():
     model = PlainAutoencoder()
     params = list(model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    same, report = accelerate(model, inplace=True)
+    same = accelerate(model, inplace=True)
+    report = same.aecomp_report
     assert same is model and isinstance(model.encoder[0], FusedLinear)
     assert all(p is q for p, q in zip(params, model.parameters()))
     before = model.encoder[0].weight.detach().clone()
@@ -146,7 +150,7 @@ def test_accelerate_inplace_keeps_the_parameter_objects_and_the_optimizer():
 def test_accelerate_keeps_dtype_requires_grad_and_training_flag():
     model = PlainAutoencoder().double().eval()
     model.encoder[0].weight.requires_grad_(False)
-    fast, _ = accelerate(model, backend="reference")
+    fast = accelerate(model, backend="reference")
     assert fast.encoder[0].weight.dtype == torch.float64 and not fast.encoder[0].weight.requires_grad
     assert fast.decoder[2].bias.requires_grad
     assert not any(m.training for m in fast.modules())
@@ -159,9 +163,10 @@ def test_accelerate_classifier(backend):
     torch.manual_seed(3)
     enc = PlainAutoencoder().encoder
     clf = Classifier(enc)
-    fast, report = accelerate(clf, backend=backend)
+    fast = accelerate(clf, backend=backend)
+    report = fast.aecomp_report
     assert isinstance(fast.head, FusedLinear) and fast.head.activation == "none"
-    assert [r.path for r in report.replaced] == ["encoder.0", "encoder.2", "encoder.4", "head"]
+    assert [r.path for r in report.replaced] == ["encoder.0", "encoder.2", "encoder.4", "encoder", "head"]
     x = torch.rand(16, 784)
     y = torch.randint(0, 10, (16,))
     torch.testing.assert_close(fast(x), clf(x), **TOL)
@@ -179,14 +184,17 @@ def test_accelerate_classifier(backend):
 
 def test_accelerate_is_idempotent():
     torch.manual_seed(4)
-    once, r1 = accelerate(PlainAutoencoder())
-    twice, r2 = accelerate(once)
+    once = accelerate(PlainAutoencoder())
+    r1 = once.aecomp_report
+    twice = accelerate(once)
+    r2 = twice.aecomp_report
     assert r1.changed and not r2.changed and not r2.replaced
     assert all("already fused" in s.reason for s in r2.left_alone) and len(r2.left_alone) == 7
     assert repr(twice) == repr(once)
     sd1, sd2 = once.state_dict(), twice.state_dict()
     assert list(sd1) == list(sd2) and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
-    thrice, r3 = accelerate(twice, inplace=True)
+    thrice = accelerate(twice, inplace=True)
+    r3 = thrice.aecomp_report
     assert thrice is twice and not r3.replaced
 
 
@@ -220,7 +228,8 @@ def test_accelerate_leaves_alone_what_it_does_not_know_and_says_why():
     model.param = nn.Linear(4, 4)
     torch.nn.utils.parametrize.register_parametrization(model.param, "weight", _Doubled())
     with pytest.warns(UserWarning, match="LoRALinear"):
-        fast, report = accelerate(model)
+        fast = accelerate(model)
+        report = fast.aecomp_report
     alone = {s.path: s for s in report.left_alone}
     assert "does not know" in alone["lora.0"].reason and type(fast.lora[0]) is LoRALinear
     assert type(fast.lora[1]) is nn.ReLU
@@ -239,7 +248,8 @@ def test_accelerate_leaves_alone_what_it_does_not_know_and_says_why():
 
 def test_accelerate_root_linear_and_bad_arguments():
     lin = nn.Linear(3, 2)
-    fused, report = accelerate(lin)
+    fused = accelerate(lin)
+    report = fused.aecomp_report
     assert isinstance(fused, FusedLinear) and report.replaced[0].path == ""
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         accelerate(lin, backend="gpu")
@@ -263,7 +273,7 @@ def test_accelerated_model_compiles_fullgraph_aot_eager(backend):
     torch._dynamo.reset()
     torch.manual_seed(5)
     model = PlainAutoencoder()
-    fast, _ = accelerate(model, backend=backend)
+    fast = accelerate(model, backend=backend)
     _compiled_matches(model, fast, torch.rand(8, 784), "aot_eager")
 
 
@@ -273,7 +283,69 @@ def test_accelerated_model_compiles_fullgraph_inductor():
     torch._dynamo.reset()
     torch.manual_seed(6)
     model = PlainAutoencoder()
-    fast, _ = accelerate(model)
+    fast = accelerate(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _compiled_matches(model, fast, torch.rand(8, 784), "inductor")
+
+
+def test_accelerate_returns_the_model_with_its_report():
+    plain = PlainAutoencoder()
+    model = aecomp.accelerate(plain)  # the torch.compile way: the result is the model
+    x = torch.rand(4, 784)
+    torch.testing.assert_close(model(x), plain(x), **TOL)
+    report = aecomp.accelerate_report(model)
+    assert report is model.aecomp_report and isinstance(report, AccelerateReport) and report.changed
+    assert "aecomp_report" not in str(list(model.state_dict()))
+    with pytest.raises(TypeError, match="cannot unpack"):  # the old `model, report = ...` fails loudly
+        fast, report = aecomp.accelerate(PlainAutoencoder())
+    with pytest.raises(ValueError, match="did not come from aecomp.accelerate"):
+        aecomp.accelerate_report(plain)
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_sequential_run_is_one_chain_op(backend, monkeypatch):
+    from aecomp import ops
+
+    torch.manual_seed(7)
+    plain = PlainAutoencoder()
+    fast = accelerate(plain, backend=backend)
+    mlp_calls = _count_calls(monkeypatch, ops, "mlp")
+    layer_calls = _count_calls(monkeypatch, ops, "linear_act")
+    x = torch.rand(9, 784, requires_grad=True)
+    torch.testing.assert_close(fast(x), plain(x), **TOL)
+    assert mlp_calls == ["mlp", "mlp"] and layer_calls == []  # encoder, decoder: one op each
+    # indexing, length and the keys of the Sequential are unchanged
+    assert len(fast.encoder) == 5 and isinstance(fast.encoder[2], FusedLinear) and fast.encoder[-1] is fast.encoder[4]
+    assert list(fast.encoder.state_dict()) == list(plain.encoder.state_dict())
+
+
+def test_runs_inside_a_mixed_sequential_keep_keys_and_results():
+    torch.manual_seed(8)
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 5), nn.Sigmoid(), nn.Dropout(0.0),
+                        nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 4), nn.Linear(4, 2))
+    fast = accelerate(seq)
+    assert type(fast) is FusedSequential and list(fast.state_dict()) == list(seq.state_dict())
+    kinds = [("chain", len(run)) if m is None else type(m).__name__ for m, run in fast._runs()]
+    assert kinds == ["Flatten", ("chain", 2), "Dropout", ("chain", 1), "Tanh", ("chain", 2)]
+    x = torch.rand(6, 3, 4)
+    torch.testing.assert_close(fast(x), seq(x), **TOL)
+    # a hook added afterwards still fires: its layer leaves the chain
+    seen = []
+    fast[3].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    torch.testing.assert_close(fast(x), seq(x), **TOL)
+    assert seen == [torch.Size([6, 5])]
+    with pytest.raises(ValueError, match="not one chain"):
+        fast.chain()

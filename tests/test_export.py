@@ -98,3 +98,107 @@ def test_missing_onnx_names_the_package(monkeypatch):
     require_onnx()  # export alone needs no runtime
     with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
         require_onnx(runtime=True)
+
+
+# ------------------------------------------------------------------ a user's accelerated model
+class _UserAutoencoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(20, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 20),
+                                           torch.nn.Sigmoid())
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("batched", [False, True], ids=["2d", "3d"])
+def test_accelerated_user_model_exports_with_the_standard_call(tmp_path, dynamo, batched):
+    """torch.onnx.export of an accelerate()d model, no extra arguments: standard ONNX ops only,
+    onnxruntime gives the model's outputs."""
+    import warnings
+
+    import onnx
+
+    import aecomp
+
+    torch.manual_seed(0)
+    plain = _UserAutoencoder().eval()
+    model = aecomp.accelerate(plain)
+    x = torch.rand(2, 5, 20) if batched else torch.rand(5, 20)
+    path = str(tmp_path / "model.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), path, dynamo=dynamo)
+    ops_used = {n.op_type for n in onnx.load(path).graph.node}
+    assert ops_used <= STANDARD_OPS | {"Transpose", "Reshape", "Constant", "Shape", "Concat", "Gather",
+                                        "Unsqueeze", "Identity"}, ops_used
+    assert {"Relu", "Sigmoid"} <= ops_used and ops_used & {"Gemm", "MatMul"}
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), plain(x).detach(), rtol=TOL, atol=TOL)
+
+
+def test_fused_mse_loss_exports(tmp_path):
+    import onnx
+
+    import aecomp
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Sigmoid())
+            self.loss = torch.nn.MSELoss()
+
+        def forward(self, x):
+            return self.loss(self.net(x), x)
+
+    model = aecomp.accelerate(WithLoss()).eval()
+    x = torch.rand(4, 6)
+    path = str(tmp_path / "loss.onnx")
+    torch.onnx.export(model, (x,), path)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.tensor(got), model(x).detach(), rtol=TOL, atol=TOL)
+    assert "aecomp" not in {n.domain for n in onnx.load(path).graph.node}
+
+
+class _ScriptedChains(torch.nn.Module):
+    """Calls the chain ops by name (a TorchScript user): exercises their TorchScript symbolics."""
+
+    def __init__(self):
+        super().__init__()
+        self.w0 = torch.nn.Parameter(torch.randn(4, 6))
+        self.w1 = torch.nn.Parameter(torch.randn(3, 4))
+        self.b1 = torch.nn.Parameter(torch.randn(3))
+        self.w2 = torch.nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x):
+        y = torch.ops.aecomp.mlp(x, [self.w0, self.w1], [None, self.b1], "relu,sigmoid")
+        loss = torch.ops.aecomp.mlp_mse_loss(x, [self.w0, self.w1, self.w2], [None, self.b1, None],
+                                             "relu,sigmoid,none", x, "sum")
+        return y, loss
+
+
+def test_scripted_chain_ops_export_with_the_torchscript_exporter(tmp_path):
+    import warnings
+
+    import onnxruntime as ort
+
+    import aecomp  # noqa: F401  (registers the ops and their ONNX symbolics)
+
+    model = torch.jit.script(_ScriptedChains())
+    x = torch.rand(5, 6)
+    path = str(tmp_path / "chains.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), path, dynamo=False)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    for g, want in zip(got, model(x)):
+        torch.testing.assert_close(torch.from_numpy(g).reshape(want.shape), want.detach(), rtol=TOL, atol=TOL * 40)

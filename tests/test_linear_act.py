@@ -150,21 +150,33 @@ def test_sigmoid_accuracy_over_the_whole_float_range():
     torch.testing.assert_close(y, torch.sigmoid(x), rtol=2e-7 * 8, atol=1e-30)
 
 
-@pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_gradcheck_float64(act, bias):
+def _float64_case(act, bias, backend):
+    """(f, inputs) for gradcheck / gradgradcheck: small float64 inputs that need gradients."""
     while True:  # relu: keep every pre-activation away from the kink at 0 (finite differences)
         x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
         w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
         b = torch.randn(3, dtype=torch.float64, requires_grad=True) if bias else None
         if act != "relu" or F.linear(x, w, b).abs().min() > 1e-3:
             break
-    inputs = (x, w, b) if bias else (x, w)
 
     def f(*args):
-        return ops.linear_act(args[0], args[1], args[2] if bias else None, act, backend="cpu")
+        return ops.linear_act(args[0], args[1], args[2] if bias else None, act, backend=backend)
 
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
+    return f, ((x, w, b) if bias else (x, w))
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gradcheck_float64(act, bias):
+    assert torch.autograd.gradcheck(*_float64_case(act, bias, "cpu"), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gradgradcheck_float64(backend, act, bias):
+    """Double backward (create_graph=True): the gradient itself must be differentiable."""
+    assert torch.autograd.gradgradcheck(*_float64_case(act, bias, backend), eps=1e-6, atol=1e-5)
 
 
 def test_bias_gradient_is_deterministic():
@@ -190,3 +202,12 @@ def test_all_backends_agree_through_use_backend_and_env(monkeypatch):
         torch.testing.assert_close(ops.linear_act(x, w, b), expect)
     monkeypatch.setenv("AECOMP_BACKEND", "cpu")
     torch.testing.assert_close(ops.linear_act(x, w, b), expect, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", aecomp.BACKENDS)
+def test_activation_or_reduction_none_object_is_a_clean_value_error(backend):
+    """Not a raw pybind11 'incompatible function arguments' message, on any backend."""
+    with pytest.raises(ValueError, match=r"aecomp::linear_act: unknown activation None; expected one of"):
+        ops.linear_act(torch.randn(2, 3), torch.randn(4, 3), None, None, backend=backend)
+    with pytest.raises(ValueError, match=r"aecomp::mse_loss: unknown reduction None; expected one of"):
+        ops.mse_loss(torch.randn(2), torch.randn(2), None, backend=backend)

@@ -124,6 +124,41 @@ def test_gradcheck_float64(mse):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("mse", [False, True], ids=["mlp", "mlp_mse_loss"])
+def test_gradgradcheck_float64(backend, mse):
+    """Double backward through the chain; the target is x itself (an autoencoder's loss), so
+    x reaches the loss by two paths and each must be differentiated."""
+    while True:  # keep relu pre-activations away from 0
+        ws, bs = make_chain((4, 5, 3, 4), dtype=torch.float64, bias_mask=(True, False, True))
+        x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+        if F.linear(x, ws[0], bs[0]).abs().min() > 1e-3:
+            break
+    acts = ("relu", "none", "sigmoid")
+    inputs = (x, ws[0], ws[1], ws[2], bs[0], bs[2])
+
+    def f(x, w0, w1, w2, b0, b2):
+        if mse:
+            return ops.mlp_mse_loss(x, [w0, w1, w2], [b0, None, b2], acts, None, backend=backend)
+        return ops.mlp(x, [w0, w1, w2], [b0, None, b2], acts, backend=backend)
+
+    assert torch.autograd.gradgradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradgradcheck_mlp_mse_loss_reductions_and_repeated_weight(reduction):
+    """The same tensor in two weight slots and a separate target that needs a gradient."""
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b, t):
+        return ops.mlp_mse_loss(x, [w, w], [b, None], ("sigmoid", "none"), t, reduction, backend="cpu")
+
+    assert torch.autograd.gradgradcheck(f, (x, w, b, t), eps=1e-6, atol=1e-5)
+
+
 def test_opcheck_chain_ops():
     ws, bs = make_chain((6, 5, 4), bias_mask=(True, False))
     x = torch.rand(3, 6, requires_grad=True)
@@ -171,3 +206,13 @@ def test_reference_backend_agrees():
     a = ops.mlp_mse_loss(x, ws, bs, ("relu", "sigmoid"), backend="cpu")
     b = ops.mlp_mse_loss(x, ws, bs, ("relu", "sigmoid"), backend="reference")
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_scalar_x_is_named_x_by_the_chain_op(backend):
+    w = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"aecomp::mlp: x must have at least 1 dimension .* got shape \[\]"):
+        ops.mlp(torch.tensor(1.0), [w], None, ["relu"], backend=backend)
+    # 1-D x is one sample: [in] -> [out]
+    x = torch.randn(5)
+    torch.testing.assert_close(ops.mlp(x, [w], None, ["relu"], backend=backend), torch.relu(w @ x))

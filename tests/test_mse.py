@@ -85,6 +85,14 @@ def test_gradcheck_float64(reduction):
     assert torch.autograd.gradcheck(lambda x, y: ops.mse_loss(x, y, reduction, backend="cpu"), (a, t))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradgradcheck_float64(backend, reduction):
+    a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, y: ops.mse_loss(x, y, reduction, backend=backend), (a, t))
+
+
 def test_overflow_gives_inf_not_an_error():
     a = torch.full((1000,), 3e37)
     assert torch.isinf(ops.mse_loss(a, -a, "sum"))

@@ -244,3 +244,16 @@ def test_fused_mlp_from_sequential_needs_the_placeholder_after_a_fused_activatio
         FusedMLP.from_sequential(seq)
     ok = FusedMLP.from_sequential(nn.Sequential(FusedLinear(3, 4, activation="relu"), nn.Identity(), FusedLinear(4, 2)))
     assert list(ok.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+@pytest.mark.parametrize("target_dtype", [torch.float64, torch.int64], ids=["float64", "int64"])
+def test_fused_mse_loss_promotes_types_like_nn_mse_loss(target_dtype):
+    x = torch.rand(4, 5, requires_grad=True)
+    t = (torch.rand(4, 5) * 3).to(target_dtype)
+    want = nn.MSELoss()(x, t)
+    got = FusedMSELoss()(x, t)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    (gw,) = torch.autograd.grad(want, x)
+    (gg,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(gg, gw, rtol=1e-6, atol=1e-6)

@@ -89,3 +89,48 @@ def test_compiled_graph_calls_our_ops():
     torch.compile(TinyAE(), fullgraph=True, backend=spy)(torch.rand(4, 16))
     assert any("aecomp.linear_act" in t for t in seen), seen
     assert any("aecomp.mse_loss" in t for t in seen), seen
+
+
+def _run_fresh(code: str, *args: str) -> str:
+    """Run ``code`` in a new interpreter (nothing imported but what it imports itself)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_import_aecomp_registers_the_ops_and_a_traced_model_loads_in_a_new_process(tmp_path):
+    """``import aecomp`` alone registers torch.ops.aecomp.* (no op call, no aecomp._C import)."""
+    path = str(tmp_path / "traced.pt")
+    _run_fresh(
+        "import sys, torch, aecomp\n"
+        "x = torch.randn(3, 5)\n"
+        "w = torch.randn(4, 5)\n"
+        "y = torch.ops.aecomp.linear_act(x, w, None, 'relu')\n"  # direct call, first thing
+        "torch.testing.assert_close(y, torch.relu(x @ w.T))\n"
+        "torch.library.opcheck(torch.ops.aecomp.mse_loss.default, (x, x.flip(0), 'mean'))\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2), torch.nn.Sigmoid())\n"
+        "fast = aecomp.accelerate(m)\n"
+        "traced = torch.jit.trace(fast, x)\n"
+        "assert 'aecomp::linear_act' in str(traced.graph), traced.graph\n"
+        "traced.save(sys.argv[1])\n"
+        "torch.save((x, m(x)), sys.argv[1] + '.io')\n", path)
+    out = _run_fresh(
+        "import sys, torch, aecomp\n"
+        "loaded = torch.jit.load(sys.argv[1])\n"
+        "x, want = torch.load(sys.argv[1] + '.io')\n"
+        "torch.testing.assert_close(loaded(x), want, rtol=1e-5, atol=1e-6)\n"
+        "print('ok')\n", path)
+    assert out.strip() == "ok"
+
+
+def test_backend_module_does_not_import_ops():
+    """Imports go one way: aecomp.ops -> aecomp._backend."""
+    import inspect
+
+    import aecomp._backend as backend
+
+    src = inspect.getsource(backend)
+    assert "from .ops" not in src and "import ops" not in src

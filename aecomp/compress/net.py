@@ -113,10 +113,11 @@ class CompressedNet(nn.Module):
         ``()`` (default) is one linear layer ``K -> num_classes``.
         """
         _check_mode("CompressedNet.from_autoencoder", mode)
-        encoder = getattr(autoencoder, "encoder", None)
+        encoder = as_chain(getattr(autoencoder, "encoder", None))
         if not isinstance(encoder, FusedMLP):
             raise TypeError(f"CompressedNet.from_autoencoder: expected an autoencoder whose .encoder is a FusedMLP "
-                            f"(aecomp.models.Autoencoder), got {type(autoencoder).__name__}")
+                            f"(aecomp.models.Autoencoder) or an nn.Sequential of Linear/ReLU/Sigmoid (plain or "
+                            f"accelerated), got {type(autoencoder).__name__}")
         encoder = copy.deepcopy(encoder)
         dims = [encoder.dims[-1], *[int(h) for h in head_hidden], int(num_classes)]
         head = FusedMLP(dims, ["relu"] * (len(dims) - 2) + ["none"], backend=backend)
@@ -171,6 +172,17 @@ class CompressedNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- layers <-> models
+def as_chain(model):
+    """A FusedMLP view (shared parameters) of an ``nn.Sequential`` of Linear/ReLU/Sigmoid, plain or
+    as ``aecomp.accelerate`` leaves it (same state_dict keys); anything else is returned as is."""
+    if isinstance(model, nn.Sequential):
+        try:
+            return FusedMLP.from_sequential(model, share=True)
+        except ValueError:
+            return model
+    return model
+
+
 def linear_layers(model: nn.Module) -> Tuple[FusedLinear, ...]:
     """The chain of ``FusedLinear`` layers of a CompressedNet or a FusedMLP classifier."""
     if isinstance(model, (CompressedNet, FusedMLP)):

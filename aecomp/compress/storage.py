@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .net import build_model, classifier_config, linear_layers
+from .net import as_chain, build_model, classifier_config, linear_layers
 from .quantize import dequantize_per_channel, quantize_per_channel
 
 __all__ = [
@@ -162,6 +162,7 @@ def pack(model: nn.Module, values: str = "float32", sparse: bool = False) -> Tup
     """The tensors and metadata of the packed file of ``model`` (CompressedNet or FusedMLP)."""
     if values not in VALUES:
         raise ValueError(f"pack: values must be one of {', '.join(VALUES)}, got {values!r}")
+    model = as_chain(model)  # an (accelerated) Sequential classifier
     tensors: Dict[str, torch.Tensor] = {}
     layers: List[Dict[str, Any]] = []
     for i, layer in enumerate(linear_layers(model)):

@@ -7,12 +7,14 @@
   ``aecomp.ops.mlp``; its state_dict equals that of ``nn.Sequential(Linear, ReLU, Linear, ...)``
   (``FusedMLP.from_sequential`` / ``.to_sequential``).
 - ``FusedMSELoss(reduction="mean", backend=None)``: ``nn.MSELoss`` over ``aecomp.ops.mse_loss``.
-- ``accelerate(model, backend=None, inplace=False) -> (model, report)``: rewrites any module.
+- ``FusedSequential``: an ``nn.Sequential`` running each run of fused layers as one chain op.
+- ``accelerate(model, backend=None, inplace=False) -> model``: rewrites any module; the report
+  is ``model.aecomp_report`` (or ``accelerate_report(model)``).
 """
 from __future__ import annotations
 
-from .accelerate import AccelerateReport, LeftAlone, Replaced, accelerate
-from .modules import ACTIVATIONS, FusedLinear, FusedMLP, FusedMSELoss
+from .accelerate import AccelerateReport, LeftAlone, Replaced, accelerate, accelerate_report, accelerated_chain
+from .modules import ACTIVATIONS, FusedLinear, FusedMLP, FusedMSELoss, FusedSequential
 
 __all__ = [
     "ACTIVATIONS",
@@ -20,7 +22,10 @@ __all__ = [
     "FusedLinear",
     "FusedMLP",
     "FusedMSELoss",
+    "FusedSequential",
     "LeftAlone",
     "Replaced",
     "accelerate",
+    "accelerate_report",
+    "accelerated_chain",
 ]

@@ -6,7 +6,15 @@ Rewrites, in this order of preference:
    ``ReLU`` or ``Sigmoid`` at ``i + 1`` becomes ``FusedLinear(activation="relu"|"sigmoid")`` at
    ``i`` and ``nn.Identity()`` at ``i + 1``;
 2. any other ``nn.Linear`` becomes ``FusedLinear(activation="none")``;
-3. ``nn.MSELoss`` becomes ``FusedMSELoss`` with the same reduction.
+3. ``nn.MSELoss`` becomes ``FusedMSELoss`` with the same reduction;
+4. a plain ``nn.Sequential`` that now holds fused layers becomes a ``FusedSequential``: the same
+   children under the same indices, whose forward runs each maximal run of fused layers
+   (Linear/ReLU/Sigmoid in the original) as ONE ``aecomp.ops.mlp`` call -- one autograd node
+   and one fused backward per run instead of one per layer.
+
+``accelerate`` returns the model, like ``torch.compile``; the report of what it did is
+``model.aecomp_report`` (also ``aecomp.accelerate_report(model)``). Code written for the old
+``model, report = accelerate(m)`` now fails at the unpacking (a Module is not a pair).
 
 **Why the Identity placeholder.** An activation module holds no parameters, so leaving an
 ``nn.Identity`` in its slot keeps every index -- ``seq[4]``, ``seq[-1]`` -- and every state_dict
@@ -33,15 +41,15 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .modules import FusedLinear, FusedMLP, FusedMSELoss, _check_backend
+from .modules import FusedLinear, FusedMLP, FusedMSELoss, FusedSequential, _check_backend, _has_hooks
 
-__all__ = ["accelerate", "AccelerateReport", "Replaced", "LeftAlone"]
+__all__ = ["accelerate", "accelerate_report", "accelerated_chain", "AccelerateReport", "Replaced", "LeftAlone"]
 
 _FUSABLE_ACTS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
 
@@ -80,11 +88,6 @@ class AccelerateReport:
         for s in self.left_alone:
             lines.append(f"  left alone  {s.path or '<root>'}: {s.module} -- {s.reason}")
         return "\n".join(lines)
-
-
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                or getattr(m, "_backward_pre_hooks", None))
 
 
 def _lin_str(m: nn.Linear) -> str:
@@ -153,7 +156,19 @@ class _Rewriter:
             new = self.rewrite(child, _join(path, name))
             if new is not child:
                 m._modules[name] = new
+        if type(m) is nn.Sequential and not _has_hooks(m) and any(
+                isinstance(c, FusedLinear) for c in m._modules.values()):
+            return self._mark(m, self._chain_sequential(m, path))
         return self._mark(m, m)
+
+    def _chain_sequential(self, seq: nn.Sequential, path: str) -> FusedSequential:
+        new = FusedSequential(OrderedDict(seq._modules))  # the same children under the same names
+        new.train(seq.training)
+        runs = [run for m, run in new._runs() if run is not None and len(run) > 1]
+        index = {id(c): k for k, c in seq._modules.items()}
+        what = ", ".join(f"layers {index[id(r[0])]}-{index[id(r[-1])]} ({len(r)}) as one mlp op" for r in runs)
+        self.report.replaced.append(Replaced(path, "Sequential", f"FusedSequential({what or 'no chains'})"))
+        return new
 
     def _fuse_sequential(self, seq: nn.Sequential, path: str) -> None:
         keys = list(seq._modules.keys())
@@ -183,12 +198,12 @@ class _Rewriter:
             i += 1
 
 
-def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = False
-               ) -> Tuple[nn.Module, AccelerateReport]:
-    """Swap ``nn.Linear`` (+ ``ReLU``/``Sigmoid``) and ``nn.MSELoss`` for fused modules.
+def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = False) -> nn.Module:
+    """Swap ``nn.Linear`` (+ ``ReLU``/``Sigmoid``) and ``nn.MSELoss`` for fused modules, and run
+    each Sequential's runs of them as one chain op.
 
-    Returns ``(model, report)``; ``print(report)`` lists what was replaced and what was left
-    alone and why. ``backend`` pins the new modules to a backend (``None``: automatic). With
+    Returns the model (``model = aecomp.accelerate(model)``, like ``torch.compile``);
+    ``print(model.aecomp_report)`` lists what was replaced and what was left alone and why. ``backend`` pins the new modules to a backend (``None``: automatic). With
     ``inplace=False`` (default) ``model`` is deep-copied first and left unchanged. See the
     module docstring for the exact rules. Warns once if it skipped Linear subclasses it does
     not know.
@@ -205,6 +220,7 @@ def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = 
                 uses[id(child)] += 1
     rw = _Rewriter(backend, uses)
     model = rw.rewrite(model, "")
+    model.aecomp_report = rw.report  # an attribute, not a buffer: not in the state_dict
     unknown = [s for s in rw.report.left_alone if "does not know" in s.reason]
     if unknown:
         warnings.warn(
@@ -212,4 +228,75 @@ def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = 
             + ": subclasses it does not know are not rewritten",
             stacklevel=2,
         )
-    return model, rw.report
+    return model
+
+
+def accelerate_report(model: nn.Module) -> AccelerateReport:
+    """The report of the last ``accelerate`` call that returned ``model``."""
+    report = getattr(model, "aecomp_report", None)
+    if not isinstance(report, AccelerateReport):
+        raise ValueError(f"accelerate_report: this {type(model).__name__} did not come from aecomp.accelerate")
+    return report
+
+
+def accelerated_chain(model: nn.Module) -> Tuple[List[FusedLinear], Optional[str]]:
+    """``(layers, backend)`` when ``model(x)`` is provably one chain of fused layers.
+
+    For a user's model after ``accelerate`` (e.g. ``forward = decoder(encoder(x))`` over two
+    Sequentials of Linear/ReLU/Sigmoid): the forward is traced with ``torch.fx`` (the fused
+    modules as leaves) and must be a straight line of FusedSequential / FusedMLP / FusedLinear
+    calls from the input to the output. A model with its own ``loss`` method is refused: its
+    loss need not be ``mse(model(x), x)``. Raises NotImplementedError saying why otherwise.
+    """
+    import torch.fx
+
+    where = f"{type(model).__name__}"
+    if callable(getattr(model, "loss", None)):
+        raise NotImplementedError(f"{where} defines its own loss(), which need not be mse(model(x), x)")
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, (FusedLinear, FusedMLP, FusedSequential)) or super().is_leaf_module(m, qualname)
+
+    if isinstance(model, (FusedLinear, FusedMLP, FusedSequential)):  # the model is the chain itself
+        return _one_backend(where, _chain_layers(model, where))
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # any user forward: fx raises many kinds
+        raise NotImplementedError(f"{where}'s forward could not be traced ({type(exc).__name__}: {exc})") from None
+    layers: List[FusedLinear] = []
+    prev = None
+    for node in graph.nodes:
+        if node.op == "placeholder" and prev is None:
+            prev = node
+        elif node.op == "call_module" and node.args == (prev,) and not node.kwargs:
+            layers.extend(_chain_layers(model.get_submodule(node.target), f"{where}.{node.target}"))
+            prev = node
+        elif node.op == "output" and node.args == (prev,) and prev is not None and prev.op != "placeholder":
+            return _one_backend(where, layers)
+        else:
+            raise NotImplementedError(f"{where}'s forward is not one chain of fused layers (at {node.op} {node.target})")
+    raise NotImplementedError(f"{where}'s forward is not one chain of fused layers")
+
+
+
+def _chain_layers(sub: nn.Module, where: str) -> List[FusedLinear]:
+    if isinstance(sub, FusedLinear):
+        return [sub]
+    if isinstance(sub, FusedMLP):
+        return list(sub.layers)
+    if isinstance(sub, FusedSequential):
+        try:
+            return list(sub.chain())
+        except ValueError as exc:
+            raise NotImplementedError(f"{where}: {exc}") from None
+    if isinstance(sub, nn.Identity):
+        return []
+    raise NotImplementedError(f"{where} ({type(sub).__name__}) is not a fused layer")
+
+
+def _one_backend(where: str, layers: List[FusedLinear]) -> Tuple[List[FusedLinear], Optional[str]]:
+    backends = {layer.backend for layer in layers}
+    if len(backends) != 1:
+        raise NotImplementedError(f"{where}: the layers are pinned to different backends {sorted(map(str, backends))}")
+    return layers, backends.pop()

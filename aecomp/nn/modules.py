@@ -8,6 +8,8 @@ module         computes                                       state_dict
 FusedLinear    ``act(x @ W.T + b)``, act in none/relu/sigmoid  exactly ``nn.Linear``'s (``weight``, ``bias``)
 FusedMLP       ``x -> act_i(x @ W_i.T + b_i)`` for each layer  exactly the equivalent ``nn.Sequential``'s
 FusedMSELoss   mean / sum / none of ``(input - target)^2``     none (no parameters)
+FusedSequential an ``nn.Sequential`` whose runs of FusedLinear  exactly the Sequential's (same children)
+               layers run as one ``aecomp.ops.mlp`` call each
 =============  =============================================  ==========================================
 
 ``backend=None`` means automatic selection (``aecomp.use_backend``, ``AECOMP_BACKEND``, then the
@@ -24,7 +26,7 @@ from torch import nn
 from .. import ops
 from .._backend import BACKENDS
 
-__all__ = ["FusedLinear", "FusedMLP", "FusedMSELoss", "ACTIVATIONS"]
+__all__ = ["FusedLinear", "FusedMLP", "FusedMSELoss", "FusedSequential", "ACTIVATIONS"]
 
 ACTIVATIONS = ops.ACTIVATIONS  # ("none", "relu", "sigmoid")
 # activation name <-> the torch module that computes it in a plain nn.Sequential
@@ -283,6 +285,69 @@ class FusedMLP(nn.Module):
         return seq
 
 
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+class FusedSequential(nn.Sequential):
+    """An ``nn.Sequential`` that runs each maximal run of ``FusedLinear`` layers as ONE chain.
+
+    What ``aecomp.accelerate`` turns a plain ``nn.Sequential`` into. The children are exactly
+    the Sequential's, under the same indices (a ``FusedLinear`` where the Linear was, the
+    ``nn.Identity`` placeholder where its fused activation was), so the state_dict keys,
+    indexing (``seq[4]``), ``len``, iteration and ``isinstance(seq, nn.Sequential)`` are all
+    unchanged. Only ``forward`` differs: consecutive ``FusedLinear`` layers (the ``nn.Identity``
+    placeholders between them are no-ops) with the same ``backend`` go through one
+    ``aecomp.ops.mlp`` call -- one autograd node and one fused backward for the run, the
+    ``FusedMLP`` path -- and every other child is called as usual. A layer with hooks is
+    called on its own, so its hooks fire. ``chain()`` gives the layers when the whole
+    Sequential is one chain (what ``FusedMLP.from_sequential`` and ``FusedStep`` read).
+    """
+
+    def _runs(self):
+        """[(module, None)] for a child called alone, [(None, [layers])] for a chain."""
+        plan, run = [], []
+        for m in self._modules.values():
+            if m is None:
+                continue
+            if type(m) is nn.Identity and not _has_hooks(m):
+                continue
+            if isinstance(m, FusedLinear) and not _has_hooks(m) and (not run or (
+                    run[-1].out_features == m.in_features and run[-1].backend == m.backend)):
+                run.append(m)
+                continue
+            if run:
+                plan.append((None, run))
+                run = []
+            if isinstance(m, FusedLinear) and not _has_hooks(m):
+                run.append(m)
+            else:
+                plan.append((m, None))
+        if run:
+            plan.append((None, run))
+        return plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m, run in self._runs():
+            if m is not None:
+                x = m(x)
+            elif len(run) == 1:
+                x = run[0](x)
+            else:
+                x = ops.mlp(x, [layer.weight for layer in run], [layer.bias for layer in run],
+                            [layer.activation for layer in run], backend=run[0].backend)
+        return x
+
+    def chain(self) -> Tuple[FusedLinear, ...]:
+        """The FusedLinear layers, if this whole Sequential is one chain; else ValueError."""
+        plan = self._runs()
+        if len(plan) != 1 or plan[0][1] is None:
+            raise ValueError("FusedSequential.chain: not one chain of FusedLinear layers: " + ", ".join(
+                type(m).__name__ if m is not None else f"chain of {len(run)}" for m, run in plan))
+        return tuple(plan[0][1])
+
+
 class FusedMSELoss(nn.MSELoss):
     """``nn.MSELoss`` computed by ``aecomp.ops.mse_loss`` in one pass.
 
@@ -290,7 +355,8 @@ class FusedMSELoss(nn.MSELoss):
               \\;(\\text{sum}), \\quad (x_i - t_i)^2 \\;(\\text{none})
 
     Gradient: ``d input = 2 (input - target) g / n`` (``n`` = numel for mean, 1 otherwise).
-    One difference from ``nn.MSELoss``: input and target must have the same shape (no
+    Input and target of different dtypes are promoted to ``torch.result_type`` first, as
+    ``nn.MSELoss`` does (a float64 or integer target works). One difference from ``nn.MSELoss``: input and target must have the same shape (no
     broadcasting; a ``[B, 1]`` target against ``[B, D]`` raises instead of warning).
     """
 
@@ -304,6 +370,10 @@ class FusedMSELoss(nn.MSELoss):
         self.backend = _check_backend("FusedMSELoss", backend)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and input.dtype != target.dtype:
+            # type promotion as nn.MSELoss does it (float32 input, float64 or int target)
+            dtype = torch.result_type(input, target)
+            input, target = input.to(dtype), target.to(dtype)
         return ops.mse_loss(input, target, self.reduction, backend=self.backend)
 
     def extra_repr(self) -> str:

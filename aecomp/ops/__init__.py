@@ -28,13 +28,17 @@ import torch
 from .._backend import resolve, resolve_fast
 from ._checks import ACTIVATIONS, REDUCTIONS
 
-_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() or _is_tracing()
 
 
 def _impl(op: str, arg: str, t, backend: Optional[str], missing_ok: bool = False):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"aecomp::{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-    if _is_compiling():  # the traceable path: no caches, no pybind11 entry points
+    if _is_compiling():  # the traceable path (compile, export, jit.trace): no caches, no pybind11 entries
         return resolve(op, t.device, t.dtype, backend, missing_ok)
     return resolve_fast(op, t, backend, missing_ok)
 
@@ -58,6 +62,9 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     ``activation`` is ``"none"``, ``"relu"`` or ``"sigmoid"``. ``x`` is ``[..., in_features]``;
     the result is ``[..., out_features]``. Differentiable in ``x``, ``weight`` and ``bias``.
     """
+    if activation not in ACTIVATIONS:  # before dispatch: the pybind11 entry would say less
+        raise ValueError(f"aecomp::linear_act: unknown activation {activation!r}; expected one of "
+                         f"'none', 'relu', 'sigmoid'")
     return _impl("linear_act", "x", x, backend)(x, weight, bias, activation)
 
 
@@ -80,6 +87,8 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
     Unlike ``F.mse_loss`` the shapes must match exactly: a silent broadcast of a
     ``[B, 1]`` target against a ``[B, D]`` input is a classic wrong answer.
     """
+    if reduction not in REDUCTIONS:  # before dispatch: the pybind11 entry would say less
+        raise ValueError(f"aecomp::mse_loss: unknown reduction {reduction!r}; expected one of 'mean', 'sum', 'none'")
     return _impl("mse_loss", "input", input, backend)(input, target, reduction)
 
 
@@ -125,6 +134,9 @@ def _chain_args(weights, biases, activations):
         if a not in ACTIVATIONS:
             raise ValueError(f"aecomp::mlp: unknown activation {a!r}; expected one of 'none', 'relu', 'sigmoid'")
     return weights, biases, activations
+
+
+from . import _registry  # noqa: E402,F401  (registers the backends and torch.ops.aecomp.* now)
 
 
 def mlp_fusion_info() -> dict:

@@ -107,7 +107,9 @@ def check_mlp(op: str, x, weights, biases, activations) -> None:
         raise ValueError(
             f"{op}: activations must be a list with one entry per layer ({n}), got {activations!r}"
         )
-    width = x.shape[-1] if x.dim() >= 1 else None
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least 1 dimension [..., in_features], got shape {shape_str(x)}")
+    width = x.shape[-1]
     for i, w in enumerate(weights):
         check_tensor(op, f"weights[{i}]", w)
         if w.dim() != 2:

@@ -4,7 +4,10 @@ Both backends call the same dispatcher ops (``torch.ops.aecomp.*``); the dispatc
 the CPU or CUDA kernel from the tensors' device, and the C++ autograd function serves both.
 Outside ``torch.compile`` the ops are called through the pybind11 entry points, which skip
 the Python-side op lookup (a few microseconds a call, which matters for small layers);
-under ``torch.compile`` they are called as ``torch.ops.aecomp.*`` so dynamo sees the op.
+under ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` they are called as
+``torch.ops.aecomp.*`` so the graph holds the op itself, which ONNX export and
+``torch.jit.load`` then find by name (``torch.jit.trace`` records a chain as one
+``aecomp::linear_act`` per layer: its tracer cannot record the ``Tensor?[]`` biases).
 """
 from __future__ import annotations
 
@@ -15,7 +18,12 @@ import torch
 from .. import _ext
 from .._backend import Backend
 
-_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
+
+
+def _is_compiling() -> bool:
+    """torch.compile / export, or torch.jit.trace: the graph must hold torch.ops.aecomp.* itself."""
+    return torch.compiler.is_compiling() or _is_tracing()
 
 
 def _probe_cpu():
@@ -56,6 +64,10 @@ def mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optio
         activations: Sequence[str]) -> torch.Tensor:
     acts = ",".join(activations)
     if _is_compiling():
+        if not torch.compiler.is_compiling():  # torch.jit.trace cannot record a Tensor?[] argument
+            for w, b, a in zip(weights, biases, activations):
+                x = torch.ops.aecomp.linear_act.default(x, w, b, a)
+            return x
         return torch.ops.aecomp.mlp.default(x, weights, biases, acts)
     return _ext._C.mlp(x, weights, biases, acts)
 
@@ -64,6 +76,8 @@ def mlp_mse_loss(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Seque
                  activations: Sequence[str], target: torch.Tensor, reduction: str) -> torch.Tensor:
     acts = ",".join(activations)
     if _is_compiling():
+        if not torch.compiler.is_compiling():  # torch.jit.trace (see mlp)
+            return mse_loss(mlp(x, weights, biases, activations), target, reduction)
         return torch.ops.aecomp.mlp_mse_loss.default(x, weights, biases, acts, target, reduction)
     return _ext._C.mlp_mse_loss(x, weights, biases, acts, target, reduction)
 

@@ -1,10 +1,15 @@
-"""Registers every backend with aecomp._backend. Imported once, lazily, by the selector."""
+"""Registers every backend with aecomp._backend; imported by ``aecomp.ops`` (so by ``import aecomp``).
+
+The C++ ops (``torch.ops.aecomp.*``) are registered with torch here, at import: loading
+``aecomp._C`` runs its TORCH_LIBRARY block, then their fake (compile) and ONNX translations
+are added, so direct calls, ``opcheck``, ``torch.jit.load`` of a traced model and
+``torch.onnx.export`` work right after ``import aecomp``. The triton backend is registered on
+first use (importing triton takes a while).
+"""
 from __future__ import annotations
 
-import torch
-
 from .. import _ext
-from .._backend import Backend, register_backend
+from .._backend import Backend, add_lazy_registration, register_backend
 from . import _cpp, _reference
 
 register_backend(
@@ -26,23 +31,27 @@ register_backend(_cpp.CPU)
 register_backend(_cpp.CUDA)
 
 if _ext.load()[0] is not None:
-    from . import _fake
+    from . import _fake, _onnx
 
     _fake.register()
+    _onnx.register()
 
-try:
-    from . import _triton
-except Exception as exc:  # triton missing or broken: say why in `aecomp info`
-    _reason = f"{type(exc).__name__}: {exc}"
-    register_backend(
-        Backend(
-            name="triton",
-            probe=lambda: (False, f"the triton backend could not be loaded ({_reason}); `pip install triton`"),
-            devices=lambda: frozenset(),
-            how_to_get="Install triton (`pip install triton`, Linux only).",
+
+def _register_triton() -> None:
+    try:
+        from . import _triton
+    except Exception as exc:  # triton missing or broken: say why in `aecomp info`
+        reason = f"{type(exc).__name__}: {exc}"
+        register_backend(
+            Backend(
+                name="triton",
+                probe=lambda: (False, f"the triton backend could not be loaded ({reason}); `pip install triton`"),
+                devices=lambda: frozenset(),
+                how_to_get="Install triton (`pip install triton`, Linux only).",
+            )
         )
-    )
-else:
-    register_backend(_triton.BACKEND)
+    else:
+        register_backend(_triton.BACKEND)
 
-del torch
+
+add_lazy_registration(_register_triton)

@@ -436,6 +436,59 @@ _LIB.impl("mlp_mse_loss", _mlp_mse_loss_composite, "CompositeImplicitAutograd")
 # ----------------------------------------------------------------------------------------
 # autograd
 # ----------------------------------------------------------------------------------------
+# Second order. The backward kernels' results carry no graph, so when a backward runs with
+# create_graph=True (grad mode on inside it) each backward below is computed with
+# differentiable torch ops instead (the same math as the C++ ops' "second order" path in
+# csrc/ops.cpp): linear_act and mse_loss by their formulas on the saved tensors (the saved
+# output y keeps its graph, so act'(y) is differentiated too); chains by recomputing the
+# forward from the saved inputs and differentiating that with create_graph, each input slot
+# aliased first so a tensor passed in two slots (target = x) gets each slot's own gradient.
+def _linear_act_grad_with_graph(ctx, grad_y, x, weight, y, need_x, need_weight, need_bias):
+    if ctx.activation == "relu":
+        gz = torch.ops.aten.threshold_backward(grad_y, y, 0)
+    elif ctx.activation == "sigmoid":
+        gz = torch.ops.aten.sigmoid_backward(grad_y, y)
+    else:
+        gz = grad_y
+    gz2 = gz.reshape(-1, weight.shape[0])
+    return (gz.matmul(weight) if need_x else None,
+            gz2.t().mm(x.reshape(-1, weight.shape[1])) if need_weight else None,
+            gz2.sum(0) if need_bias else None, None)
+
+
+def _mse_grad_input_with_graph(grad, input, target, reduction):
+    d = (input - target) * grad * 2
+    return d / input.numel() if reduction == "mean" else d
+
+
+def _grad_with_graph(out, grad, slots, need):
+    """d <out, grad> / d slot for each needed slot, with a graph; None elsewhere."""
+    want = [s for s, n in zip(slots, need) if n]
+    got = iter(torch.autograd.grad(out, want, grad, retain_graph=True, create_graph=True, allow_unused=True)
+               if want else ())
+    return [next(got) if n else None for n in need]
+
+
+def _chain_with_graph(slots, layers: int, has_bias, activations: str):
+    h, j = slots[0], 0
+    for i, act in enumerate(activations.split(",")):
+        b = None
+        if has_bias[i]:
+            b = slots[1 + layers + j]
+            j += 1
+        h = torch.nn.functional.linear(h, slots[1 + i], b)
+        h = torch.relu(h) if act == "relu" else torch.sigmoid(h) if act == "sigmoid" else h
+    return h
+
+
+def _chain_slots_with_graph(ctx, x, weights, biases, extra=()):
+    slots = [x, *weights, *biases, *extra]
+    need = [bool(ctx.needs_input_grad[0]), *(bool(n) for n in ctx.needs_input_grad[1]),
+            *(bool(n) for n in ctx.needs_input_grad[2])]
+    need += [bool(ctx.needs_input_grad[5])] if extra else []
+    return [s.view_as(s) if n else s for s, n in zip(slots, need)], need
+
+
 def _linear_act_setup_context(ctx, inputs, output):
     x, weight, bias, activation = inputs
     ctx.save_for_backward(x, weight, output)
@@ -447,6 +500,8 @@ def _linear_act_grad(ctx, grad_y):
     x, weight, y = ctx.saved_tensors
     need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
     need_bias = bool(need_bias and ctx.has_bias)
+    if torch.is_grad_enabled():  # create_graph: differentiable ops (see "second order")
+        return _linear_act_grad_with_graph(ctx, grad_y, x, weight, y, need_x, need_weight, need_bias)
     dx, dw, db = linear_act_backward_op(grad_y, x, weight, y, ctx.activation, bool(need_x), bool(need_weight),
                                         need_bias)
     return (dx if need_x else None, dw if need_weight else None, db if need_bias else None, None)
@@ -461,12 +516,16 @@ def _mse_setup_context(ctx, inputs, output):
 def _mse_grad(ctx, grad):
     input, target = ctx.saved_tensors
     need_input, need_target = (bool(n) for n in ctx.needs_input_grad[:2])
+    if torch.is_grad_enabled():  # create_graph: differentiable ops (see "second order")
+        d = _mse_grad_input_with_graph(grad, input, target, ctx.reduction)
+        return (d if need_input else None, -d if need_target else None, None)
     gi, gt = mse_loss_backward_op(grad, input, target, ctx.reduction, need_input, need_target)
     return (gi if need_input else None, gt if need_target else None, None)
 
 
-def _chain_setup(ctx, x, weights, has_bias, activations, outputs, non_differentiable, extra=()):
-    ctx.save_for_backward(x, *extra, *weights, *outputs)
+def _chain_setup(ctx, x, weights, has_bias, activations, outputs, non_differentiable, extra=(), biases=()):
+    # the biases come last: only the second-order path reads them
+    ctx.save_for_backward(x, *extra, *weights, *outputs, *biases)
     ctx.layers = len(weights)
     ctx.activations = activations
     ctx.has_bias = [bool(h) for h in has_bias]
@@ -497,7 +556,7 @@ def _no_grads(ctx):
 
 def _mlp_forward_setup_context(ctx, inputs, output):
     x, weights, biases, has_bias, activations = inputs
-    _chain_setup(ctx, x, weights, has_bias, activations, output, output[:-1])
+    _chain_setup(ctx, x, weights, has_bias, activations, output, output[:-1], biases=biases)
 
 
 def _mlp_forward_grad(ctx, grads):
@@ -506,7 +565,11 @@ def _mlp_forward_grad(ctx, grads):
         return (*_no_grads(ctx), None, None)
     L = ctx.layers
     saved = ctx.saved_tensors
-    x, weights, outputs = saved[0], list(saved[1:1 + L]), list(saved[1 + L:])
+    x, weights, outputs, biases = saved[0], list(saved[1:1 + L]), list(saved[1 + L:1 + 2 * L]), saved[1 + 2 * L:]
+    if torch.is_grad_enabled():  # create_graph (see "second order")
+        slots, need = _chain_slots_with_graph(ctx, x, weights, biases)
+        g = _grad_with_graph(_chain_with_graph(slots, L, ctx.has_bias, ctx.activations), grad, slots, need)
+        return g[0], g[1:1 + L], g[1 + L:], None, None
     need_bias = _need_bias(ctx)
     g = mlp_backward_op(grad, x, weights, outputs, ctx.activations, bool(ctx.needs_input_grad[0]), need_bias)
     return (*_chain_grads(ctx, g, need_bias), None, None)
@@ -514,7 +577,7 @@ def _mlp_forward_grad(ctx, grads):
 
 def _mlp_mse_forward_setup_context(ctx, inputs, output):
     x, weights, biases, has_bias, activations, target, reduction = inputs
-    _chain_setup(ctx, x, weights, has_bias, activations, output[1:], output[1:], extra=(target,))
+    _chain_setup(ctx, x, weights, has_bias, activations, output[1:], output[1:], extra=(target,), biases=biases)
     ctx.reduction = reduction
 
 
@@ -524,7 +587,13 @@ def _mlp_mse_forward_grad(ctx, grads):
         return (*_no_grads(ctx), None, None, None, None)
     L = ctx.layers
     saved = ctx.saved_tensors
-    x, target, weights, outputs = saved[0], saved[1], list(saved[2:2 + L]), list(saved[2 + L:])
+    x, target, weights = saved[0], saved[1], list(saved[2:2 + L])
+    outputs, biases = list(saved[2 + L:2 + 2 * L]), saved[2 + 2 * L:]
+    if torch.is_grad_enabled():  # create_graph (see "second order")
+        slots, need = _chain_slots_with_graph(ctx, x, weights, biases, extra=(target,))
+        y = _chain_with_graph(slots, L, ctx.has_bias, ctx.activations)
+        g = _grad_with_graph(torch.nn.functional.mse_loss(y, slots[-1], reduction=ctx.reduction), grad, slots, need)
+        return g[0], g[1:1 + L], g[1 + L:-1], None, None, g[-1], None
     need_bias = _need_bias(ctx)
     g = mlp_mse_backward_op(grad, x, weights, outputs, ctx.activations, target, ctx.reduction,
                             bool(ctx.needs_input_grad[0]), need_bias)

@@ -46,18 +46,24 @@ except ImportError:  # pragma: no cover - older/newer torch
 
 from .. import _ext
 from .._backend import requested_backend
+from ..nn import accelerated_chain
 from ..ops import mlp_mse_loss
 
 
 def _chain(model) -> Tuple[List[torch.nn.Linear], List[str], Optional[str]]:
     """(layers, activations, backend) of a model whose loss is mse(chain(x), x), or raise."""
     fused_chain = getattr(model, "fused_chain", None)
-    if fused_chain is None:
-        raise NotImplementedError(
-            f"FusedStep: {type(model).__name__} has no fused_chain(); it takes aecomp.models.Autoencoder "
-            "and other models whose loss is mse(chain(x), x)"
-        )
-    layers, backend = fused_chain()
+    if fused_chain is None:  # a user's model after aecomp.accelerate: the chain is read off its forward
+        try:
+            layers, backend = accelerated_chain(model)
+        except NotImplementedError as exc:
+            raise NotImplementedError(
+                f"FusedStep: {type(model).__name__} has no fused_chain() and is not an accelerated chain ({exc}); "
+                "it takes aecomp.models.Autoencoder, aecomp.accelerate(model) where model(x) is Linear/ReLU/Sigmoid "
+                "layers only, and other models whose loss is mse(chain(x), x)"
+            ) from None
+    else:
+        layers, backend = fused_chain()
     return list(layers), [layer.activation for layer in layers], backend
 
 
