@@ -105,8 +105,9 @@ def test_nan_propagates_through_the_epilogues():
 
 def test_results_do_not_depend_on_the_thread_count():
     C = _ext.load()[0]
-    x, w, b = torch.randn(1023, 784), torch.randn(256, 784), torch.randn(256)  # above the 1-thread cutoff
-    gz, h = torch.randn(1023, 256), torch.randn(1023, 784)
+    # 1023 x 512 x 1024 multiply-adds: above the one-thread cutoff (2^28), so 2 threads split it
+    x, w, b = torch.randn(1023, 1024), torch.randn(512, 1024), torch.randn(512)
+    gz, h = torch.randn(1023, 512), torch.randn(1023, 1024)
     before = torch.get_num_threads()
     outs = []
     try:
