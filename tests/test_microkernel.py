@@ -105,8 +105,9 @@ def test_nan_propagates_through_the_epilogues():
 
 def test_results_do_not_depend_on_the_thread_count():
     C = _ext.load()[0]
-    x, w, b = torch.randn(1023, 784), torch.randn(256, 784), torch.randn(256)  # above the 1-thread cutoff
-    gz, h = torch.randn(1023, 256), torch.randn(1023, 784)
+    # 1023 x 512 x 1024 multiply-adds: above the one-thread cutoff (2^28), so 2 threads split it
+    x, w, b = torch.randn(1023, 1024), torch.randn(512, 1024), torch.randn(512)
+    gz, h = torch.randn(1023, 512), torch.randn(1023, 1024)
     before = torch.get_num_threads()
     outs = []
     try:
@@ -135,6 +136,19 @@ _ISA_SCRIPT = textwrap.dedent("""
         dw, db = C._mk_wgrad(gz, x)
         torch.testing.assert_close(dw, (gz.double().t() @ x.double()).float(), rtol=1e-5, atol=1e-5 * m ** 0.5)
         torch.testing.assert_close(db, gz.double().sum(0).float(), rtol=1e-5, atol=1e-5 * m ** 0.5)
+    # the optimizer epilogues of this ISA against torch.optim (column edges: widths 45, 23, 7)
+    import copy
+    from aecomp.models import Autoencoder
+    from aecomp.train import FusedStep, PlainStep
+    for make in (lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+                 lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3)):
+        m1 = Autoencoder((45, 23, 7)); m2 = copy.deepcopy(m1)
+        f, p = FusedStep(m1, make(m1.parameters())), PlainStep(m2.loss, make(m2.parameters()))
+        assert f.uses_fused_optimizer(torch.rand(2, 45))
+        for _ in range(5):
+            x = torch.rand(13, 45); f.step(x); p.step(x)
+        for a, b in zip(m1.parameters(), m2.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
     print("ok")
 """)
 

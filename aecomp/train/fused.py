@@ -152,18 +152,39 @@ class FusedStep:
         return ok
 
     def _fused_optim_args(self, weights, biases):
-        """The per-parameter arguments of mlp_mse_train_step, creating torch.optim's state lazily."""
+        """The per-parameter arguments of mlp_mse_train_step, creating torch.optim's state lazily.
+
+        The state lists are cached while the optimizer's state dict, its param groups and the
+        parameters are the same objects (load_state_dict replaces them, so a resume rebuilds);
+        the hyper-parameters are read every step (LR schedulers)."""
         opt = self.optimizer
         kind = _fused_optimizer_kind(opt)
         if kind is None:
             return None
-        group_index = {}
         hyper: List[float] = []
-        for gi, g in enumerate(opt.param_groups):
+        for g in opt.param_groups:
             hyper.extend(_hyper_row(opt, kind, g))
+        params = list(weights) + list(biases)
+        token = (kind, id(opt.state), len(opt.state), tuple(map(id, opt.param_groups)),
+                 tuple(len(g["params"]) for g in opt.param_groups))
+        cached = getattr(self, "_optim_cache", None)
+        if cached is not None and cached[0] == token and all(a is b for a, b in zip(cached[1], params)):
+            return (hyper, *cached[2])
+        args = self._build_optim_args(opt, kind, params)
+        if args is not None:
+            for p in params:
+                if p is not None:
+                    p.grad = None  # the fused step writes no gradient; drop stale ones once
+            token = token[:2] + (len(opt.state),) + token[3:]  # the build may have created state
+            first = args[-1]
+            self._optim_cache = None if any(first) else (token, params, args)
+        return None if args is None else (hyper, *args)
+
+    def _build_optim_args(self, opt, kind, params):
+        group_index = {}
+        for gi, g in enumerate(opt.param_groups):
             for p in g["params"]:
                 group_index[p] = gi
-        params = list(weights) + list(biases)
         group_of, state1, state2, steps, first = [], [], [], [], []
         for p in params:
             gi = group_index.get(p, -1) if p is not None and p.requires_grad else -1
@@ -191,7 +212,7 @@ class FusedStep:
             state2.append(s2)
             steps.append(st)
             first.append(fst)
-        return hyper, group_of, state1, state2, steps, first
+        return group_of, state1, state2, steps, first
 
     def step(self, batch, weight: Optional[float] = None) -> torch.Tensor:
         batch_input = getattr(self.model, "batch_input", None)
@@ -207,13 +228,8 @@ class FusedStep:
                 and hasattr(_ext._C, "mlp_mse_train_step")):
             args = self._fused_optim_args(weights, biases)
             if args is not None:
-                for p in weights + biases:
-                    if p is not None:
-                        p.grad = None
-                with torch.no_grad():
-                    loss = _ext._C.mlp_mse_train_step(
-                        x, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],
-                        self._acts, x, "mean", *args)
+                with torch.no_grad():  # the C++ call reads and updates the parameters in place
+                    loss = _ext._C.mlp_mse_train_step(x, weights, biases, self._acts, x, "mean", *args)
                 self.optimizer._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
                 return loss
         if weight is None and self._direct_cpu(x) and torch.is_grad_enabled():

@@ -14,7 +14,7 @@
 //           so no gradient tensor is written and read back.
 // Optimizer (OptimArgs), element-wise on the finished gradient tile, torch.optim's formulas:
 //   Adam/AdamW: g += wd p (Adam) | p *= 1 - lr wd (AdamW);  m += (1 - b1)(g - m);
-//               v = b2 v + (1 - b2) g^2;  p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+//               v = b2 v + (1 - b2) g^2;  p -= step_size * m / (sqrt(v) * (1 / bc2_sqrt) + eps)
 //               with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) (computed by the caller)
 //   SGD:        g += wd p;  buf = g (first step) | momentum buf + (1 - dampening) g;
 //               g = g + momentum buf (nesterov) | buf;  p -= lr g     (momentum 0: p -= lr g)

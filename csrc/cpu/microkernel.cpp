@@ -83,17 +83,28 @@ void run_tiles(int64_t ntiles, int64_t flops, TileFn fn, void* ctx) {
   at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) { fn(ctx, t0, t1); });
 }
 
+// Transposes in blocks of kKb k's, so the destination block (kKb x nr floats) stays in L1
+// while the nr source rows are read contiguously.
 AECOMP_MK_CLONES void pack_bt(const float* __restrict w, int64_t n, int64_t k, int64_t ldw, int nr,
                               float* __restrict out) {
+  constexpr int64_t kKb = 16;
   const int64_t panels = ceil_div(n, nr);
   for (int64_t p = 0; p < panels; ++p) {
     float* __restrict dst = out + p * k * nr;
     const int64_t j0 = p * nr;
     const int64_t cols = std::min<int64_t>(nr, n - j0);
     if (cols < nr) std::memset(dst, 0, sizeof(float) * k * nr);
-    for (int64_t jj = 0; jj < cols; ++jj) {
-      const float* __restrict src = w + (j0 + jj) * ldw;
-      for (int64_t kk = 0; kk < k; ++kk) dst[kk * nr + jj] = src[kk];
+    for (int64_t k0 = 0; k0 < k; k0 += kKb) {
+      const int64_t kb = std::min<int64_t>(kKb, k - k0);
+      for (int64_t jj = 0; jj < cols; ++jj) {
+        const float* __restrict src = w + (j0 + jj) * ldw + k0;
+        float* __restrict d = dst + k0 * nr + jj;
+        if (kb == kKb) {
+          for (int64_t kk = 0; kk < kKb; ++kk) d[kk * nr] = src[kk];
+        } else {
+          for (int64_t kk = 0; kk < kb; ++kk) d[kk * nr] = src[kk];
+        }
+      }
     }
   }
 }

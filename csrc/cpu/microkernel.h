@@ -140,8 +140,11 @@ const char* isa_name(Isa isa);
 int tile_mr(Isa isa);
 int tile_nr(Isa isa);
 
-// Work (multiply-adds) below which a GEMM runs on one thread.
-constexpr int64_t kParallelMinFlops = int64_t(1) << 22;
+// Work (multiply-adds) below which a GEMM runs on one thread. Measured on the shared 2-vCPU
+// VM (benchmarks/bench_cpu_direct.py): with 2^25 the batch-1024 training step ran 0.85x as
+// fast on 2 threads as on 1 (the second vCPU is busy with other work), so only GEMMs of more
+// than 2^28 multiply-adds (e.g. 1024 x 1024 x 256) are split.
+constexpr int64_t kParallelMinFlops = int64_t(1) << 28;
 
 // Runs fn(t0, t1) over [0, ntiles) split in contiguous ranges: one thread when
 // flops < kParallelMinFlops, else up to at::get_num_threads(). fn must be thread-safe and its

@@ -44,10 +44,12 @@ bool use_microkernel(int64_t M, int64_t N, int64_t K) {
     case GemmPath::Aten: return false;
     default: break;
   }
-  // Crossover measured with benchmarks/bench_gemm_crossover.py (one thread): the microkernels
-  // win on the skinny shapes of these layers; ATen's sgemm wins on large square ones.
+  // Crossover (benchmarks/bench_gemm_crossover.py, one thread, AVX-512 Zen 4, thread CPU time):
+  // the microkernels are at 0.9-1.25x ATen's sgemm on every shape measured up to 768^3 and on
+  // the skinny shapes of these layers at any batch (4096 x 784 x 128: 1.23x); square 1024^3 and
+  // 1536^3 were 0.97-0.98x (noise level), so ATen keeps the large square shapes.
   const int64_t small = std::min(M, std::min(N, K));
-  return small <= 256 || M * N * K <= (int64_t(1) << 27);
+  return small <= 256 || M * N * K <= (int64_t(1) << 29);
 }
 
 static Tensor rows_contig(const Tensor& t) {
