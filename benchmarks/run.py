@@ -513,9 +513,13 @@ def run(args: argparse.Namespace) -> int:
         rest = [g for g in only if g != "inference"]
         out = None
         if not args.no_save:
-            results_dir = Path(args.results_dir) if args.results_dir else _machine.RESULTS_DIR
-            results_dir.mkdir(parents=True, exist_ok=True)
-            out = results_dir / f"{_machine.machine_tag('cpu', args.machine)}.jsonl"
+            try:
+                inference_dir = results_dir(args)  # same rule as every group: a user folder unless --publish
+            except RunnerError as exc:
+                print(f"benchmarks.run: error: {exc}", file=sys.stderr)
+                return 2
+            inference_dir.mkdir(parents=True, exist_ok=True)
+            out = inference_dir / f"{_machine.machine_tag('cpu', args.machine)}.jsonl"
         fh = open(out, "a") if out else None
         try:
             tag = _machine.machine_tag("cpu", args.machine)

@@ -156,7 +156,9 @@ def device_aot(tmp_path_factory):
     if py is None:
         pytest.skip("no .venv-triton36 (scripts/setup.sh makes it; AECOMP_NO_TRITON36=1 skipped it)")
     out = tmp_path_factory.mktemp("aot36") / "aot.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # the device venv's own triton must win: no interpreter flag, and no PYTHONPATH/PYTHONHOME that an
+    # earlier test (or a library it started, e.g. Ray) left in os.environ pointing at the main venv
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH", "PYTHONHOME")}
     run = subprocess.run([py, os.path.join(ROOT, "tests", "_triton_aot_jobs.py"), "--out", str(out)], cwd=ROOT,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:]
