@@ -35,10 +35,8 @@ class EagerAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def eager_step_fn(batch, fused=False):
-    model = EagerAutoencoder()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-    crit = nn.MSELoss()
+def _usual_loop(model, opt, crit, batch):
+    """The seed's training step: zero_grad, loss, backward, step."""
     x = torch.rand(batch, 784)
 
     def step():
@@ -48,6 +46,11 @@ def eager_step_fn(batch, fused=False):
         opt.step()
 
     return step
+
+
+def eager_step_fn(batch, fused=False):
+    model = EagerAutoencoder()
+    return _usual_loop(model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused), nn.MSELoss(), batch)
 
 
 def fused_step_fn(batch):
@@ -61,17 +64,7 @@ def accelerated_step_fn(batch):
     """The eager model and its usual loop, after ``aecomp.accelerate`` (issue 12: target 1.25x
     eager with the same optimizer at batch 64)."""
     model = aecomp.accelerate(EagerAutoencoder())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    crit = aecomp.accelerate(nn.MSELoss())
-    x = torch.rand(batch, 784)
-
-    def step():
-        opt.zero_grad()
-        loss = crit(model(x), x)
-        loss.backward()
-        opt.step()
-
-    return step
+    return _usual_loop(model, torch.optim.Adam(model.parameters(), lr=1e-3), aecomp.accelerate(nn.MSELoss()), batch)
 
 
 STEPS = {"eager": eager_step_fn, "eager_fused_adam": lambda b: eager_step_fn(b, fused=True),
