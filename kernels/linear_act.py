@@ -183,6 +183,35 @@ def linear_act_dgrad_kernel(
 
 
 @triton.jit
+def _wgrad_tile(N, K, COMPUTE_DW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    """This wgrad program's ``(pid_k, split, rn, rk, nmask, kmask)``: its ``dW`` tile (grouped
+    launch order over ``program_id(0)``) and its row split ``program_id(1)``."""
+    if COMPUTE_DW:
+        n_k = tl.maximum(tl.cdiv(K, BLOCK_K), 1)
+    else:
+        n_k = 1
+    pid_n, pid_k = _tile_ids(tl.program_id(0), tl.cdiv(N, BLOCK_N), n_k, GROUP_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    return pid_k, tl.program_id(1), rn, rk, rn < N, rk < K
+
+
+@triton.jit
+def _split_sum(src_ptr, S, numel, BLOCK: tl.constexpr):
+    """``(offs, mask, sum_{s = 0..S-1} src[s, offs])`` for this program's ``BLOCK`` elements
+    (float32, in split order)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    ptrs = src_ptr + offs
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in range(0, S):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += numel
+    return offs, mask, acc
+
+
+@triton.jit
 def _wgrad_rows(g_ptr, y_ptr, x_ptr, split, rn, rk, nmask, kmask, M, rows_per_split,
                 stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
                 COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
@@ -228,16 +257,7 @@ def linear_act_wgrad_kernel(
     """For rows ``[s R, min((s+1) R, M))`` of split ``s = program_id(1)``:
     ``dW_s[n, k] = sum_m gz[m, n] x[m, k]`` on one ``[BLOCK_N, BLOCK_K]`` tile and, from the
     programs of the first K tile, ``db_s[n] = sum_m gz[m, n]``; rows in increasing order."""
-    if COMPUTE_DW:
-        n_k = tl.maximum(tl.cdiv(K, BLOCK_K), 1)
-    else:
-        n_k = 1
-    pid_n, pid_k = _tile_ids(tl.program_id(0), tl.cdiv(N, BLOCK_N), n_k, GROUP_M)
-    split = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    nmask = rn < N
-    kmask = rk < K
+    pid_k, split, rn, rk, nmask, kmask = _wgrad_tile(N, K, COMPUTE_DW, BLOCK_N, BLOCK_K, GROUP_M)
     acc, db_acc = _wgrad_rows(g_ptr, y_ptr, x_ptr, split, rn, rk, nmask, kmask, M, rows_per_split,
                               stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
                               COMPUTE_DW, COMPUTE_DB, ACT, PRECISION, BLOCK_N, BLOCK_K, BLOCK_M)
@@ -254,13 +274,7 @@ def linear_act_wgrad_kernel(
 @triton.jit
 def sum_splits_kernel(src_ptr, dst_ptr, S, numel, BLOCK: tl.constexpr):
     """``dst[i] = sum_{s = 0..S-1} src[s, i]`` (float32, in split order), cast to dst's dtype."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    ptrs = src_ptr + offs
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(0, S):
-        acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += numel
+    offs, mask, acc = _split_sum(src_ptr, S, numel, BLOCK)
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
 
 

@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 
 from . import _configs
-from .linear_act import INTERPRETED, _tile_ids, _wgrad_rows, device_family, precision_for, wgrad_splits
+from .linear_act import INTERPRETED, _split_sum, _wgrad_rows, _wgrad_tile, device_family, precision_for, wgrad_splits
 
 __all__ = ["INTERPRETED", "OptimHyper", "wgrad_optim"]
 
@@ -109,13 +109,7 @@ def wgrad_optim_kernel(
     """``dW`` tile (and ``db``) over rows ``[s R, min((s+1) R, M))``; with one split, the optimizer
     update of that ``W`` (``b``) tile in the epilogue, else float32 partials ``[S, N, K]``/``[S, N]``.
     ``W``, ``b`` and their state are contiguous (flat index ``n K + k``)."""
-    n_k = tl.maximum(tl.cdiv(K, BLOCK_K), 1)
-    pid_n, pid_k = _tile_ids(tl.program_id(0), tl.cdiv(N, BLOCK_N), n_k, GROUP_M)
-    split = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    nmask = rn < N
-    kmask = rk < K
+    pid_k, split, rn, rk, nmask, kmask = _wgrad_tile(N, K, True, BLOCK_N, BLOCK_K, GROUP_M)
     acc, db_acc = _wgrad_rows(g_ptr, y_ptr, x_ptr, split, rn, rk, nmask, kmask, M, rows_per_split,
                               stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
                               True, HAS_BIAS, ACT, PRECISION, BLOCK_N, BLOCK_K, BLOCK_M)
@@ -142,13 +136,7 @@ def sum_splits_optim_kernel(src_ptr, p_ptr, s1_ptr, s2_ptr, S, numel, lr, beta1,
                             momentum, dampening, KIND: tl.constexpr, MOM: tl.constexpr, NESTEROV: tl.constexpr,
                             BLOCK: tl.constexpr):
     """``g[i] = sum_{s = 0..S-1} src[s, i]`` (float32, in split order) and the update of ``p[i]``."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    ptrs = src_ptr + offs
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(0, S):
-        acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += numel
+    offs, mask, acc = _split_sum(src_ptr, S, numel, BLOCK)
     _apply(p_ptr + offs, s1_ptr + offs, s2_ptr + offs, acc, mask, lr, beta1, beta2, eps, wd, decay, bc1, sbc2,
            momentum, dampening, KIND, MOM, NESTEROV)
 
