@@ -138,3 +138,39 @@ def test_triton_fused_optimizer_qualification():
     assert _fused_optimizer_kind(torch.optim.SGD(p, lr=0.1, maximize=True)) is None
     assert _fused_optimizer_kind(torch.optim.RMSprop(p)) is None
     assert _fused_optimizer_kind(torch.optim.AdamW(p)) is not None
+
+
+@interpreted
+def test_triton_fused_step_plain_path_for_other_optimizers():
+    """An optimizer that does not qualify (Adam with amsgrad) takes the plain path: gradients are
+    written and torch.optim steps; the result equals the plain step's."""
+    from aecomp.models import Autoencoder
+    from aecomp.train import FusedStep
+
+    torch.manual_seed(2)
+    m1 = Autoencoder((7, 13, 5), backend="triton")
+    m2 = copy.deepcopy(m1)
+    o1, o2 = (torch.optim.Adam(m.parameters(), lr=1e-2, amsgrad=True) for m in (m1, m2))
+    x = torch.rand(9, 7)
+    FusedStep(m1, o1).step(x)
+    assert all(p.grad is not None for p in m1.parameters())
+    m2.loss(x).backward()
+    o2.step()
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_triton_fused_step_bad_input():
+    """One clear error naming the argument: non-contiguous state, a hyper-parameter list of the
+    wrong length (checked on the host, before any kernel)."""
+    from aecomp.kernels.optim import ADAM, OptimHyper, wgrad_optim
+    from aecomp.ops._triton import mlp_mse_train_step_triton
+
+    w = torch.zeros(6, 4).t()  # [4, 6], not contiguous
+    h, g = torch.zeros(3, 6), torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="weight must be contiguous"):
+        wgrad_optim(g, h, g, 0, w, None, (None, None), (None, None), OptimHyper(ADAM, 1e-3))
+    ws = [torch.zeros(4, 6), torch.zeros(6, 4)]
+    with pytest.raises(ValueError, match="one hyper-parameter set and one state pair per layer"):
+        mlp_mse_train_step_triton(torch.zeros(3, 6), ws, [None, None], ["relu", "none"], torch.zeros(3, 6), "mean",
+                                  [OptimHyper(ADAM, 1e-3)], [])

@@ -702,11 +702,11 @@ def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     contiguous. Returns the loss (detached)."""
     op = f"{NAMESPACE}::mlp_mse_train_step"
     weights, biases = [w.detach() for w in weights], [None if b is None else b.detach() for b in biases]
-    acts = _check_chain(op, x, weights, biases, ",".join(activations))
-    _check_target(op, x, weights, target, reduction)
     if len(hypers) != len(weights) or len(states) != len(weights):
         raise ValueError(f"{op}: need one hyper-parameter set and one state pair per layer ({len(weights)}), "
                          f"got {len(hypers)} and {len(states)}")
+    acts = _check_chain(op, x, weights, biases, ",".join(activations))
+    _check_target(op, x, weights, target, reduction)
     if _rows_of(x) == 0:
         raise ValueError(f"{op}: an empty batch (x {tuple(x.shape)}) takes the plain path")
     with torch.no_grad():
