@@ -15,7 +15,9 @@ parameters and state over 3 steps (lr 2e-3 .. 0.2 moves a parameter ~lr per step
 Shapes: the 7-13-5-13-7 autoencoder (four layers, one fused chain kernel) at batch 20 (one wgrad
 row split: the update runs in the GEMM epilogue) and batch 33 (AdamW, SGD with momentum; two splits: the update runs in the
 final split-sum pass), and 7-200-7 in float32 (200 exceeds the on-chip limit: each layer is a
-one-layer piece, dgrad by linear_act then the fused update).
+one-layer piece, dgrad by linear_act then the fused update). Also: one SGD step against the
+float64 chain (the update uses the gradient of the OLD weights), bfloat16 parameters and state
+(looser tolerance, see that test), a non-qualifying optimizer taking the plain path, bad input.
 """
 from __future__ import annotations
 
@@ -174,3 +176,31 @@ def test_triton_fused_step_bad_input():
     with pytest.raises(ValueError, match="one hyper-parameter set and one state pair per layer"):
         mlp_mse_train_step_triton(torch.zeros(3, 6), ws, [None, None], ["relu", "none"], torch.zeros(3, 6), "mean",
                                   [OptimHyper(ADAM, 1e-3)], [])
+
+
+@interpreted
+def test_triton_fused_optimizer_bfloat16():
+    """bfloat16 parameters and state: the fused update runs in float32 on the float32 gradient
+    (the plain path rounds dW to bfloat16 and torch.optim computes in bfloat16), so after 3 Adam
+    steps the parameters agree to a few bfloat16 ulps: atol 1.2e-2 (~6 ulps at |p| < 0.5;
+    measured 3e-3 .. 6e-3)."""
+    from aecomp.models import Autoencoder
+    from aecomp.train import FusedStep
+
+    torch.manual_seed(0)
+    m1 = Autoencoder((7, 13, 5), backend="triton").to(torch.bfloat16)
+    m2 = copy.deepcopy(m1)
+    o1, o2 = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (m1, m2))
+    start = [p.detach().clone() for p in m1.parameters()]
+    fused = FusedStep(m1, o1)
+    for _ in range(3):
+        x = torch.rand(20, 7).to(torch.bfloat16)
+        fused.step(x)
+        assert all(p.grad is None for p in m1.parameters())
+        o2.zero_grad()
+        m2.loss(x).backward()
+        o2.step()
+    for p, q, p0 in zip(m1.parameters(), m2.parameters(), start):
+        assert p.dtype == torch.bfloat16 and o1.state[p]["exp_avg"].dtype == torch.bfloat16
+        torch.testing.assert_close(p.float(), q.float(), rtol=0, atol=1.2e-2)
+        assert (p.float() - p0.float()).abs().max() > 1e-2  # moved (lr 1e-2, 3 steps)
