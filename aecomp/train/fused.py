@@ -26,6 +26,12 @@ torch.optim creates it and updated in place, so ``optimizer.state_dict()``, chec
 resume work unchanged; hyper-parameters are read from ``param_groups`` every step (LR
 schedulers work). Anything else takes the plain path: gradients, then ``optimizer.step()``.
 
+On the triton backend (CUDA tensors; CPU tensors under TRITON_INTERPRET=1), float32 or
+bfloat16, the same optimizers take ``aecomp.ops._triton.mlp_mse_train_step_triton``: the chain
+forward and dgrad kernels, then per layer one weight-gradient GEMM that updates each ``W``/``b``
+tile in its epilogue (kernels/optim.py), when every parameter is trained, contiguous, of the
+batch's dtype, and each layer's weight and bias share a param group; the plain path otherwise.
+
 On the GPU, ``cuda_graph=True`` captures the whole step (forward, loss, backward, optimizer)
 in a ``torch.cuda.CUDAGraph`` per batch shape and replays it: for small batches the step is
 then one launch from Python instead of dozens. It needs an optimizer that can be captured
