@@ -182,29 +182,43 @@ def linear_act_dgrad_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(rm < M)[:, None] & (rk < K)[None, :])
 
 
-@triton.jit(do_not_specialize=["M", "rows_per_split"])
-def linear_act_wgrad_kernel(
-    g_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
-    M, N, K, rows_per_split,
-    stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
-    stride_dws, stride_dwn, stride_dwk, stride_dbs, stride_dbn, M_BUCKET,
-    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    """For rows ``[s R, min((s+1) R, M))`` of split ``s = program_id(1)``:
-    ``dW_s[n, k] = sum_m gz[m, n] x[m, k]`` on one ``[BLOCK_N, BLOCK_K]`` tile and, from the
-    programs of the first K tile, ``db_s[n] = sum_m gz[m, n]``; rows in increasing order."""
+@triton.jit
+def _wgrad_tile(N, K, COMPUTE_DW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    """This wgrad program's ``(pid_k, split, rn, rk, nmask, kmask)``: its ``dW`` tile (grouped
+    launch order over ``program_id(0)``) and its row split ``program_id(1)``."""
     if COMPUTE_DW:
         n_k = tl.maximum(tl.cdiv(K, BLOCK_K), 1)
     else:
         n_k = 1
     pid_n, pid_k = _tile_ids(tl.program_id(0), tl.cdiv(N, BLOCK_N), n_k, GROUP_M)
-    split = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    return pid_k, tl.program_id(1), rn, rk, rn < N, rk < K
+
+
+@triton.jit
+def _split_sum(src_ptr, S, numel, BLOCK: tl.constexpr):
+    """``(offs, mask, sum_{s = 0..S-1} src[s, offs])`` for this program's ``BLOCK`` elements
+    (float32, in split order)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    ptrs = src_ptr + offs
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in range(0, S):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += numel
+    return offs, mask, acc
+
+
+@triton.jit
+def _wgrad_rows(g_ptr, y_ptr, x_ptr, split, rn, rk, nmask, kmask, M, rows_per_split,
+                stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
+                COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``(dW tile, db)`` float32 over rows ``[s R, min((s+1) R, M))`` of split ``s``, in row order:
+    ``sum_m gz[m, rn] x[m, rk]`` and ``sum_m gz[m, rn]`` with ``gz = g act'(y)``."""
     rm = tl.arange(0, BLOCK_M)
-    nmask = rn < N
-    kmask = rk < K
     m_start = split * rows_per_split
     m_end = tl.minimum(m_start + rows_per_split, M)
     row0 = m_start.to(tl.int64)
@@ -228,6 +242,25 @@ def linear_act_wgrad_kernel(
         g_ptrs += BLOCK_M * stride_gm
         y_ptrs += BLOCK_M * stride_ym
         x_ptrs += BLOCK_M * stride_xm
+    return acc, db_acc
+
+
+@triton.jit(do_not_specialize=["M", "rows_per_split"])
+def linear_act_wgrad_kernel(
+    g_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
+    M, N, K, rows_per_split,
+    stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
+    stride_dws, stride_dwn, stride_dwk, stride_dbs, stride_dbn, M_BUCKET,
+    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """For rows ``[s R, min((s+1) R, M))`` of split ``s = program_id(1)``:
+    ``dW_s[n, k] = sum_m gz[m, n] x[m, k]`` on one ``[BLOCK_N, BLOCK_K]`` tile and, from the
+    programs of the first K tile, ``db_s[n] = sum_m gz[m, n]``; rows in increasing order."""
+    pid_k, split, rn, rk, nmask, kmask = _wgrad_tile(N, K, COMPUTE_DW, BLOCK_N, BLOCK_K, GROUP_M)
+    acc, db_acc = _wgrad_rows(g_ptr, y_ptr, x_ptr, split, rn, rk, nmask, kmask, M, rows_per_split,
+                              stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
+                              COMPUTE_DW, COMPUTE_DB, ACT, PRECISION, BLOCK_N, BLOCK_K, BLOCK_M)
     s64 = split.to(tl.int64)
     if COMPUTE_DW:
         dw_ptrs = dw_ptr + s64 * stride_dws + rn[:, None].to(tl.int64) * stride_dwn + rk[None, :] * stride_dwk
@@ -241,13 +274,7 @@ def linear_act_wgrad_kernel(
 @triton.jit
 def sum_splits_kernel(src_ptr, dst_ptr, S, numel, BLOCK: tl.constexpr):
     """``dst[i] = sum_{s = 0..S-1} src[s, i]`` (float32, in split order), cast to dst's dtype."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    ptrs = src_ptr + offs
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(0, S):
-        acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += numel
+    offs, mask, acc = _split_sum(src_ptr, S, numel, BLOCK)
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
 
 

@@ -35,6 +35,12 @@ Kernels (generated per number of layers, see below):
   that kernel's fixed-order split-M reduction makes ``dW``/``db`` bitwise deterministic for a
   given tile (what holds across processes: see "Reproducibility" in kernels/linear_act.py; the
   chain tiles are autotuned too, and ``AECOMP_TRITON_AUTOTUNE=off`` pins them).
+* the training step with the optimizer fused in (``chain_backward(..., update=)``, used by
+  ``aecomp.ops._triton.mlp_mse_train_step_triton``): the weight-gradient pass of each layer is
+  :func:`kernels.optim.wgrad_optim_kernel`, which applies Adam / AdamW / SGD to each ``W``/``b``
+  tile where its reduction completes (its epilogue with one row split; else the final
+  split-sum pass) -- launched after the segment's dgrad kernel, the last reader of the old
+  weights (the ordering argument is in kernels/optim.py).
 
 Widths: ``D_0`` and ``D_L`` (the chain's input and output) may be anything; every
 intermediate width ``D_1 .. D_{L-1}`` lives on chip, padded to ``P_i`` = the next power of
@@ -591,8 +597,15 @@ def chain_forward(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequ
 def chain_backward(grad: torch.Tensor, x: torch.Tensor, weights: Sequence[torch.Tensor],
                    outputs: Sequence[torch.Tensor], activations: Sequence[str], need_x: bool,
                    need_bias: Sequence[bool], target: Optional[torch.Tensor] = None, reduction: str = "mean",
-                   wrap_triton: Callable = _plain) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+                   wrap_triton: Callable = _plain, update: Optional[Callable] = None,
+                   ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     """``(dx, [dW_i], [db_i])`` of the chain; ``db_i`` (and ``dx``) not needed is an empty ``[0]``.
+
+    With ``update`` (the optimizer fused into the backward, kernels/optim.py) no ``dW_i``/``db_i``
+    is formed: after the dgrad launch of each segment (the last read of its weights) the
+    layer's weight-gradient pass is ``update(i, g, h_i, y, act_code)`` (gradient ``g act'(y)``
+    w.r.t. the pre-activation, ``h_i`` the layer input), which updates ``W_i``/``b_i`` in place;
+    the returned gradient lists hold empty ``[0]`` tensors.
 
     Without ``target``, ``grad`` is the gradient of the chain's output (``[M, D_L]`` or
     ``[..., D_L]``, any strides). With ``target`` the loss is ``mse(outputs[-1], target)`` and
@@ -631,9 +644,15 @@ def chain_backward(grad: torch.Tensor, x: torch.Tensor, weights: Sequence[torch.
             if last and mse_entry:  # no fused entry for a one-layer piece: form dLoss/dy first
                 g2 = mse_backward(grad, outs[L - 1].reshape(target.shape), target, reduction, True, False,
                                   wrap_triton=wrap_triton)[0].reshape(M, widths[L])
-            gin, dws[i], db = linear_act_backward(g2, h_in, weights[i], outs[i], activations[i], need_in, True,
-                                                  bool(need_bias[i]), wrap_triton=wrap_triton)
-            dbs[i] = db if need_bias[i] else empty()
+            if update is not None:  # dgrad first (reads the old W_i), then the fused update of W_i, b_i
+                gin, _, _ = linear_act_backward(g2, h_in, weights[i], outs[i], activations[i], need_in, False,
+                                                False, wrap_triton=wrap_triton)
+                update(i, g2, h_in, outs[i], ACT_CODES[activations[i]])
+                dws[i], dbs[i] = empty(), empty()
+            else:
+                gin, dws[i], db = linear_act_backward(g2, h_in, weights[i], outs[i], activations[i], need_in, True,
+                                                      bool(need_bias[i]), wrap_triton=wrap_triton)
+                dbs[i] = db if need_bias[i] else empty()
             if need_in:
                 g2 = gin
                 if first:
@@ -667,6 +686,10 @@ def chain_backward(grad: torch.Tensor, x: torch.Tensor, weights: Sequence[torch.
                                       NEED_X=gin is not None, PRECISION=precision)
         for k, i in enumerate(range(seg.start, seg.stop)):
             h_i = h_in if k == 0 else outs[i - 1]
+            if update is not None:  # after the segment's dgrad launch: its W reads are done
+                update(i, zs[k], h_i, zs[k], 0)
+                dws[i], dbs[i] = empty(), empty()
+                continue
             _, dws[i], db = linear_act_backward(zs[k], h_i, weights[i], zs[k], "none", False, True,
                                                 bool(need_bias[i]), wrap_triton=wrap_triton)
             dbs[i] = db if need_bias[i] else empty()

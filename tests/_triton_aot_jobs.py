@@ -144,7 +144,44 @@ def aot_jobs() -> List[Dict]:
             _job("linear_act", "sum_splits_kernel", dtype, {"BLOCK": rb}, ("src_ptr",), (), (), rw, 1,
                  f"sum_splits {rb} w{rw} {dtype}"),
         ]
-    return jobs + chain_jobs() + packed_jobs()
+    return jobs + chain_jobs() + packed_jobs() + optim_jobs()
+
+
+# The optimizer fused into the chain backward (aecomp/kernels/optim.py): the weight-gradient GEMM
+# with the Adam/AdamW update in its epilogue (one row split) for every Hopper tile of it, bfloat16
+# and float32 ieee (the first tile also tf32); the first tile also as SGD with nesterov momentum and
+# as the split variant (float32 partials, no update); the split-sum pass with the update.
+_OPTIM_FLOATS = ("lr", "beta1", "beta2", "eps", "wd", "decay", "bc1", "sbc2", "momentum", "dampening")
+_OPTIM_UNIT = ("stride_gn", "stride_yn", "stride_xk")
+
+
+def optim_jobs() -> List[Dict]:
+    from aecomp.kernels import _configs
+    from aecomp.kernels.optim import epilogue_tiles
+
+    jobs = []
+    roles = _configs.GEMM_ROLES["wgrad"]
+    adam = {"KIND": 1, "MOM": 0, "NESTEROV": False}
+    sgd = {"KIND": 2, "MOM": 2, "NESTEROV": True}
+    for esize, base in ((2, ("bfloat16", "ieee")), (4, ("float32", "ieee"))):
+        for i, t in enumerate(epilogue_tiles("hopper", esize)):
+            variants = [(base, adam, False, "adamw")]
+            if i == 0:
+                variants += [(base, sgd, False, "sgd-nesterov"), (base, adam, True, "split")]
+                if esize == 4:
+                    variants.append((("float32", "tf32"), adam, False, "adamw"))
+            for (dtype, prec), opt, split, name in variants:
+                ce = {roles[0]: t.a, roles[1]: t.b, roles[2]: t.r, "GROUP_M": _configs.GROUP_M, "PRECISION": prec,
+                      "HAS_BIAS": True, "ACT": 0, "SPLIT": split, **opt}
+                label = f"wgrad_optim {name} {t.a}x{t.b}x{t.r} w{t.warps} s{t.stages} {dtype}" + (
+                    f" {prec}" if esize == 4 else "")
+                jobs.append(_job("optim", "wgrad_optim_kernel", dtype, ce, ("dwp_ptr", "dbp_ptr"), _OPTIM_UNIT,
+                                 _OPTIM_FLOATS, t.warps, t.stages, label))
+    rb, rw = _configs.STREAM["hopper"]["REDUCE_BLOCK"], _configs.STREAM["hopper"]["reduce_warps"]
+    for dtype in ("bfloat16", "float32"):
+        jobs.append(_job("optim", "sum_splits_optim_kernel", dtype, {"BLOCK": rb, **adam}, ("src_ptr",), (),
+                         _OPTIM_FLOATS, rw, 1, f"sum_splits_optim adamw {rb} w{rw} {dtype}"))
+    return jobs
 
 
 # Packed-weight inference (aecomp/kernels/packed.py): each Hopper tile of packed_linear_kernel,
@@ -273,7 +310,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--only", choices=("gemm", "chain"), default=None)
+    p.add_argument("--only", choices=("gemm", "chain", "optim"), default=None)
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     args = p.parse_args(argv)
     import triton
@@ -283,6 +320,8 @@ def main(argv=None) -> int:
         jobs = [j for j in jobs if j["module"] == "linear_act" and j["kernel"] != "sum_splits_kernel"]
     elif args.only == "chain":
         jobs = [j for j in jobs if j["module"] == "mlp"]
+    elif args.only == "optim":
+        jobs = [j for j in jobs if j["module"] == "optim"]
     results = run_all(jobs, args.workers)
     with open(args.out, "w") as f:
         json.dump({"triton": triton.__version__, "jobs": jobs, "results": results}, f, indent=1)

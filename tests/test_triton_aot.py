@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _triton_aot_jobs as aot  # noqa: E402
 
 JOBS = aot.aot_jobs()
-TENSOR_CORE_KERNELS = ("linear_act_fwd_kernel", "linear_act_dgrad_kernel", "linear_act_wgrad_kernel")
+TENSOR_CORE_KERNELS = ("linear_act_fwd_kernel", "linear_act_dgrad_kernel", "linear_act_wgrad_kernel",
+                       "wgrad_optim_kernel")
 CHAIN_KERNEL_PREFIXES = ("mlp_fwd_", "mlp_bwd_")
 
 

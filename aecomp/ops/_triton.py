@@ -679,3 +679,43 @@ BACKEND = Backend(
         "TRITON_INTERPRET=1 (Triton's interpreter, slow)."
     ),
 )
+
+
+# ----------------------------------------------------------------------------------------
+# the training step with the optimizer fused into the chain backward (kernels/optim.py)
+# ----------------------------------------------------------------------------------------
+from aecomp.kernels.optim import ADAM, SGD, OptimHyper, wgrad_optim  # noqa: E402
+
+
+def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                              biases: Sequence[Optional[torch.Tensor]], activations: Sequence[str],
+                              target: torch.Tensor, reduction: str, hypers: Sequence,
+                              states: Sequence[Tuple[Sequence[Optional[torch.Tensor]], Sequence[Optional[torch.Tensor]]]],
+                              ) -> torch.Tensor:
+    """One training step, no autograd: the chain forward with the fused MSE loss, the chain
+    backward entered through the loss gradient, and each layer's weight-gradient pass updating
+    ``W_i``/``b_i`` (and the optimizer state) in place -- no gradient tensor is written.
+
+    ``hypers[i]``: the :class:`aecomp.kernels.optim.OptimHyper` of layer ``i`` (its weight and
+    bias share it); ``states[i] = ((w_s1, w_s2), (b_s1, b_s2))``: the optimizer state tensors
+    (``exp_avg``, ``exp_avg_sq`` or ``momentum_buffer``, ``None``). Parameters and state must be
+    contiguous. Returns the loss (detached)."""
+    op = f"{NAMESPACE}::mlp_mse_train_step"
+    weights, biases = [w.detach() for w in weights], [None if b is None else b.detach() for b in biases]
+    if len(hypers) != len(weights) or len(states) != len(weights):
+        raise ValueError(f"{op}: need one hyper-parameter set and one state pair per layer ({len(weights)}), "
+                         f"got {len(hypers)} and {len(states)}")
+    acts = _check_chain(op, x, weights, biases, ",".join(activations))
+    _check_target(op, x, weights, target, reduction)
+    if _rows_of(x) == 0:
+        raise ValueError(f"{op}: an empty batch (x {tuple(x.shape)}) takes the plain path")
+    with torch.no_grad():
+        outputs, loss = _mlp_kernels.chain_forward(x, weights, biases, acts, target, reduction)
+        grad = torch.ones((), device=x.device, dtype=x.dtype) if reduction != "none" else torch.ones_like(loss)
+
+        def update(i, g, h, y, act):
+            wgrad_optim(g, h, y, act, weights[i], biases[i], states[i][0], states[i][1], hypers[i])
+
+        _mlp_kernels.chain_backward(grad, x, weights, outputs, acts, False, [b is not None for b in biases],
+                                    target, reduction, update=update)
+    return loss

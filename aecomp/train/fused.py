@@ -26,6 +26,12 @@ torch.optim creates it and updated in place, so ``optimizer.state_dict()``, chec
 resume work unchanged; hyper-parameters are read from ``param_groups`` every step (LR
 schedulers work). Anything else takes the plain path: gradients, then ``optimizer.step()``.
 
+On the triton backend (CUDA tensors; CPU tensors under TRITON_INTERPRET=1), float32 or
+bfloat16, the same optimizers take ``aecomp.ops._triton.mlp_mse_train_step_triton``: the chain
+forward and dgrad kernels, then per layer one weight-gradient GEMM that updates each ``W``/``b``
+tile in its epilogue (kernels/optim.py), when every parameter is trained, contiguous, of the
+batch's dtype, and each layer's weight and bias share a param group; the plain path otherwise.
+
 On the GPU, ``cuda_graph=True`` captures the whole step (forward, loss, backward, optimizer)
 in a ``torch.cuda.CUDAGraph`` per batch shape and replays it: for small batches the step is
 then one launch from Python instead of dozens. It needs an optimizer that can be captured
@@ -180,7 +186,7 @@ class FusedStep:
             self._optim_cache = None if any(first) else (token, params, args)
         return None if args is None else (hyper, *args)
 
-    def _build_optim_args(self, opt, kind, params):
+    def _build_optim_args(self, opt, kind, params, device: str = "cpu", dtypes=(torch.float32,)):
         group_index = {}
         for gi, g in enumerate(opt.param_groups):
             for p in g["params"]:
@@ -188,13 +194,14 @@ class FusedStep:
         group_of, state1, state2, steps, first = [], [], [], [], []
         for p in params:
             gi = group_index.get(p, -1) if p is not None and p.requires_grad else -1
-            if gi >= 0 and (p.dtype != torch.float32 or not p.is_contiguous() or p.device.type != "cpu"):
+            if gi >= 0 and (p.dtype not in dtypes or not p.is_contiguous() or p.device.type != device):
                 return None
             group_of.append(gi)
             s1 = s2 = st = None
             fst = False
             if gi >= 0:
-                state = opt.state[p]
+                # (plain SGD keeps no state: torch.optim leaves no entry for it, so none is made here)
+                state = opt.state[p] if kind == _ADAM or opt.param_groups[gi]["momentum"] != 0 else {}
                 if kind == _ADAM:
                     if len(state) == 0:
                         g = opt.param_groups[gi]
@@ -232,6 +239,10 @@ class FusedStep:
                     loss = _ext._C.mlp_mse_train_step(x, weights, biases, self._acts, x, "mean", *args)
                 self.optimizer._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
                 return loss
+        if weight is None and torch.is_grad_enabled() and self._direct_triton(x):
+            loss = self._triton_fused_step(x, weights, biases)
+            if loss is not None:
+                return loss
         if weight is None and self._direct_cpu(x) and torch.is_grad_enabled():
             loss, gw, gb = _ext._C.mlp_mse_value_and_grad(
                 x, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],
@@ -248,6 +259,67 @@ class FusedStep:
             (loss if weight is None else loss * weight).backward()
             loss = loss.detach()
         self.optimizer.step()
+        return loss
+
+    # ------------------------------------------------------------------ triton: optimizer fused into the backward
+
+    def _direct_triton(self, x: torch.Tensor) -> bool:
+        """True when the triton backend runs this batch (CUDA tensors; CPU ones under TRITON_INTERPRET=1)."""
+        if x.dtype not in (torch.float32, torch.bfloat16) or self.cuda_graph:
+            return False
+        from .._backend import auto_backend_name
+
+        name = requested_backend(self.backend) or auto_backend_name(x.device.type, x.dtype, "mlp_mse_loss")
+        if name != "triton":
+            return False
+        if x.device.type == "cuda":
+            return True
+        from ..ops._triton import INTERPRETED  # CPU tensors only under Triton's interpreter
+
+        return x.device.type == "cpu" and INTERPRETED
+
+    def _triton_fused_step(self, x: torch.Tensor, weights, biases) -> Optional[torch.Tensor]:
+        """The step through ``mlp_mse_train_step_triton`` when the optimizer qualifies (as on
+        the CPU: plain Adam / AdamW / SGD), every parameter is trained, contiguous, of ``x``'s
+        dtype and device, and each layer's weight and bias are in one param group; else None."""
+        opt = self.optimizer
+        kind = _fused_optimizer_kind(opt)
+        if kind is None or x.numel() == 0:
+            return None
+        params = list(weights) + list(biases)
+        if any(p is not None and not p.requires_grad for p in params):
+            return None
+        group_of_p = {p: gi for gi, g in enumerate(opt.param_groups) for p in g["params"]}
+        L = len(weights)
+        for w, b in zip(weights, biases):
+            if group_of_p.get(w, -1) < 0 or (b is not None and group_of_p.get(b, -1) != group_of_p[w]):
+                return None
+        built = self._build_optim_args(opt, kind, params, device=x.device.type, dtypes=(x.dtype,))
+        if built is None:
+            return None
+        from ..ops._triton import ADAM, SGD, OptimHyper, mlp_mse_train_step_triton
+
+        group_of, state1, state2, steps, first = built
+        for p in params:
+            if p is not None:
+                p.grad = None  # no gradient is written: drop stale ones
+        hypers, states = [], []
+        for i in range(L):
+            g = opt.param_groups[group_of[i]]
+            if kind == _ADAM:
+                for j in (i, L + i):
+                    if params[j] is not None:
+                        steps[j] += 1  # torch.optim counts the step before the update
+                t = float(steps[i])
+                decoupled = g.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW))
+                hypers.append(OptimHyper(ADAM, g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"],
+                                         bool(decoupled), step=t))
+            else:
+                hypers.append(OptimHyper(SGD, g["lr"], weight_decay=g["weight_decay"], momentum=g["momentum"],
+                                         dampening=g["dampening"], nesterov=bool(g["nesterov"]), first=first[i]))
+            states.append(((state1[i], state2[i]), (state1[L + i], state2[L + i])))
+        loss = mlp_mse_train_step_triton(x, weights, biases, self.activations, x, "mean", hypers, states)
+        opt._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
         return loss
 
     # ------------------------------------------------------------------ CUDA graphs
