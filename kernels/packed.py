@@ -17,8 +17,10 @@ so the result is dequantize-then-float-GEMM up to float32 rounding (1e-5 relativ
 applied after the sum); bfloat16/float16 ``x`` multiplies the tile converted to ``x``'s dtype
 (int8 values exact; codebook values rounded to it), tolerance 1e-2 / 2e-3.
 
-The chain (:func:`packed_mlp`) is one launch per layer (intermediates in global memory); the CPU
-kernel (csrc/cpu/packed_mlp.cpp) is the one that runs a whole chain in one call.
+The chain (:func:`packed_mlp`, and :func:`packed_chain` behind the op
+``aecomp_triton::packed_mlp``) is one op call but one launch per layer (intermediates in global
+memory): not a single fused kernel; the CPU kernel (csrc/cpu/packed_mlp.cpp) runs the whole
+chain in one kernel call.
 """
 from __future__ import annotations
 
@@ -142,7 +144,11 @@ def _config(m: int, dtype: torch.dtype = torch.bfloat16):
     return cfg
 
 
-def packed_linear(x: torch.Tensor, layer: GpuLayer) -> torch.Tensor:
+def _unwrapped(kernel):
+    return kernel
+
+
+def packed_linear(x: torch.Tensor, layer: GpuLayer, wrap_triton=_unwrapped) -> torch.Tensor:
     """One packed layer on ``x`` ``[M, K]`` (any strides)."""
     n, k = layer.w.shape
     if x.dim() != 2 or x.shape[1] != k:
@@ -155,7 +161,7 @@ def packed_linear(x: torch.Tensor, layer: GpuLayer) -> torch.Tensor:
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     b = layer.bias if layer.bias is not None else layer.s
-    packed_linear_kernel[grid](
+    wrap_triton(packed_linear_kernel)[grid](
         x, layer.w, layer.s, b, y, m, n, k, x.stride(0), x.stride(1), layer.w.stride(0), y.stride(0),
         KIND=KIND_CODES[layer.kind], HAS_BIAS=layer.bias is not None, ACT=ACT_CODES[layer.activation],
         PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
@@ -166,8 +172,22 @@ def packed_mlp(x: torch.Tensor, layers: List[GpuLayer]) -> torch.Tensor:
     """The chain: ``x [..., K] -> [..., N_last]``, one launch per layer (inference only)."""
     if x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("packed_mlp (triton): packed ops are inference-only; call it under torch.no_grad()")
+    return packed_chain(x, layers)
+
+
+def packed_chain(x: torch.Tensor, layers: List[GpuLayer], wrap_triton=_unwrapped) -> torch.Tensor:
+    """The chain without the gradient check (the op body: autograd is handled above it)."""
     lead = x.shape[:-1]
     h = x.reshape(-1, x.shape[-1])
     for layer in layers:
-        h = packed_linear(h, layer)
+        h = packed_linear(h, layer, wrap_triton)
     return h.reshape(*lead, h.shape[-1])
+
+
+def layers_from_data(data, meta, activations: str) -> List[GpuLayer]:
+    """:class:`GpuLayer` s from the op's flat arguments: 3 tensors ``(w, s, bias or [0])`` and 2 ints
+    ``(kind code, has_bias)`` per layer, activations one comma-separated string."""
+    kinds = {v: k for k, v in KIND_CODES.items()}
+    acts = activations.split(",")
+    return [GpuLayer(kinds[meta[2 * i]], data[3 * i], data[3 * i + 1], data[3 * i + 2] if meta[2 * i + 1] else None,
+                     acts[i]) for i in range(len(acts))]
