@@ -178,3 +178,23 @@ def test_backend_selection_and_reference(monkeypatch):
         ops.packed_mlp(torch.randn(2, 13, requires_grad=True), chain, backend="reference")
     with pytest.raises(TypeError, match="chain must be a PackedChain"):
         ops.packed_mlp(x, [layers[0]])
+
+
+@interpreted
+def test_triton_backend_compiles_and_serves_the_cpu_layout_op():
+    """torch.compile traces the triton backend's op (fullgraph); ``torch.ops.aecomp.packed_mlp``'s
+    CUDA kernel (the CPU-layout arguments unpacked, then the Triton op) run here on CPU tensors."""
+    from aecomp.ops import _packed
+
+    acts = ("sigmoid", "relu", "none")
+    layers, ws, bs = _chain((29, 17, 9, 4), acts, bits=5, pruned=True)
+    chain = PackedChain(layers, "float")
+    x = torch.randn(7, 29)
+    want = _reference(x, ws, bs, acts)
+    f = torch.compile(lambda t: ops.packed_mlp(t, chain, backend="triton"), fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        _close(f(x), want)
+    got = _packed._cuda_impl(x, chain.data, chain.meta, chain.activations, chain.compute)
+    _close(got, want)
+    with pytest.raises(ValueError, match="3 layers but 2 activations"):
+        _packed._cuda_impl(x, chain.data, chain.meta, "relu,none", chain.compute)

@@ -187,17 +187,44 @@ class PackedChain:
         the table), ``bias`` (or an empty tensor) and ``(kind code, has_bias)``; cached per device."""
         key = str(torch.device(device))
         if key not in self._gpu:
-            data: List[torch.Tensor] = []
-            meta: List[int] = []
-            for layer in self.layers:
-                data += [t.to(device) for t in (unpack_weight(layer), layer.scale,
-                                                _EMPTY_F if layer.bias is None else layer.bias)]
-                meta += [KINDS[layer.kind], int(layer.bias is not None)]
-            self._gpu[key] = (data, meta, self.activations)
+            self._gpu[key] = (*_gpu_data(self.layers, device), self.activations)
         return self._gpu[key]
 
     def __call__(self, x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
         return packed_mlp(x, self, backend)
+
+
+def _gpu_data(layers: Sequence[PackedLayer], device) -> Tuple[List[torch.Tensor], List[int]]:
+    data: List[torch.Tensor] = []
+    meta: List[int] = []
+    for layer in layers:
+        data += [t.to(device) for t in (unpack_weight(layer), layer.scale, _EMPTY_F if layer.bias is None else layer.bias)]
+        meta += [KINDS[layer.kind], int(layer.bias is not None)]
+    return data, meta
+
+
+def _cuda_impl(x, data, meta, activations, compute):
+    """``torch.ops.aecomp.packed_mlp`` on CUDA tensors: the CPU-layout arguments unpacked (on every
+    call: the cached route is ``aecomp.ops.packed_mlp``) and run by ``aecomp_triton::packed_mlp``.
+    ``compute`` is ignored there: the Triton kernels always have the float (dequantize) semantics."""
+    from . import _triton
+
+    if len(meta) < 4 or len(meta) % 4 or len(data) != len(meta):
+        raise ValueError(f"aecomp::packed_mlp: expected 4 tensors and 4 meta ints per layer, got {len(data)} "
+                         f"tensors and {len(meta)} ints")
+    acts = activations.split(",")
+    if len(acts) != len(meta) // 4:
+        raise ValueError(f"aecomp::packed_mlp: {len(meta) // 4} layers but {len(acts)} activations ({activations!r})")
+    kinds = {v: k for k, v in KINDS.items()}
+    layers = []
+    for i, act in enumerate(acts):
+        w, s, b, _ = data[4 * i:4 * i + 4]
+        kind, n, k, table = meta[4 * i:4 * i + 4]
+        if kind not in kinds:
+            raise ValueError(f"aecomp::packed_mlp: layer {i} has kind code {kind}; expected 0 (int8) or 1 (codebook)")
+        layers.append(PackedLayer(kinds[kind], n, k, w, s, b if b.numel() else None, act, table=table))
+    gdata, gmeta = _gpu_data(layers, x.device)
+    return _triton.packed_mlp_op(x, gdata, gmeta, activations)
 
 
 def unpack_weight(layer: PackedLayer) -> torch.Tensor:
@@ -313,6 +340,8 @@ def register_fake() -> None:
         torch.ops.aecomp.packed_mlp
     except (AttributeError, RuntimeError):  # an extension built before packed_mlp.cpp existed
         return
+
+    torch.library.impl("aecomp::packed_mlp", "CUDA")(_cuda_impl)
 
     @torch.library.register_fake("aecomp::packed_mlp")
     def _packed_mlp_fake(x, data, meta, activations, compute):
