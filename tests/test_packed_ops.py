@@ -198,3 +198,26 @@ def test_triton_backend_compiles_and_serves_the_cpu_layout_op():
     _close(got, want)
     with pytest.raises(ValueError, match="3 layers but 2 activations"):
         _packed._cuda_impl(x, chain.data, chain.meta, "relu,none", chain.compute)
+
+
+@interpreted
+@pytest.mark.parametrize("dims,bits", [((13, 7), None), ((29, 17, 9, 4), 5), ((784, 128, 64, 32, 10), 4),
+                                       ((40, 33, 1, 70), None)])
+def test_fused_chain_kernel_matches_per_layer_and_reference(dims, bits):
+    """packed_chain_kernel (one launch, 2..4 layers) against dequantize-then-GEMM and against the
+    per-layer launches; and the automatic choice of it for small batches only."""
+    from aecomp.kernels import packed as kp
+
+    acts = ("relu", "sigmoid", "none", "relu")[:len(dims) - 1]
+    layers, ws, bs = _chain(dims, acts, bits, pruned=bits is not None)
+    chain = PackedChain(layers, "float")
+    glayers = kp.layers_from_data(*chain.gpu_args("cpu"))
+    base = torch.randn(dims[0], 17).T  # non-contiguous rows
+    for m in (1, 5, 17):
+        x = base[:m]
+        want = _reference(x, ws, bs, acts)
+        fused = kp.packed_chain(x, glayers, fused=True)
+        _close(fused, want)
+        _close(fused, kp.packed_chain(x, glayers, fused=False).double())
+    assert kp.use_fused(1, glayers) == (1 < len(glayers) <= 4)
+    assert not kp.use_fused(kp.FUSED_MAX_M + 1, glayers)
