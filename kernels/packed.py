@@ -280,7 +280,8 @@ def _fused_chain(x: torch.Tensor, layers: List[GpuLayer], wrap_triton) -> torch.
         return y
     p = max([layer.w.shape[0] for layer in layers[:-1]] + [1])
     h = torch.empty(2, m, p, device=x.device, dtype=x.dtype)
-    bm, bn, bk, warps, stages = _config(m, x.dtype)
+    # float32 keeps the 16-row tile at any batch: the 64x64x32 float32 chain spills (sm_90 AOT)
+    bm, bn, bk, warps, stages = _config(min(m, 16) if x.dtype == torch.float32 else m, x.dtype)
     args, ce = [], {}
     for i in range(FUSED_MAX_LAYERS):
         layer = layers[i] if i < nl else layers[0]
@@ -299,5 +300,6 @@ def layers_from_data(data, meta, activations: str) -> List[GpuLayer]:
     ``(kind code, has_bias)`` per layer, activations one comma-separated string."""
     kinds = {v: k for k, v in KIND_CODES.items()}
     acts = activations.split(",")
-    return [GpuLayer(kinds[meta[2 * i]], data[3 * i].contiguous(), data[3 * i + 1].contiguous(), data[3 * i + 2] if meta[2 * i + 1] else None,
+    return [GpuLayer(kinds[meta[2 * i]], data[3 * i].contiguous(), data[3 * i + 1].contiguous(),
+                     data[3 * i + 2] if meta[2 * i + 1] else None,
                      acts[i]) for i in range(len(acts))]

@@ -169,12 +169,15 @@ def packed_jobs() -> List[Dict]:
 
 def packed_chain_jobs() -> List[Dict]:
     """The one-launch packed chain (4 layers, relu relu none none like the reference CompressedNet),
-    at the inference tile: all int8 in bfloat16 and float32, and codebook/int8 mixed in bfloat16."""
+    at the inference tile: all int8 in bfloat16 and float32, and codebook/int8 mixed in bfloat16;
+    all int8 bfloat16 at the 64-row tile too (batches 17..FUSED_MAX_M; float32 keeps the 16-row tile:
+    64x64x32 float32 spills, 656 stack bytes)."""
     from aecomp.kernels.packed import CONFIGS, FLOAT32_BLOCK_K
 
-    bm, bn, bk, warps, stages = CONFIGS[0]
     jobs = []
-    for dtype, kinds in (("bfloat16", (0, 0, 0, 0)), ("float32", (0, 0, 0, 0)), ("bfloat16", (1, 0, 1, 0))):
+    for cfg, dtype, kinds in ((0, "bfloat16", (0, 0, 0, 0)), (0, "float32", (0, 0, 0, 0)),
+                              (0, "bfloat16", (1, 0, 1, 0)), (1, "bfloat16", (0, 0, 0, 0))):
+        bm, bn, bk, warps, stages = CONFIGS[cfg]
         prec = "ieee" if dtype == "float32" else "tf32"
         kb = FLOAT32_BLOCK_K if dtype == "float32" else bk
         ce = {"NL": 4, "PRECISION": prec, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": kb}

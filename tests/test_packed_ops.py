@@ -157,7 +157,8 @@ def test_backend_selection_and_reference(monkeypatch):
     _close(ops.packed_mlp(x, chain, backend="reference"), want)
     _close(ops.packed_mlp(x.double(), chain, backend="reference"), want)
     calls = []
-    monkeypatch.setitem(get_backend("reference").ops, "packed_mlp", lambda *a: calls.append(1) or _packed._reference(*a))
+    counting = lambda *a: calls.append(1) or _packed._reference(*a)  # noqa: E731
+    monkeypatch.setitem(get_backend("reference").ops, "packed_mlp", counting)
     _FAST.clear()
     try:
         ops.packed_mlp(x, chain)  # automatic on CPU float32: the C++ kernel
@@ -221,3 +222,25 @@ def test_fused_chain_kernel_matches_per_layer_and_reference(dims, bits):
         _close(fused, kp.packed_chain(x, glayers, fused=False).double())
     assert kp.use_fused(1, glayers) == (1 < len(glayers) <= 4)
     assert not kp.use_fused(kp.FUSED_MAX_M + 1, glayers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the compiled Triton kernels)")
+@pytest.mark.parametrize("m", [1, 7, 33, 200])
+def test_cuda_tensors_run_the_triton_kernels(m):
+    """On a GPU: automatic selection sends CUDA tensors to the triton backend; both launch paths
+    (fused for m <= 64, per layer above) and ``torch.ops.aecomp.packed_mlp``'s CUDA kernel."""
+    from aecomp._backend import auto_backend_name
+
+    assert auto_backend_name("cuda", torch.float32, "packed_mlp") == "triton"
+    acts = ("relu", "relu", "none", "none")
+    layers, ws, bs = _chain((784, 128, 64, 32, 10), acts, bits=4)
+    chain = PackedChain(layers, "float")
+    x = torch.randn(m, 784)
+    want = _reference(x, ws, bs, acts)
+    with torch.no_grad():
+        _close(ops.packed_mlp(x.cuda(), chain).cpu(), want)
+        _close(torch.ops.aecomp.packed_mlp(x.cuda(), chain.data, chain.meta, chain.activations, "float").cpu(), want)
+        y16 = ops.packed_mlp(x.cuda().bfloat16(), chain).cpu().double()
+    # bfloat16 inputs and intermediates over K = 784: a coarse bound (not derived; catches a broken
+    # kernel, not a precision regression)
+    assert (y16 - want).abs().max() <= 1e-1 * (1 + want.abs().max())

@@ -198,7 +198,8 @@ def _gpu_data(layers: Sequence[PackedLayer], device) -> Tuple[List[torch.Tensor]
     data: List[torch.Tensor] = []
     meta: List[int] = []
     for layer in layers:
-        data += [t.to(device) for t in (unpack_weight(layer), layer.scale, _EMPTY_F if layer.bias is None else layer.bias)]
+        bias = _EMPTY_F if layer.bias is None else layer.bias
+        data += [t.to(device) for t in (unpack_weight(layer), layer.scale, bias)]
         meta += [KINDS[layer.kind], int(layer.bias is not None)]
     return data, meta
 
