@@ -38,6 +38,10 @@ def collect() -> dict:
         info["mlp_fusion"] = mlp_fusion_info()
     except ImportError:
         pass
+    # packed-weight inference (aecomp.ops.packed_mlp): which backend runs a packed chain
+    info["packed_mlp"] = {"cpu": auto_backend_name("cpu", torch.float32, "packed_mlp")}
+    if torch.cuda.is_available():
+        info["packed_mlp"]["cuda"] = auto_backend_name("cuda", torch.float32, "packed_mlp")
     return info
 
 
@@ -66,4 +70,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"automatic selection: {auto}")
     if "mlp_fusion" in info:
         print(f"fused chains: {info['mlp_fusion']}")
+    if "packed_mlp" in info:
+        print("packed chains (packed_mlp): " + ", ".join(f"{d} tensors -> {n}" for d, n in info["packed_mlp"].items()))
     return 0

@@ -17,8 +17,13 @@ so the result is dequantize-then-float-GEMM up to float32 rounding (1e-5 relativ
 applied after the sum); bfloat16/float16 ``x`` multiplies the tile converted to ``x``'s dtype
 (int8 values exact; codebook values rounded to it), tolerance 1e-2 / 2e-3.
 
-The chain (:func:`packed_mlp`) is one launch per layer (intermediates in global memory); the CPU
-kernel (csrc/cpu/packed_mlp.cpp) is the one that runs a whole chain in one call.
+The chain (:func:`packed_mlp`, and :func:`packed_chain` behind the op
+``aecomp_triton::packed_mlp``) is one op call. Inside it, a chain of 2 to 4 layers on at most
+``FUSED_MAX_M`` rows (inference batches; the reference CompressedNet is 4 layers) is ONE launch
+of ``packed_chain_kernel``: each program owns ``BLOCK_M`` rows and runs every layer on them,
+column tile by column tile, the intermediates in a ``[2, M, max width]`` global scratch (x's
+dtype, as the per-layer path stores them; small enough to stay in L2) with a barrier between
+layers. Longer chains and bigger batches get one ``packed_linear_kernel`` launch per layer.
 """
 from __future__ import annotations
 
@@ -50,18 +55,12 @@ def _act(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def packed_linear_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr,
-    M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_ym,
+def _packed_tile(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, rm, rn, M, N, K, stride_xm, stride_xk, stride_wn, stride_ym,
     KIND: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One ``[BLOCK_M, BLOCK_N]`` tile of ``y = act(x W^T (* s) + b)`` with ``W`` packed (module doc)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    """The ``[BLOCK_M, BLOCK_N]`` tile at rows ``rm``, columns ``rn`` of ``y = act(x W^T (* s) + b)``."""
     rk = tl.arange(0, BLOCK_K)
     am = (rm % M).to(tl.int64)
     wn = (rn % N).to(tl.int64)
@@ -91,6 +90,72 @@ def packed_linear_kernel(
     acc = _act(acc, ACT)
     y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm < M)[:, None] & nmask[None, :])
+
+
+@triton.jit
+def packed_linear_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_ym,
+    KIND: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One ``[BLOCK_M, BLOCK_N]`` tile of ``y = act(x W^T (* s) + b)`` with ``W`` packed (module doc)."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _packed_tile(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, rm, rn, M, N, K, stride_xm, stride_xk, stride_wn, stride_ym,
+                 KIND, HAS_BIAS, ACT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _packed_layer(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, rm, M, N, K, stride_xm, stride_xk, stride_ym,
+    KIND: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """A whole layer for rows ``rm``: every column tile in turn, then a barrier (the next layer
+    reads what the other warps of this program wrote)."""
+    for n0 in range(0, N, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        _packed_tile(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, rm, rn, M, N, K, stride_xm, stride_xk, K, stride_ym,
+                     KIND, HAS_BIAS, ACT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    tl.debug_barrier()
+
+
+@triton.jit
+def packed_chain_kernel(
+    x_ptr, y_ptr, h_ptr,
+    M, K0, stride_xm, stride_xk, stride_ym, stride_h,
+    w0, s0, b0, N0, w1, s1, b1, N1, w2, s2, b2, N2, w3, s3, b3, N3,
+    NL: tl.constexpr,
+    KIND0: tl.constexpr, HAS_BIAS0: tl.constexpr, ACT0: tl.constexpr,
+    KIND1: tl.constexpr, HAS_BIAS1: tl.constexpr, ACT1: tl.constexpr,
+    KIND2: tl.constexpr, HAS_BIAS2: tl.constexpr, ACT2: tl.constexpr,
+    KIND3: tl.constexpr, HAS_BIAS3: tl.constexpr, ACT3: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """A chain of 2 to 4 packed layers in ONE launch: each program owns ``BLOCK_M`` rows and runs
+    every layer on them; layer ``l``'s output goes to ``h[l % 2]`` (``[2, M, stride_h]``, x's
+    dtype: what the per-layer path stores too), the last layer's to ``y``."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    h1 = h_ptr + M * stride_h
+    o0 = y_ptr if NL == 1 else h_ptr
+    so0 = stride_ym if NL == 1 else stride_h
+    _packed_layer(x_ptr, w0, s0, b0, o0, rm, M, N0, K0, stride_xm, stride_xk, so0,
+                  KIND0, HAS_BIAS0, ACT0, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if NL > 1:
+        o1 = y_ptr if NL == 2 else h1
+        so1 = stride_ym if NL == 2 else stride_h
+        _packed_layer(h_ptr, w1, s1, b1, o1, rm, M, N1, N0, stride_h, 1, so1,
+                      KIND1, HAS_BIAS1, ACT1, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if NL > 2:
+        o2 = y_ptr if NL == 3 else h_ptr
+        so2 = stride_ym if NL == 3 else stride_h
+        _packed_layer(h1, w2, s2, b2, o2, rm, M, N2, N1, stride_h, 1, so2,
+                      KIND2, HAS_BIAS2, ACT2, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if NL > 3:
+        _packed_layer(h_ptr, w3, s3, b3, y_ptr, rm, M, N3, N2, stride_h, 1, stride_ym,
+                      KIND3, HAS_BIAS3, ACT3, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 class GpuLayer(NamedTuple):
@@ -142,7 +207,11 @@ def _config(m: int, dtype: torch.dtype = torch.bfloat16):
     return cfg
 
 
-def packed_linear(x: torch.Tensor, layer: GpuLayer) -> torch.Tensor:
+def _unwrapped(kernel):
+    return kernel
+
+
+def packed_linear(x: torch.Tensor, layer: GpuLayer, wrap_triton=_unwrapped) -> torch.Tensor:
     """One packed layer on ``x`` ``[M, K]`` (any strides)."""
     n, k = layer.w.shape
     if x.dim() != 2 or x.shape[1] != k:
@@ -155,7 +224,7 @@ def packed_linear(x: torch.Tensor, layer: GpuLayer) -> torch.Tensor:
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     b = layer.bias if layer.bias is not None else layer.s
-    packed_linear_kernel[grid](
+    wrap_triton(packed_linear_kernel)[grid](
         x, layer.w, layer.s, b, y, m, n, k, x.stride(0), x.stride(1), layer.w.stride(0), y.stride(0),
         KIND=KIND_CODES[layer.kind], HAS_BIAS=layer.bias is not None, ACT=ACT_CODES[layer.activation],
         PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
@@ -166,8 +235,71 @@ def packed_mlp(x: torch.Tensor, layers: List[GpuLayer]) -> torch.Tensor:
     """The chain: ``x [..., K] -> [..., N_last]``, one launch per layer (inference only)."""
     if x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("packed_mlp (triton): packed ops are inference-only; call it under torch.no_grad()")
+    return packed_chain(x, layers)
+
+
+# One launch for the chain (packed_chain_kernel) when it has 2..4 layers and at most FUSED_MAX_M
+# rows (inference batches: each program runs the whole chain on its rows, so few rows means few
+# programs anyway); otherwise one launch per layer (more programs per layer for big batches).
+FUSED_MAX_LAYERS = 4
+FUSED_MAX_M = 64
+
+
+def use_fused(m: int, layers: List[GpuLayer]) -> bool:
+    return 1 < len(layers) <= FUSED_MAX_LAYERS and 0 < m <= FUSED_MAX_M
+
+
+def packed_chain(x: torch.Tensor, layers: List[GpuLayer], wrap_triton=_unwrapped,
+                 fused: Optional[bool] = None) -> torch.Tensor:
+    """The chain without the gradient check (the op body: autograd is handled above it).
+    ``fused``: one launch (:func:`use_fused` decides when None) or one per layer."""
     lead = x.shape[:-1]
     h = x.reshape(-1, x.shape[-1])
-    for layer in layers:
-        h = packed_linear(h, layer)
+    if fused is None:
+        fused = use_fused(h.shape[0], layers)
+    if fused:
+        h = _fused_chain(h, layers, wrap_triton)
+    else:
+        for layer in layers:
+            h = packed_linear(h, layer, wrap_triton)
     return h.reshape(*lead, h.shape[-1])
+
+
+def _fused_chain(x: torch.Tensor, layers: List[GpuLayer], wrap_triton) -> torch.Tensor:
+    nl = len(layers)
+    if not 0 < nl <= FUSED_MAX_LAYERS:
+        raise ValueError(f"packed_mlp (triton): the fused chain takes 1 to {FUSED_MAX_LAYERS} layers, got {nl}")
+    for i, layer in enumerate(layers):
+        width = x.shape[1] if i == 0 else layers[i - 1].w.shape[0]
+        if layer.w.shape[1] != width:
+            raise ValueError(f"packed_mlp (triton): x must be [M, {layer.w.shape[1]}], got {list(x.shape)}" if i == 0
+                             else f"packed_mlp (triton): layer {i} takes {layer.w.shape[1]} inputs, gets {width}")
+    m = x.shape[0]
+    y = torch.empty(m, layers[-1].w.shape[0], device=x.device, dtype=x.dtype)
+    if m == 0:
+        return y
+    p = max([layer.w.shape[0] for layer in layers[:-1]] + [1])
+    h = torch.empty(2, m, p, device=x.device, dtype=x.dtype)
+    # float32 keeps the 16-row tile at any batch: the 64x64x32 float32 chain spills (sm_90 AOT)
+    bm, bn, bk, warps, stages = _config(min(m, 16) if x.dtype == torch.float32 else m, x.dtype)
+    args, ce = [], {}
+    for i in range(FUSED_MAX_LAYERS):
+        layer = layers[i] if i < nl else layers[0]
+        args += [layer.w, layer.s, layer.bias if layer.bias is not None else layer.s, layer.w.shape[0]]
+        ce.update({f"KIND{i}": KIND_CODES[layer.kind], f"HAS_BIAS{i}": layer.bias is not None,
+                   f"ACT{i}": ACT_CODES[layer.activation]})
+    wrap_triton(packed_chain_kernel)[(triton.cdiv(m, bm),)](
+        x, y, h, m, x.shape[1], x.stride(0), x.stride(1), y.stride(0), p, *args, NL=nl,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=warps, num_stages=stages, **ce)
+    return y
+
+
+def layers_from_data(data, meta, activations: str) -> List[GpuLayer]:
+    """:class:`GpuLayer` s from the op's flat arguments: 3 tensors ``(w, s, bias or [0])`` and 2 ints
+    ``(kind code, has_bias)`` per layer, activations one comma-separated string."""
+    kinds = {v: k for k, v in KIND_CODES.items()}
+    acts = activations.split(",")
+    return [GpuLayer(kinds[meta[2 * i]], data[3 * i].contiguous(), data[3 * i + 1].contiguous(),
+                     data[3 * i + 2] if meta[2 * i + 1] else None,
+                     acts[i]) for i in range(len(acts))]

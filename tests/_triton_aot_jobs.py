@@ -201,6 +201,32 @@ def packed_jobs() -> List[Dict]:
                            warps, stages, f"packed {kind} {bm}x{bn}x{kb} w{warps} s{stages} {dtype}")
                 job["ptr_types"] = {"w_ptr": wtype}
                 jobs.append(job)
+    return jobs + packed_chain_jobs()
+
+
+def packed_chain_jobs() -> List[Dict]:
+    """The one-launch packed chain (4 layers, relu relu none none like the reference CompressedNet),
+    at the inference tile: all int8 in bfloat16 and float32, and codebook/int8 mixed in bfloat16;
+    all int8 bfloat16 at the 64-row tile too (batches 17..FUSED_MAX_M; float32 keeps the 16-row tile:
+    64x64x32 float32 spills, 656 stack bytes)."""
+    from aecomp.kernels.packed import CONFIGS, FLOAT32_BLOCK_K
+
+    jobs = []
+    for cfg, dtype, kinds in ((0, "bfloat16", (0, 0, 0, 0)), (0, "float32", (0, 0, 0, 0)),
+                              (0, "bfloat16", (1, 0, 1, 0)), (1, "bfloat16", (0, 0, 0, 0))):
+        bm, bn, bk, warps, stages = CONFIGS[cfg]
+        prec = "ieee" if dtype == "float32" else "tf32"
+        kb = FLOAT32_BLOCK_K if dtype == "float32" else bk
+        ce = {"NL": 4, "PRECISION": prec, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": kb}
+        ptr_types = {}
+        for i, (kind, act) in enumerate(zip(kinds, (1, 1, 0, 0))):
+            ce.update({f"KIND{i}": kind, f"HAS_BIAS{i}": True, f"ACT{i}": act})
+            ptr_types.update({f"w{i}": "*u8" if kind else "*i8", f"s{i}": "*fp32", f"b{i}": "*fp32"})
+        name = "int8" if not any(kinds) else "mixed"
+        job = _job("packed", "packed_chain_kernel", dtype, ce, (), ("stride_xk",), (), warps, stages,
+                   f"packed chain x4 {name} {bm}x{bn}x{kb} w{warps} s{stages} {dtype}")
+        job["ptr_types"] = ptr_types
+        jobs.append(job)
     return jobs
 
 

@@ -719,3 +719,56 @@ def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
         _mlp_kernels.chain_backward(grad, x, weights, outputs, acts, False, [b is not None for b in biases],
                                     target, reduction, update=update)
     return loss
+
+
+# ----------------------------------------------------------------------------------------
+# packed-weight inference (issue 15): aecomp_triton::packed_mlp
+# ----------------------------------------------------------------------------------------
+#     aecomp_triton::packed_mlp(x, data[], meta[], activations) -> y
+# The whole chain in one op call (one fused launch for 2-4 layers on <= 64 rows, else one launch
+# per layer; kernels/packed.py); data
+# and meta are PackedChain.gpu_args (3 tensors, 2 ints per layer). Inference only: the autograd
+# registration refuses a gradient (setup_context runs only when grad mode is on and an input
+# requires grad). Same registration split as above: triton_op compiled, custom_op interpreted.
+from aecomp.kernels import packed as _packed_kernels  # noqa: E402
+
+from . import _packed  # noqa: E402
+
+_PACKED_OP = f"{NAMESPACE}::packed_mlp"
+
+
+def _packed_mlp(x: torch.Tensor, data: List[torch.Tensor], meta: List[int], activations: str) -> torch.Tensor:
+    _packed.check_gpu_args(_PACKED_OP, x, data, meta, activations, DTYPES)
+    _check_device(_PACKED_OP, "x", x)
+    layers = _packed_kernels.layers_from_data(data, meta, activations)
+    return _packed_kernels.packed_chain(x, layers, wrap_triton=_wrap)
+
+
+def _packed_mlp_fake(x, data, meta, activations):
+    n = _packed.check_gpu_args(_PACKED_OP, x, data, meta, activations, DTYPES)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+packed_mlp_op = _define("packed_mlp", _packed_mlp, _packed_mlp_fake,
+                        "(Tensor x, Tensor[] data, int[] meta, str activations) -> Tensor")
+
+
+def _packed_mlp_refuse(ctx, inputs, output):
+    raise RuntimeError(_packed.INFERENCE_ONLY)
+
+
+def _packed_mlp_no_grad(ctx, grad):  # never reached: the setup above refuses first
+    raise RuntimeError(_packed.INFERENCE_ONLY)
+
+
+torch.library.register_autograd(_PACKED_OP, _packed_mlp_no_grad, setup_context=_packed_mlp_refuse)
+
+
+def packed_mlp(x: torch.Tensor, chain) -> torch.Tensor:
+    if x.requires_grad and torch.is_grad_enabled():  # before the launches, not after
+        raise RuntimeError(_packed.INFERENCE_ONLY)
+    data, meta, acts = chain.gpu_args(x.device)
+    return packed_mlp_op(x, data, meta, acts)
+
+
+BACKEND.ops["packed_mlp"] = packed_mlp
