@@ -22,9 +22,12 @@ MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation -e ".[test,export,fl]"
 # The GPU machine runs triton 3.6 (this venv has a newer one): .venv-triton36 holds triton 3.6
 # only and reuses .venv's packages (torch, aecomp) through a .pth, so tests/test_triton_aot.py
 # also compiles every kernel configuration under the device's version. AECOMP_NO_TRITON36=1 skips.
-if [ "${AECOMP_NO_TRITON36:-0}" != 1 ] && [ ! -x .venv-triton36/bin/python ]; then
-  "$PYTHON" -m venv .venv-triton36
-  .venv-triton36/bin/python -m pip --disable-pip-version-check -q install "triton==3.6.0"
+if [ "${AECOMP_NO_TRITON36:-0}" != 1 ]; then
+  if [ ! -x .venv-triton36/bin/python ]; then
+    "$PYTHON" -m venv .venv-triton36
+    .venv-triton36/bin/python -m pip --disable-pip-version-check -q install "triton==3.6.0"
+  fi
+  # (re)pointed every time: a copied checkout must compile its own kernels, not the original's
   main_site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   t36_site=$(.venv-triton36/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   echo "import site; site.addsitedir('$main_site')" > "$t36_site/zz_aecomp_main_venv.pth"
