@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 # (in, out, activation) of the reference autoencoder 784-128-64-32 / 32-64-128-784
@@ -32,3 +33,17 @@ def layer_inputs(batch, k, n, dtype=torch.float32, device="cpu", requires_grad=T
 def fwd_bwd(fn, x, w, b, act, g):
     y = fn(x, w, b, act)
     y.backward(g)
+
+
+class EagerAutoencoder(nn.Module):
+    """The reference workload as people write it (the seed's model): two ``nn.Sequential``
+    halves, same state_dict keys as aecomp's ``Autoencoder``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.decoder = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 128), nn.ReLU(),
+                                     nn.Linear(128, 784), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

@@ -20,16 +20,13 @@ import time
 import torch
 import torch.nn as nn
 
-from ._layers import REFERENCE_LAYERS, eager_linear_act, layer_inputs
+from ._layers import REFERENCE_LAYERS, EagerAutoencoder, eager_linear_act, layer_inputs
 
 DIMS = (784, 128, 64, 32, 64, 128, 784)
 
 
 def _eager_step(batch: int, fused: bool):
-    enc = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
-    dec = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 784),
-                        nn.Sigmoid())
-    model = nn.Sequential(enc, dec)
+    model = EagerAutoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
     crit = nn.MSELoss()
     x = torch.rand(batch, 784)

@@ -32,20 +32,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._layers import EagerAutoencoder
+
 DIMS = (784, 128, 64, 32)
 
 
-class EagerAutoencoder(nn.Module):
-    """The textbook model: two ``nn.Sequential`` halves (same state_dict keys as aecomp's)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
-        self.decoder = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 128), nn.ReLU(),
-                                     nn.Linear(128, 784), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 def usual_loop(x: torch.Tensor, init: Dict[str, torch.Tensor], epochs: int, seed: int,

@@ -19,20 +19,11 @@ import aecomp
 from aecomp.models import Autoencoder
 from aecomp.train import FusedStep
 
+from ._layers import EagerAutoencoder
+
 pytestmark = pytest.mark.skipif(not aecomp.available_backends()["cpu"][0], reason="aecomp._C not built")
 
 
-class EagerAutoencoder(nn.Module):
-    """The reference workload as people write it."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
-        self.decoder = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 128), nn.ReLU(),
-                                     nn.Linear(128, 784), nn.Sigmoid())
-
-    def forward(self, x):
-        return self.decoder(self.encoder(x))
 
 
 def _usual_loop(model, opt, crit, batch):
