@@ -124,6 +124,7 @@ _ISA_SCRIPT = textwrap.dedent("""
     import torch, torch.nn.functional as F
     from aecomp import _ext
     C = _ext.load()[0]
+    torch.manual_seed(0)
     print(C._cpu_isa())
     for m, k, n in [(1, 5, 3), (7, 33, 17), (13, 100, 40), (64, 784, 128)]:
         x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
@@ -147,8 +148,11 @@ _ISA_SCRIPT = textwrap.dedent("""
         assert f.uses_fused_optimizer(torch.rand(2, 45))
         for _ in range(5):
             x = torch.rand(13, 45); f.step(x); p.step(x)
+        # Adam divides by sqrt(v): where a gradient is tiny, rounding in it moves the update by a
+        # sizeable part of lr, so two correct implementations differ there by up to ~1e-2 of lr after
+        # 5 steps (seen 9.7e-5 with lr 1e-2 on an unseeded run); a wrong formula is off by ~lr
         for a, b in zip(m1.parameters(), m2.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-4)
     print("ok")
 """)
 

@@ -342,7 +342,10 @@ def _check_error_not_worse_than_torch(dtype, device):
         scale = exact.abs().max().item() or 1.0
         e_ours = (ours.double() - exact).abs().max().item()
         e_torch = (theirs.double() - exact).abs().max().item()
-        assert e_ours <= max(2 * e_torch, TOL[dtype] * scale / 4), (
+        # floor: about one ulp of the dtype at the tensor's scale (TOL/2: fp16 2^-10, bf16 2^-7). A stored
+        # 16-bit value is already up to half an ulp off, and the fused sum adds its own rounding; a
+        # quarter-ulp floor failed on fresh seeds for a small bias gradient (2.85e-6 at scale 0.0047)
+        assert e_ours <= max(2 * e_torch, TOL[dtype] * scale / 2), (
             f"{what}: error {e_ours:.3g} vs torch {dtype} {e_torch:.3g} (scale {scale:.3g})")
 
     check(y_ours, y_t, y64.detach(), "output")
