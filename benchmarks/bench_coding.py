@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aecomp.compress import coding
+from aecomp.compress import coding, entropy
 from aecomp.compress.share import SharedLinear
 
 
@@ -60,8 +60,8 @@ def _registry():
 
 
 def _ours():
-    return {name: (lambda n: (lambda sym, a: len(coding.CODECS[n][0](sym, a)) if n in ("fixed", "huffman")
-                              or a <= 256 else None))(name) for name in coding.CODECS}
+    return {name: (lambda n: (lambda sym, a: len(entropy.CODECS[n][0](sym, a)) if n in ("fixed", "huffman")
+                              or a <= 256 else None))(name) for name in entropy.CODECS}
 
 
 def _entropy_bytes(sym, a):
@@ -98,14 +98,14 @@ def measure(folder: Path):
             for kind, alphabet, data in streams(layer):
                 if kind == "pos":
                     for c, fn in coders.items():
-                        sizes = [fn(coding.gaps_encode(data, g), 1 << g) for g in range(1, 9)]
+                        sizes = [fn(entropy.gaps_encode(data, g), 1 << g) for g in range(1, 9)]
                         totals[c]["pos"] += min(s for s in sizes if s is not None)
-                    totals["entropy"]["pos"] += min(_entropy_bytes(coding.gaps_encode(data, g), 1 << g)
+                    totals["entropy"]["pos"] += min(_entropy_bytes(entropy.gaps_encode(data, g), 1 << g)
                                                     for g in range(1, 9))
                 else:
                     for c, fn in coders.items():
                         s = fn(data, alphabet)
-                        totals[c]["symbols"] += s if s is not None else len(coding.CODECS["fixed"][0](data, alphabet))
+                        totals[c]["symbols"] += s if s is not None else len(entropy.CODECS["fixed"][0](data, alphabet))
                     totals["entropy"]["symbols"] += _entropy_bytes(data, alphabet)
     return {"files": len(files), "totals": totals}
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from aecomp.compress import coding
+from aecomp.compress import coding, entropy
 from aecomp.compress.net import accuracy, linear_layers
 from aecomp.compress.share import PackedNet, SharedLinear, finalize, int8_model, share_model
 
@@ -16,10 +16,10 @@ def test_every_codec_roundtrips(alphabet, n):
     rng = np.random.default_rng(alphabet * 1000 + n)
     p = rng.dirichlet(np.full(alphabet, 0.3))
     sym = rng.choice(alphabet, size=n, p=p)
-    for name in coding.CODECS:
-        enc, _ = coding.CODECS[name]
+    for name in entropy.CODECS:
+        enc, _ = entropy.CODECS[name]
         data = enc(sym, alphabet)
-        assert np.array_equal(coding.decode_symbols(name, data, alphabet, n), sym), name
+        assert np.array_equal(entropy.decode_symbols(name, data, alphabet, n), sym), name
 
 
 def test_huffman_is_within_one_bit_of_entropy():
@@ -29,21 +29,21 @@ def test_huffman_is_within_one_bit_of_entropy():
     counts = np.bincount(sym, minlength=8)
     q = counts / counts.sum()
     entropy_bits = -(counts * np.log2(np.where(q > 0, q, 1))).sum()
-    lengths = coding.huffman_lengths(counts)
+    lengths = entropy.huffman_lengths(counts)
     assert np.sum(2.0 ** -lengths[lengths > 0]) <= 1.0  # Kraft: a prefix code
     coded_bits = (counts * lengths).sum()
     assert entropy_bits <= coded_bits <= entropy_bits + counts.sum()
-    data = coding.huffman_encode(sym, 8)
+    data = entropy.huffman_encode(sym, 8)
     assert len(data) == math.ceil(8 * 5 / 8) + math.ceil(coded_bits / 8)
 
 
 def test_huffman_lengths_are_limited():
     counts = np.array([2 ** i for i in range(30)])  # Fibonacci-like skew: unlimited depth would be 29
-    lengths = coding.huffman_lengths(counts)
-    assert lengths.max() <= coding.MAX_LEN
+    lengths = entropy.huffman_lengths(counts)
+    assert lengths.max() <= entropy.MAX_LEN
     assert np.sum(2.0 ** -lengths) <= 1.0
     sym = np.repeat(np.arange(30), 3)
-    assert np.array_equal(coding.huffman_decode(coding.huffman_encode(sym, 30), 30, sym.size), sym)
+    assert np.array_equal(entropy.huffman_decode(entropy.huffman_encode(sym, 30), 30, sym.size), sym)
 
 
 @pytest.mark.parametrize("g", range(1, 9))
@@ -52,9 +52,9 @@ def test_gap_coding_roundtrip(g):
     pos = np.flatnonzero(rng.random(5000) < 0.07)
     pos = np.concatenate([[0], pos, [4999]]) if g % 2 else pos
     pos = np.unique(pos)
-    sym = coding.gaps_encode(pos, g)
+    sym = entropy.gaps_encode(pos, g)
     assert sym.max() < (1 << g)
-    assert np.array_equal(coding.gaps_decode(sym, g), pos)
+    assert np.array_equal(entropy.gaps_decode(sym, g), pos)
 
 
 def _net(pruned: bool, kind: str) -> PackedNet:

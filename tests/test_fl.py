@@ -158,7 +158,7 @@ def test_decode_rejects_corrupt_streams():
     blob, _ = encode_arrays(_model_arrays())
     with pytest.raises(CodingError):
         decode_arrays(b"")
-    with pytest.raises(CodingError, match="unknown entropy coder"):
+    with pytest.raises(CodingError, match="unknown codec tag"):
         decode_arrays(bytes([7]) + blob[1:])
     with pytest.raises(CodingError):
         decode_arrays(blob[: len(blob) // 2])

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .entropy import pack_fixed, unpack_fixed
 from .net import build_model, classifier_config, linear_layers
 from .quantize import dequantize_per_channel, quantize_per_channel
 
@@ -89,19 +90,6 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if flat.size and int(flat.max()) >= (1 << bits):
         raise ValueError(f"pack_codes: a code is {int(flat.max())}, which does not fit in {bits} bits")
     return torch.from_numpy(pack_fixed(flat, bits))
-
-
-def pack_fixed(symbols: np.ndarray, width: int) -> np.ndarray:
-    """uint8 bytes of ``symbols`` (uint8 values < 2^width, width 1..8), ``width`` bits each, LSB first."""
-    # bit j of symbol k goes to stream position k * width + j
-    planes = np.unpackbits(np.asarray(symbols, dtype=np.uint8)[:, None], axis=1, bitorder="little")[:, :width]
-    return np.packbits(planes.reshape(-1), bitorder="little")
-
-
-def unpack_fixed(data: np.ndarray, width: int, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_fixed`: ``n`` uint8 symbols."""
-    stream = np.unpackbits(np.asarray(data, dtype=np.uint8), count=n * width, bitorder="little").reshape(n, width)
-    return (stream.astype(np.uint16) << np.arange(width, dtype=np.uint16)).sum(axis=1).astype(np.uint8)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape: Sequence[int]) -> torch.Tensor:

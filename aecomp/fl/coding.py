@@ -19,10 +19,9 @@ arrays (integer, float64, empty, scalars) travel raw, bit for bit. The packed st
     2 delta), u8 dtype length, dtype (numpy str, e.g. "<f4"), u8 ndim, u32 dims...
     | all scales (float32, array order) | all q (int8, array order) | all raw data (C order)
 
-is entropy-coded by the stdlib coders, whichever is smaller for this stream, named by the first
-byte: 0 stored, 1 DEFLATE (``zlib``, level 9, raw stream), 2 LZMA2 (``lzma``, preset 9e, raw
-stream). The int8 deltas of one round are mostly small, so the Huffman/LZ stage takes a further
-share off the 4x of int8.
+is coded by the project's one coder (:func:`aecomp.compress.entropy.encode_bytes`): the smallest
+of stored, raw DEFLATE and raw LZMA2, named by the first byte (0, 1, 2). The int8 deltas of one
+round are mostly small, so the LZ stage takes a further share off the 4x of int8.
 
 **Bit-exact.** Sender and receiver compute ``V'`` and ``W'`` with the same float32 operations, so
 :func:`encode_arrays` returns, next to the bytes, exactly the arrays :func:`decode_arrays` will
@@ -42,9 +41,7 @@ model stays float32.
 from __future__ import annotations
 
 import copy
-import lzma
 import struct
-import zlib
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -54,6 +51,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.app.error import Error
 from flwr.app.message import make_message
 
+from ..compress.entropy import EntropyError, decode_bytes, encode_bytes
 from ..compress.quantize import quantize_per_channel
 from .grid import GridWrapper
 
@@ -72,8 +70,6 @@ __all__ = [
 CODED_KEY = "aecomp.int8z/1"  # the one key of a coded ConfigRecord, naming the format
 MAGIC = b"AEQ1"
 RAW, ABSOLUTE, DELTA = 0, 1, 2
-STORED, DEFLATE, LZMA = 0, 1, 2
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 CODED_ERROR = 9001  # Error code of a reply the server could not decode
 
 
@@ -96,28 +92,14 @@ def _dequantize(q: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def _entropy_code(body: bytes) -> bytes:
-    candidates = [
-        bytes([DEFLATE]) + zlib.compress(body, 9, wbits=-15),
-        bytes([LZMA]) + lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS),
-        bytes([STORED]) + body,
-    ]
-    return min(candidates, key=len)
+    return encode_bytes(body)
 
 
 def _entropy_decode(blob: bytes) -> bytes:
-    if not blob:
-        raise CodingError("coded stream is empty")
-    codec, payload = blob[0], blob[1:]
     try:
-        if codec == STORED:
-            return bytes(payload)
-        if codec == DEFLATE:
-            return zlib.decompress(payload, wbits=-15)
-        if codec == LZMA:
-            return lzma.decompress(payload, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    except (zlib.error, lzma.LZMAError) as exc:
-        raise CodingError(f"coded stream: the entropy-coded payload is corrupt ({exc})") from None
-    raise CodingError(f"coded stream: unknown entropy coder {codec}")
+        return decode_bytes(blob)
+    except EntropyError as exc:
+        raise CodingError(f"coded stream: {exc}") from None
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], reference: Optional[Mapping[str, np.ndarray]] = None,

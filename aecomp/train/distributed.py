@@ -84,7 +84,13 @@ def init(device: Union[str, torch.device, None] = None) -> DistInfo:
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        # every rank reaches this point before any tears its group down: a rank that destroys
+        # its gloo context while a peer's last collective is still in flight aborted the peer
+        # ("terminate called without an active exception", SIGABRT at exit; seen once in CI-like runs)
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def device_for(info: DistInfo, requested: Union[str, torch.device, None]) -> torch.device:
