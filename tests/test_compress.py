@@ -80,6 +80,40 @@ def test_frozen_training_leaves_the_encoder_unchanged_and_learns(digits, trained
     assert accuracy(net, te.x, te.y) > 60
 
 
+def test_frozen_stays_frozen_through_pruning_and_weight_sharing(digits, trained_ae):
+    """Issue 24: a ``frozen`` row's encoder is the autoencoder's, less the pruned weights and the
+    k-means rounding; only the head retrains (pruning used to retrain every parameter)."""
+    from aecomp.compress.prune import prune_and_retrain
+    from aecomp.compress.share import finetune_codebooks, share_model, trainable_layers
+
+    tr, va, _ = digits
+    net = CompressedNet.from_autoencoder(trained_ae, 10, mode="frozen")
+    train_compressed(net, tr.x, tr.y, epochs=1, lr=1e-2)
+    enc = [m.weight.detach().clone() for m in net.encoder.layers]
+    head = net.head.layers[0].weight.detach().clone()
+    pruned = prune_and_retrain(net, 0.7, tr.x, tr.y, x_val=va.x, y_val=va.y, epochs=2, lr=1e-2)
+    for m, w in zip(pruned.encoder.layers, enc):
+        kept = m.weight != 0
+        assert 0.25 < float(kept.float().mean()) < 0.35
+        assert torch.equal(m.weight[kept], w[kept])  # kept weights: exactly the autoencoder's
+        assert all(not p.requires_grad for p in pruned.encoder.parameters())
+    assert not torch.equal(pruned.head.layers[0].weight, head * (pruned.head.layers[0].weight != 0))  # head retrained
+    assert trainable_layers(pruned) == [False, False, True]
+    shared = share_model(pruned, 4, pruned=True)
+    tuned = finetune_codebooks(shared, tr.x, tr.y, epochs=2, lr=1e-2, trainable=trainable_layers(pruned))
+    for before, after in zip(shared.layers[:2], tuned.layers[:2]):  # encoder codebooks fixed (float16-rounded)
+        assert torch.equal(after.codebook, before.codebook.half().float())
+        assert torch.equal(after.bias, before.bias.half().float())
+    assert not torch.equal(tuned.layers[2].codebook, shared.layers[2].codebook.half().float())
+    # the other modes still retrain every weight
+    ft = CompressedNet.from_autoencoder(trained_ae, 10, mode="finetune")
+    w0 = ft.encoder.layers[0].weight.detach().clone()
+    again = prune_and_retrain(ft, 0.7, tr.x, tr.y, epochs=1, lr=1e-2)
+    kept = again.encoder.layers[0].weight != 0
+    assert not torch.equal(again.encoder.layers[0].weight[kept], w0[kept])
+    assert torch.equal(ft.encoder.layers[0].weight, w0)  # the source model is not modified
+
+
 def test_finetune_and_replace_move_the_encoder(digits, trained_ae):
     tr, va, _ = digits
     for mode in ("finetune", "replace"):
