@@ -66,6 +66,29 @@ def test_a_test_set_only_change_changes_no_choice(small_run, tmp_path, monkeypat
     assert any(abs(m["accuracy"] - acc[m["name"]]) > 5 for m in scrambled["report"]["models"] if m["name"] in acc)
 
 
+def test_the_validation_split_never_fits_or_stops_a_model(small_run, tmp_path, monkeypatch):
+    """Scrambling the validation labels changes no trained model: every file, every test figure is
+    the same (validation only ranks); with --early-stopping 0 nothing is held out of training."""
+    real = protocol.load_repeat
+
+    def load_repeat(*args, **kw):
+        splits = real(*args, **kw)
+        splits.val.y = splits.val.y[torch.randperm(len(splits.val), generator=torch.Generator().manual_seed(5))]
+        return splits
+
+    monkeypatch.setattr(protocol, "load_repeat", load_repeat)
+    other = _run(tmp_path, "val-scrambled")
+    test = lambda r: {m["name"]: (m["bytes"], m["accuracy"]) for m in r["report"]["models"]}  # noqa: E731
+    assert test(other) == test(small_run)
+    from aecomp.compress.pipeline import early_stopping_split
+
+    tr = real("digits", 0).train
+    fit, stop = early_stopping_split(tr, 0.1, 0)
+    assert len(fit) + len(stop) == len(tr) and abs(len(stop) - 0.1 * len(tr)) < 1
+    torch.testing.assert_close(fit.x.double().sum(0) + stop.x.double().sum(0), tr.x.double().sum(0))
+    assert early_stopping_split(tr, 0.0, 0) == (tr, None)
+
+
 def test_a_planted_leak_is_caught(tmp_path, monkeypatch):
     """The same comparison catches a pipeline that chooses on the test split."""
     _plant_leak(monkeypatch)
@@ -80,7 +103,8 @@ def test_every_row_is_summarised_over_the_repeats(small_run):
     rows = {m["name"]: m for m in doc["models"]}
     assert doc["protocol"]["repeats"] == 2 and doc["protocol"]["compared"] == len(small_run["stats"])
     for fam in ("baseline", "logreg", "compressed-frozen", "scratch"):
-        for suffix in ("", "-int8", "-int8-coded", "-shared8", "-pruned70-int8-coded", "-pruned70-shared4"):
+        for suffix in ("", "-int8", "-int8-coded", "-shared8", "-pruned70-int8-coded", "-pruned70-shared4",
+                       "-pruned70-sharedmix"):
             name = fam + ("-pruned90" + suffix[len("-pruned70"):] if fam == "baseline" and "pruned" in suffix
                           else suffix)
             over = rows[name]["over_repeats"]
@@ -101,7 +125,7 @@ def test_every_row_is_summarised_over_the_repeats(small_run):
     assert "not drawn" in md and doc["published"] == []
     for c in doc["ae_vs_random"]:  # --mode frozen: the frozen encoder against the same net from random init
         assert c["autoencoder"].replace("compressed-frozen", "scratch") == c["random_init"]
-    assert len(doc["ae_vs_random"]) == 7 + len(SMALL["bits"]) and doc["ae_vs_random_sentence"]
+    assert len(doc["ae_vs_random"]) == 8 + len(SMALL["bits"]) and doc["ae_vs_random_sentence"]
 
 
 def test_row_descriptions_say_what_was_trained(small_run):
@@ -184,8 +208,11 @@ def test_flags_reach_the_settings():
     add_arguments(p)
     s = settings_from_args(p.parse_args(["--bits", "2,8", "--no-distill", "--temperature", "2", "--alpha", "0.5",
                                          "--share-epochs", "3", "--repeats", "5", "--points", "0.5",
-                                         "--no-baselines"]))
+                                         "--no-baselines", "--early-stopping", "0", "--no-fold-inputs",
+                                         "--no-mixed-bits"]))
     assert (s.bits, s.distill, s.temperature, s.alpha, s.share_epochs) == ([2, 8], False, 2.0, 0.5, 3)
-    assert (s.repeats, s.points, s.baselines) == (5, 0.5, False)
+    assert (s.repeats, s.points, s.baselines, s.early_stopping) == (5, 0.5, False, 0.0)
+    assert (s.fold_inputs, s.mixed_bits) == (False, False)
     d = settings_from_args(p.parse_args([]))
     assert d.bits == [3, 4, 5] and d.distill is True and d.repeats >= 3 and d.baselines is True
+    assert d.fold_inputs and d.mixed_bits

@@ -102,6 +102,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> N
     a("--points", type=float, default=d.points,
       help=f"the recommendation: the smallest file whose mean validation accuracy is within this many points "
            f"of the baseline's (default: {d.points:g})")
+    a("--early-stopping", type=float, default=d.early_stopping, dest="early_stopping",
+      help=f"share of the training split held out to pick each classifier's best epoch, so that the validation "
+           f"split only ranks models (0: train on all of it, keep the last epoch; default: {d.early_stopping:g})")
+    a("--fold-inputs", action=argparse.BooleanOptionalAction, default=d.fold_inputs, dest="fold_inputs",
+      help="pruning first keeps only the input columns that span the training inputs (pivoted QR), folding the "
+           "others' weights into them (default: on)")
+    a("--mixed-bits", action=argparse.BooleanOptionalAction, default=d.mixed_bits, dest="mixed_bits",
+      help="also a -sharedmix row per family: per-layer bit widths, each layer's fewest bits within "
+           f"{d.bits_tolerance:g} points of the float32 net on the training split (default: on)")
     a("--baselines", action=argparse.BooleanOptionalAction, default=d.baselines,
       help="also train the right-sized baselines: logistic regression on the inputs, and the CompressedNet "
            "architecture from random initialisation (default: on)")
@@ -164,7 +173,8 @@ def settings_from_args(args: argparse.Namespace):
         bits=_parse_bits(args.bits), share_epochs=args.share_epochs, share_lr=args.share_lr, distill=args.distill,
         temperature=args.temperature, alpha=args.alpha,
         scale=args.scale, overwrite=args.overwrite, max_classes=args.max_classes, repeats=args.repeats,
-        points=args.points, baselines=args.baselines)
+        points=args.points, baselines=args.baselines, early_stopping=args.early_stopping,
+        fold_inputs=args.fold_inputs, mixed_bits=args.mixed_bits)
 
 
 def apply_threads(n: int) -> int:

@@ -8,11 +8,12 @@ path, float32 files in float) and scored once on the validation split and once o
 split. Repeat 0 writes the shipped files (``models/``, ``checkpoints/``, ``onnx/``) and times
 them; the other repeats write into a temporary folder that is removed.
 
-**Choices use validation only**: the best epoch of every training run, the frontier, the
-recommendation (the smallest file whose mean validation accuracy over the repeats is within
+**Choices use validation only**: the frontier, the recommendation (the smallest file whose mean validation accuracy over the repeats is within
 ``points`` of the baseline's, see ``protocol.smallest_within``), which mode and which
-distillation setting is best, the row beside the published point. Test accuracy is only
-reported: per row its mean and spread over repeats and its gap to the baseline with a paired
+distillation setting is best, the row beside the published point. The validation split is
+never used to fit a model or pick its epochs: each classifier fits on the training split less a
+stratified ``early_stopping`` share of it, which picks the best epoch (so validation accuracy is
+not inflated by that pick). Test accuracy is only reported: per row its mean and spread over repeats and its gap to the baseline with a paired
 interval. A baseline near chance gets a warning and no recommendation.
 
 **Families** (each a trained classifier that then goes through the same steps):
@@ -37,10 +38,14 @@ family                      what is trained
 
 **Steps** (:func:`compression_steps`), each a row ``<family><suffix>``: float32 file;
 ``-int8`` (per-channel int8); ``-int8-coded`` and ``-shared8`` (post-training 8-bit codes,
-entropy-coded: equal bits); ``-pruned<S>`` (magnitude pruning to sparsity ``S``, retraining
+entropy-coded: equal bits); ``-pruned<S>`` (with ``fold_inputs``, the first layer first keeps
+only the input columns that span the training inputs, the others' weights folded into them:
+``aecomp.compress.prune.fold_inputs``; then magnitude pruning to sparsity ``S``, retraining
 what the family trains under the mask; sparse file), ``-pruned<S>-int8``,
 ``-pruned<S>-int8-coded``, and ``-pruned<S>-shared<b>`` for each ``b`` in ``bits`` (k-means
-codebooks over the surviving weights, fine-tuned with the masks kept, entropy-coded ``.aecc``).
+codebooks over the surviving weights, fine-tuned with the masks kept, entropy-coded ``.aecc``),
+and ``-pruned<S>-sharedmix`` (per layer the fewest bits, 2..8, whose sharing alone costs at most
+``bits_tolerance`` points of accuracy on the training split: ``share.choose_bits``).
 The autoencoders themselves (``autoencoder``, ``autoencoder-linear``) get reconstruction rows.
 
 Reuse on another classifier (a user's model, a pretrained encoder): :func:`run_repeats` runs
@@ -143,6 +148,10 @@ class CompressSettings:
     max_classes: int = 1000  # more classes than this is taken for a mistake in the labels
     # issue 24: the protocol
     repeats: int = 3  # each a new split and new seeds (protocol.repeat_seed)
+    early_stopping: float = 0.1  # share of the training split that picks each classifier's best epoch
+    fold_inputs: bool = True  # pruning keeps only the input columns that span the training inputs (prune.py)
+    mixed_bits: bool = True  # also a -sharedmix row: per-layer bit widths (share.choose_bits)
+    bits_tolerance: float = 0.5  # points of training-split accuracy a layer's sharing may cost (-sharedmix)
     points: float = 1.0  # the recommendation: the smallest file within this many points (validation)
     baselines: bool = True  # the right-sized baselines: logreg and scratch
 
@@ -186,6 +195,8 @@ def _check(s: CompressSettings) -> None:
         raise CompressError(f"--repeats must be an integer >= 1, got {s.repeats!r}")
     if not (isinstance(s.points, (int, float)) and math.isfinite(s.points) and s.points >= 0):
         raise CompressError(f"--points must be a number >= 0, got {s.points!r}")
+    if not (isinstance(s.early_stopping, (int, float)) and 0 <= s.early_stopping < 0.5):
+        raise CompressError(f"--early-stopping must be in [0, 0.5), got {s.early_stopping!r}")
 
 
 def load_labeled(s: CompressSettings, repeat: int = 0) -> data_mod.Splits:
@@ -358,6 +369,23 @@ def recon_mse(model: nn.Module, x: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------- one repeat
+def early_stopping_split(train: data_mod.Dataset, fraction: float,
+                         seed: int) -> Tuple[data_mod.Dataset, Optional[data_mod.Dataset]]:
+    """``(fit, stop)``: a stratified ``fraction`` of the training split held out to pick each
+    classifier's best epoch (``protocol.holdout``), the rest to fit on; ``fraction = 0``: fit on
+    all of it and keep the last epoch. The validation split is never used to fit or stop a model,
+    so its accuracies rank models without the optimism of a best-epoch pick."""
+    import dataclasses
+
+    if fraction <= 0 or train.y is None:
+        return train, None
+    keep, held = protocol.holdout(train.y, len(train), fraction, seed)
+    if len(held) == 0 or len(keep) == 0:
+        return train, None
+    part = lambda idx, name: dataclasses.replace(train, x=train.x[idx], y=train.y[idx], split=name)  # noqa: E731
+    return part(keep, "train-fit"), part(held, "train-stop")
+
+
 def _predict(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     """The predicted class of every row of ``x`` (``argmax`` of the logits), in batches."""
     out = []
@@ -382,6 +410,8 @@ class Recorder:
                  classes: int, detailed: bool, progress: Callable[[str], None] = lambda name: None) -> None:
         self.s = settings
         self.splits = splits
+        self.fit_data, self.stop_data = early_stopping_split(splits.train, settings.early_stopping,
+                                                             protocol.repeat_seed(settings.seed, repeat))
         self.repeat = repeat
         self.folder = Path(folder)
         self.classes = classes
@@ -401,9 +431,11 @@ class Recorder:
 
     @property
     def fit_kw(self) -> Dict[str, Any]:
-        """``fit_classifier``'s shared options: the validation split (best epoch), batch, seed."""
-        va = self.splits.val
-        return dict(x_val=va.x, y_val=va.y, batch_size=self.s.batch_size, seed=self.seed)
+        """``fit_classifier``'s shared options: the early-stopping part of the training split
+        (best epoch; never the validation split), batch, seed. Classifiers fit on ``fit_data``."""
+        st = self.stop_data
+        return dict(x_val=st.x if st is not None else None, y_val=st.y if st is not None else None,
+                    batch_size=self.s.batch_size, seed=self.seed)
 
     def timed(self, key: str, t: float) -> None:
         self.timings[key] = round(time.perf_counter() - t, 3)
@@ -538,9 +570,9 @@ def compression_steps(rec: Recorder, family: str, model: nn.Module, *, descripti
     docstring), one row each, named ``<family><suffix>``; returns the pruned model. ``model`` is
     not modified. What retrains after pruning and in codebook fine-tuning is what ``model``
     trains (``requires_grad``): a frozen encoder never changes but for the prune/cluster steps."""
-    from .share import finalize, finetune_codebooks, int8_model, share_model, trainable_layers
+    from .share import choose_bits, finalize, finetune_codebooks, int8_model, share_model, trainable_layers
 
-    s, tr = rec.s, rec.splits.train
+    s, tr = rec.s, rec.fit_data
     what = _what_trains(model)
     rec.classifier_file(family, model, family=family, description=f"{description}; float32 file")
     rec.classifier_file(f"{family}-int8", model, family=family, description=f"{description}; int8 per channel",
@@ -552,9 +584,13 @@ def compression_steps(rec: Recorder, family: str, model: nn.Module, *, descripti
     tag = f"pruned{int(round(sparsity * 100))}"
     t = time.perf_counter()
     pruned = prune_and_retrain(model, sparsity, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr, distill=distill,
-                               **rec.fit_kw)
+                               fold=s.fold_inputs, **rec.fit_kw)
     rec.timed(f"{family}-{tag}", t)
-    pdesc = f"{description}; {sparsity:.0%} of each layer's weights pruned by magnitude, {what} retrained"
+    first = linear_layers(pruned)[0].weight
+    inputs = (f"the {int((first != 0).any(0).sum())} of {first.shape[1]} input columns that span the training "
+              f"inputs kept, the others folded into them; " if s.fold_inputs else "")
+    pdesc = (f"{description}; {inputs}{sparsity:.0%} of each layer's weights pruned by magnitude, {what} "
+             f"retrained")
     rec.classifier_file(f"{family}-{tag}", pruned, family=family, description=f"{pdesc}; sparse float32",
                         sparse=True)
     rec.classifier_file(f"{family}-{tag}-int8", pruned, family=family, description=f"{pdesc}; sparse int8",
@@ -570,12 +606,26 @@ def compression_steps(rec: Recorder, family: str, model: nn.Module, *, descripti
         rec.timed(f"{family}-{tag}-shared{b}", t)
         rec.coded_file(f"{family}-{tag}-shared{b}", tuned, pruned, family=family,
                        description=f"{pdesc}; {b}-bit shared weights, codebooks of {what} fine-tuned, entropy-coded")
+    if s.mixed_bits:
+        # per-layer widths: each layer's fewest bits that cost <= bits_tolerance points on the training split
+        t = time.perf_counter()
+        widths = choose_bits(pruned, rec.splits.train.x, rec.splits.train.y, s.bits_tolerance, pruned=True)
+        tuned = finetune_codebooks(share_model(pruned, widths, pruned=True), tr.x, tr.y, epochs=s.share_epochs,
+                                   lr=s.share_lr, backend=s.backend, distill=distill, trainable=trainable,
+                                   **rec.fit_kw)
+        rec.timed(f"{family}-{tag}-sharedmix", t)
+        row = rec.coded_file(f"{family}-{tag}-sharedmix", tuned, pruned, family=family,
+                             description=f"{pdesc}; per-layer shared weights of {'/'.join(map(str, widths))} bits "
+                                         f"(each layer's fewest bits within {s.bits_tolerance:g} points of the "
+                                         f"float32 net on the training split), codebooks of {what} fine-tuned, "
+                                         f"entropy-coded")
+        row["bits"] = widths
     return pruned
 
 
 def steps_per_family(s: CompressSettings) -> int:
     """Rows :func:`compression_steps` adds for one family."""
-    return 7 + len(s.bits)
+    return 7 + len(s.bits) + int(s.mixed_bits)
 
 
 # ---------------------------------------------------------------------------------------- the families
@@ -608,12 +658,13 @@ def default_families(rec: Recorder) -> None:
     s, (tr, va, te), classes = rec.s, rec.splits, rec.classes
     features = tr.features
     fit_kw = rec.fit_kw
+    ft = rec.fit_data  # what the classifiers fit on (the training split less its early-stopping part)
 
     # the uncompressed baseline ----------------------------------------------------------------
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
     base = lenet_300_100(features, classes, backend=s.backend)
-    fit = fit_classifier(base, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+    fit = fit_classifier(base, ft.x, ft.y, epochs=s.epochs, lr=s.lr, **fit_kw)
     rec.timed("baseline", t)
     rec.checkpoint("baseline", base, s.epochs, fit)
     compression_steps(rec, "baseline", base, sparsity=s.sparsity,
@@ -659,7 +710,7 @@ def default_families(rec: Recorder) -> None:
         t = time.perf_counter()
         torch.manual_seed(rec.seed + 2)
         logreg = FusedMLP([features, classes], ["none"], backend=s.backend)
-        fit = fit_classifier(logreg, tr.x, tr.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
+        fit = fit_classifier(logreg, ft.x, ft.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
         rec.timed("logreg", t)
         rec.checkpoint("logreg", logreg, s.epochs, fit)
         compression_steps(rec, "logreg", logreg, sparsity=s.sparsity_compressed,
@@ -675,7 +726,7 @@ def default_families(rec: Recorder) -> None:
         for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
             name = f"compressed-{mode}" + ("-kd" if teacher is not None else "")
             t = time.perf_counter()
-            net, fit = _train_mode(s, rec.seed, mode, ae, base, classes, frozen, tr, dict(fit_kw, distill=teacher))
+            net, fit = _train_mode(s, rec.seed, mode, ae, base, classes, frozen, ft, dict(fit_kw, distill=teacher))
             frozen = net if mode == "frozen" else frozen
             rec.timed(name, t)
             rec.checkpoint(name, net, s.epochs, fit)
@@ -695,7 +746,7 @@ def default_families(rec: Recorder) -> None:
         torch.manual_seed(rec.seed + 3)
         enc = FusedMLP(dims, ["relu"] * (len(dims) - 2) + ["none"], backend=s.backend)
         scratch = CompressedNet(enc, num_classes=classes, mode="finetune", backend=s.backend)
-        fit = fit_classifier(scratch, tr.x, tr.y, epochs=2 * s.epochs, lr=s.lr, **fit_kw)
+        fit = fit_classifier(scratch, ft.x, ft.y, epochs=2 * s.epochs, lr=s.lr, **fit_kw)
         rec.timed("scratch", t)
         rec.checkpoint("scratch", scratch, 2 * s.epochs, fit)
         compression_steps(rec, "scratch", scratch, sparsity=s.sparsity_compressed,
@@ -835,8 +886,10 @@ def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: D
         f"Protocol: {s.repeats} repeat(s), seeds {', '.join(str(protocol.repeat_seed(s.seed, r)) for r in range(s.repeats))};"
         f" each a new stratified split of {tr.spec} ({len(tr)} train / {len(va)} validation / {len(te)} test samples"
         f"{'; the test set is the data set' + chr(39) + 's own and stays' if tr.spec.startswith('mnist') else ''}) "
-        f"and new initialisations. Every choice (best epoch, mode, distillation, frontier, recommendation) uses "
-        f"validation accuracy only; test accuracy is measured once per model and only reported.",
+        f"and new initialisations. Every choice (mode, distillation, frontier, recommendation) uses validation "
+        f"accuracy only; test accuracy is measured once per model and only reported. Classifiers fit on the "
+        f"training split less {s.early_stopping:.0%} of it (stratified), which picks each one's best epoch: the "
+        f"validation split never fits or stops a model.",
         f"{len(stats)} models were compared (one validation image = {100 / len(va):.2f} points, one test image = "
         f"{100 / len(te):.2f} points); chance (always the most frequent training class) is {chance:.1f}%.",
         "Gaps to the baseline: paired over the same images within a repeat, combined over the repeats; the 95% "

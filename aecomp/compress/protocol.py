@@ -11,7 +11,9 @@ the ``T - sum floor(.)`` left over go one each to the classes with the largest r
 ``T n_c / n - floor(T n_c / n)`` (ties broken by a seeded shuffle of the classes); test is
 drawn first, then validation, and every class keeps at least one training sample (a class
 with one sample is never held out). Inside each class a seeded permutation decides which
-samples go where. Without labels it is one seeded permutation. Train and validation are
+samples go where. Without labels it is one seeded permutation. :func:`holdout` carves a part off
+the training split the same way (early stopping: the validation split must not pick a model's
+epochs if its accuracy is to rank models without bias). Train and validation are
 re-drawn in every repeat; test too, unless the data brings a fixed test set (MNIST's ``t10k``),
 which then stays the test split of every repeat. :func:`check_disjoint` refuses index sets
 that share a sample; :func:`shared_rows` counts test samples whose features equal a training
@@ -70,6 +72,7 @@ __all__ = [
     "check_disjoint",
     "combine_gaps",
     "frontier",
+    "holdout",
     "load_repeat",
     "near_chance",
     "paired_comparison",
@@ -178,6 +181,14 @@ def stratified_indices(labels: Optional[torch.Tensor], n: int, *, val_fraction: 
         parts = torch.cat(test), torch.cat(val), torch.cat(train)
     test_i, val_i, train_i = (p.sort().values.long() for p in parts)
     return SplitIndices(train_i, val_i, test_i, int(seed))
+
+
+def holdout(labels: Optional[torch.Tensor], n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(kept, held)``: a stratified ``fraction`` of ``n`` samples held out (the same allocation
+    as :func:`stratified_indices`), e.g. the early-stopping part of a training split, so that
+    the validation split is never used to fit or stop a model and stays unbiased for choices."""
+    s = stratified_indices(labels, n, val_fraction=fraction, test_fraction=0.0, seed=seed)
+    return s.train, s.val
 
 
 def check_disjoint(split: SplitIndices) -> SplitIndices:

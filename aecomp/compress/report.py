@@ -160,7 +160,7 @@ def _family_variant(name: str):
     base, values = name, "float32"
     for suffix, kind in _VALUE_SUFFIXES:
         i = base.rfind(suffix)
-        if i > 0 and (base.endswith(suffix) or base[i + len(suffix):].isdigit()):
+        if i > 0 and (base.endswith(suffix) or base[i + len(suffix):] in ("mix",) or base[i + len(suffix):].isdigit()):
             base, values = base[:i], kind
             break
     pruned = "-pruned" in base

@@ -61,6 +61,7 @@ from .quantize import dequantize_per_channel, quantize_per_channel
 
 __all__ = [
     "BITS",
+    "choose_bits",
     "Int8Linear",
     "PackedNet",
     "SharedLinear",
@@ -255,20 +256,54 @@ def share_weights(weight: torch.Tensor, bits: int, mask: Optional[torch.Tensor] 
     return SharedLinear(codes.contiguous(), cb.contiguous(), bits, m, b, activation)
 
 
-def share_model(model: nn.Module, bits: int, pruned: Optional[bool] = None, iters: int = 30) -> PackedNet:
-    """The :class:`PackedNet` of ``model`` with every layer shared at ``bits``.
+def share_model(model: nn.Module, bits: Union[int, Sequence[int]], pruned: Optional[bool] = None,
+                iters: int = 30) -> PackedNet:
+    """The :class:`PackedNet` of ``model`` with every layer shared at ``bits`` (one width for all
+    layers, or one per layer).
 
     ``pruned`` (default: whether any weight is exactly zero) keeps the zero weights out of the
     clustering and in the mask.
     """
     layers = []
     mods = linear_layers(model)
+    widths = [bits] * len(mods) if isinstance(bits, int) else list(bits)
+    if len(widths) != len(mods):
+        raise ValueError(f"share_model: {len(widths)} bit widths for {len(mods)} layers")
     if pruned is None:
         pruned = any(bool((m.weight == 0).any()) for m in mods)
-    for m in mods:
+    for m, b in zip(mods, widths):
         mask = (m.weight != 0) if pruned else None
-        layers.append(share_weights(m.weight, bits, mask, m.bias, m.activation, iters))
+        layers.append(share_weights(m.weight, b, mask, m.bias, m.activation, iters))
     return PackedNet(classifier_config(model), layers)
+
+
+@torch.no_grad()
+def choose_bits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points: float = 0.5,
+                bits: Sequence[int] = tuple(BITS), pruned: Optional[bool] = None) -> List[int]:
+    """Per layer, the fewest bits whose k-means sharing of that layer alone (the others float32)
+    costs at most ``points`` of accuracy on ``(x, y)`` against the float32 model -- a sensitivity
+    measurement on the training split (quantization noise, not generalization), so no held-out
+    split is spent. A layer that no width in ``bits`` keeps within ``points`` gets the widest."""
+    from .net import accuracy
+
+    mods = linear_layers(model)
+    if pruned is None:
+        pruned = any(bool((m.weight == 0).any()) for m in mods)
+    ref = accuracy(model, x, y)
+    out = []
+    for m in mods:
+        w0 = m.weight.detach().clone()
+        mask = (w0 != 0) if pruned else None
+        pick = max(bits)
+        for b in sorted(bits):
+            m.weight.copy_(share_weights(w0, b, mask).dense_weight().to(w0.dtype))
+            ok = accuracy(model, x, y) >= ref - points
+            m.weight.copy_(w0)
+            if ok:
+                pick = b
+                break
+        out.append(int(pick))
+    return out
 
 
 def trainable_layers(model: nn.Module) -> List[bool]:
