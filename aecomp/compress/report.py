@@ -115,6 +115,7 @@ COLUMNS = (
     ("model", lambda m: m["name"]),
     ("params", lambda m: _fmt(m.get("params"), "int")),
     ("file bytes", lambda m: _fmt(m.get("bytes"), "int")),
+    ("mean bytes", lambda m: _fmt((_rep(m, "bytes") or {}).get("mean"), "int")),
     ("ratio", lambda m: _fmt(m.get("ratio"), "ratio")),
     ("val acc % (mean ± sd)", lambda m: _spread(_rep(m, "val_accuracy"))),
     ("test acc % (mean ± sd)", lambda m: _spread(_rep(m, "test_accuracy"))),
@@ -214,12 +215,15 @@ def _frontier_md(doc: Dict[str, Any], by_name: Dict[str, Dict[str, Any]]) -> Lis
     lines = ["## Frontier", "",
              "Per family, the files no smaller file of the same family beats on mean validation accuracy "
              "(chosen on validation; test reported):", "",
-             "| family | model | file bytes | ratio | val acc % | test acc % | val gap | test gap [95% CI] |",
+             "| family | model | mean bytes | ratio | val acc % | test acc % | val gap | test gap [95% CI] |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    base = by_name.get(doc["baseline"], {})
     for fam, names in doc["frontier"].items():
         for n in names:
             m = by_name[n]
-            lines.append(f"| {fam} | {n} | {_fmt(m.get('bytes'), 'int')} | {_fmt(m.get('ratio'), 'ratio')} | "
+            nb = _rep(m, "bytes")["mean"]
+            ratio = _rep(base, "bytes")["mean"] / nb if _rep(base, "bytes") else None
+            lines.append(f"| {fam} | {n} | {nb:,.0f} | {_fmt(ratio, 'ratio')} | "
                          f"{_spread(_rep(m, 'val_accuracy'))} | {_spread(_rep(m, 'test_accuracy'))} | "
                          f"{_gap(_rep(m, 'val_gap'))} | {_gap(_rep(m, 'test_gap'))} |")
     return lines + [""]
@@ -416,10 +420,11 @@ def answer_lines(doc: Dict[str, Any]) -> List[str]:
                   f"  chosen on validation among {p['compared']} models; family {r['family']} "
                   f"({'with' if r['uses_autoencoder'] else 'without'} the autoencoder)"]
     by = {m["name"]: m for m in doc["models"]}
-    lines.append("frontier (per family, chosen on validation; bytes: test accuracy %):")
+    lines.append("frontier (per family, chosen on validation; mean bytes: mean test accuracy %):")
     width = max((len(f) for f in doc["frontier"]), default=0)
     for fam, names in doc["frontier"].items():
-        pts = ", ".join(f"{_size(by[n]['bytes'])}: {_rep(by[n], 'test_accuracy')['mean']:.1f}" for n in names)
+        pts = ", ".join(f"{_size(_rep(by[n], 'bytes')['mean'])}: {_rep(by[n], 'test_accuracy')['mean']:.1f}"
+                        for n in names)
         lines.append(f"  {fam:<{width}}  {pts}")
     if doc.get("ae_vs_random_sentence"):
         lines.append(doc["ae_vs_random_sentence"])
