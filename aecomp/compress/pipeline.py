@@ -589,8 +589,11 @@ def compression_steps(rec: Recorder, family: str, model: nn.Module, *, descripti
     first = linear_layers(pruned)[0].weight
     inputs = (f"the {int((first != 0).any(0).sum())} of {first.shape[1]} input columns that span the training "
               f"inputs kept, the others folded into them; " if s.fold_inputs else "")
-    pdesc = (f"{description}; {inputs}{sparsity:.0%} of each layer's weights pruned by magnitude, {what} "
-             f"retrained")
+    layers = linear_layers(pruned)
+    kept = sum(int((m.weight != 0).sum()) for m in layers)
+    total = sum(m.weight.numel() for m in layers)
+    pdesc = (f"{description}; {inputs}each layer pruned by magnitude to at least {sparsity:.0%} sparsity "
+             f"({kept:,} of {total:,} weights kept), {what} retrained")
     rec.classifier_file(f"{family}-{tag}", pruned, family=family, description=f"{pdesc}; sparse float32",
                         sparse=True)
     rec.classifier_file(f"{family}-{tag}-int8", pruned, family=family, description=f"{pdesc}; sparse int8",
