@@ -519,7 +519,7 @@ def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int)
 
 
 def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-         scale: str = "auto", per_feature: Optional[bool] = None) -> Splits:
+         scale: str = "auto", per_feature: Optional[bool] = None, stratify: bool = False) -> Splits:
     """Load ``spec`` (see the module docstring) and split it into train / val / test.
 
     ``val_fraction`` and ``test_fraction`` are fractions of all samples (for MNIST, which
@@ -527,7 +527,9 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
     ``test_fraction`` is ignored). ``seed`` fixes the split. ``scale`` is one of
     :data:`SCALES` (see the module docstring), fitted on the training split; ``per_feature``
     (default: False for image-shaped samples, True for flat ones) says whether ``minmax`` and
-    ``standard`` statistics are per feature or global.
+    ``standard`` statistics are per feature or global. ``stratify``: split each class in
+    proportion (``aecomp.compress.protocol.stratified_indices`` defines it) instead of by one
+    seeded permutation; unlabeled data is split by the permutation either way.
     """
     kind, arg = _parse_spec(spec)
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -576,7 +578,19 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
     xt, yt = flat(x), (torch.from_numpy(y) if y is not None else None)
     config = {"spec": canonical, "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
               "seed": int(seed), "scale": scale, "per_feature": per_feature}
-    if fixed_test is not None:
+    if stratify:
+        config["stratify"] = True
+    if stratify and yt is not None:
+        from .compress.protocol import stratified_indices  # a leaf module (numpy, torch): the protocol's split
+
+        idx = stratified_indices(yt, xt.shape[0], val_fraction=val_fraction, test_fraction=test_fraction,
+                                 seed=seed, fixed_test=fixed_test is not None)
+        parts = {"train": (xt[idx.train], yt[idx.train]), "val": (xt[idx.val], yt[idx.val]),
+                 "test": (xt[idx.test], yt[idx.test])}
+        if fixed_test is not None:
+            parts["test"] = (flat(fixed_test[0]), torch.from_numpy(fixed_test[1]) if fixed_test[1] is not None
+                             else None)
+    elif fixed_test is not None:
         n = xt.shape[0]
         g = torch.Generator().manual_seed(int(seed))
         perm = torch.randperm(n, generator=g)
