@@ -120,3 +120,90 @@ def test_bad_class_splits_are_one_line(src, tgt, word):
     with pytest.raises(LabelError) as exc:
         class_transfer("digits", src, tgt)
     assert word in _one_line(exc)
+
+
+# ---------------------------------------------------------------------------------------- the study
+from aecomp.compress import fewlabel  # noqa: E402
+
+TINY = dict(repeats=2, ae_epochs=2, epochs=2, min_steps=8, latent=8)
+
+
+def test_choice_reads_validation_only():
+    class Fixed(torch.nn.Module):
+        """Answers ``answers`` for the validation images, whatever the input (a planted model)."""
+
+        def __init__(self, answers):
+            super().__init__()
+            self.answers = answers
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(self.answers[: x.shape[0]], 3).float()
+
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    val = data.Dataset(torch.zeros(6, 4), y, "val", "t", None, (4,))
+    good_on_val = Fixed(y.clone())
+    wrong = Fixed((y + 1) % 3)
+    name, model, n = fewlabel._best([("test-star", wrong), ("val-best", good_on_val)], val)
+    assert name == "val-best" and model is good_on_val and n == 2
+    # ties keep the first candidate
+    assert fewlabel._best([("a", good_on_val), ("b", Fixed(y.clone()))], val)[0] == "a"
+
+
+def test_fewlabel_study_end_to_end(tmp_path):
+    s = fewlabel.StudySettings(data="digits", labels=(5, 500), **TINY)
+    result = fewlabel.run_study(s)
+    assert result["labels"] == [5] and "N=500 skipped" in result["notes"][0]
+    rows = {r["arm"]: r for r in result["rows"]}
+    assert set(rows) == set(fewlabel.ARMS) and rows["scratch"]["test_gap"] is None
+    for arm in ("autoencoder", "pca"):
+        r = rows[arm]
+        assert r["repeats"] == 2 and len(r["chosen"]) == 2
+        # a paired gap's mean is the mean difference of the accuracies on the same images
+        diff = r["test_accuracy"]["mean"] - rows["scratch"]["test_accuracy"]["mean"]
+        assert r["test_gap"]["mean"] == pytest.approx(diff, abs=1e-9)
+        assert r["test_gap"]["low"] <= r["test_gap"]["mean"] <= r["test_gap"]["high"]
+    assert set(rows["autoencoder"]["chosen"]) <= {"frozen", "finetune"}
+    budget = result["budgets"][5]
+    assert budget["train_labels"] == 50 and budget["val_labels"] == sum(budget["val_per_class"]) > 0
+    assert [r["seed"] for r in result["repeats"]] == [0, 1]
+    json_path, md_path = fewlabel.write_study(result, tmp_path / "study")
+    text = md_path.read_text()
+    assert "| 5 | 50 + " in text and "CompressedNet on the pretrained encoder" in text
+    assert __import__("json").loads(json_path.read_text())["kind"] == "fewlabel"
+
+
+def test_transfer_study_end_to_end():
+    s = fewlabel.StudySettings(data="digits", labels=(5,), source=(0, 1, 2, 3, 4), target=(5, 6, 7, 8, 9), **TINY)
+    result = fewlabel.run_study(s)
+    assert result["kind"] == "transfer" and result["budgets"][5]["classes"] == 5
+    assert all(info["label_map"] == [5, 6, 7, 8, 9] for info in result["repeats"])
+    assert "Transfer on digits" in fewlabel.study_markdown(result)
+
+
+def test_no_usable_label_budget_is_one_line():
+    with pytest.raises(LabelError) as exc:
+        fewlabel.run_study(fewlabel.StudySettings(data="digits", labels=(5000,), **TINY))
+    assert "none of the label budgets" in _one_line(exc)
+    with pytest.raises(LabelError) as exc:
+        fewlabel.run_study(fewlabel.StudySettings(data="digits", labels=(5,), source=(0,), **TINY))
+    _one_line(exc)
+
+
+def test_test_images_the_encoder_saw_are_removed(tmp_path):
+    from aecomp.cli import main
+    from aecomp.compress.pretrained import load_encoder
+
+    run = tmp_path / "ae"
+    assert main(["train", "--data", "digits", "--model", "mlp", "--dims", "64,16,8", "--epochs", "1",
+                 "--batch-size", "512", "--out", str(run), "--no-progress"]) == 0
+    enc = load_encoder(run)
+    s = fewlabel.StudySettings(data="digits", labels=(5,), seed=7, **TINY)
+    raw = fewlabel._load(s, 0, scale="none")
+    info = {}
+    kept = fewlabel._unseen_test(raw, enc, info)
+    seen = {tuple(r) for r in enc.seen_images().numpy().tolist()}
+    assert info["test_seen_by_encoder"] > 0  # another seed: most of its test images were the run's training images
+    assert len(kept.test) == len(raw.test) - info["test_seen_by_encoder"]
+    assert not any(tuple(r) in seen for r in kept.test.x.numpy().tolist())
+    result = fewlabel.run_study(fewlabel.StudySettings(data="digits", labels=(5,), encoder=str(run), **TINY))
+    assert result["encoder"] and all(r["test_seen_by_encoder"] is not None for r in result["repeats"])

@@ -185,16 +185,20 @@ def _restrict(ds: Dataset, classes: Tuple[int, ...], prep: Preprocessing, remap:
 
 
 def class_transfer(spec: str, source: Sequence[int], target: Sequence[int], *, seed: int = 0,
-                   val_fraction: float = 0.1, test_fraction: float = 0.2, scale: str = "auto") -> TransferSplits:
-    """The transfer task of ``spec``: see the module docstring."""
+                   val_fraction: float = 0.1, test_fraction: float = 0.2, scale: str = "auto",
+                   preprocessing: Optional[Preprocessing] = None, raw: Optional[Splits] = None) -> TransferSplits:
+    """The transfer task of ``spec``: see the module docstring. ``preprocessing``: a fixed input
+    scaling (a pretrained encoder's) instead of one fitted on the source images; ``raw``: the
+    unscaled splits when the caller loaded them (e.g. one repeat of the protocol)."""
     src, tgt = _parse_classes(source, "source classes"), _parse_classes(target, "target classes")
     if set(src) & set(tgt):
         raise LabelError(f"source classes {list(src)} and target classes {list(tgt)} overlap; a transfer task "
                          f"reuses an encoder on classes it never saw")
-    try:
-        raw = data_mod.load(spec, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, scale="none")
-    except data_mod.DataError as exc:
-        raise LabelError(str(exc)) from None
+    if raw is None:
+        try:
+            raw = data_mod.load(spec, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, scale="none")
+        except data_mod.DataError as exc:
+            raise LabelError(str(exc)) from None
     if raw.train.y is None:
         raise LabelError(f"{spec} has no labels, so it has no classes to split")
     present = set(torch.unique(raw.train.y).tolist())
@@ -202,9 +206,318 @@ def class_transfer(spec: str, source: Sequence[int], target: Sequence[int], *, s
     if missing:
         raise LabelError(f"{spec}: class(es) {missing} do not occur in the training split (classes there: "
                          f"{sorted(present)})")
-    image_like = len(raw.train.sample_shape) >= 2
-    src_train = raw.train.x[torch.isin(raw.train.y, torch.tensor(src))]
-    prep = Preprocessing.fit(scale, src_train, per_feature=not image_like)
+    prep = preprocessing
+    if prep is None:
+        image_like = len(raw.train.sample_shape) >= 2
+        src_train = raw.train.x[torch.isin(raw.train.y, torch.tensor(src))]
+        prep = Preprocessing.fit(scale, src_train, per_feature=not image_like)
     pre = Splits(*(_restrict(d, src, prep, remap=False) for d in raw))
     task = Splits(*(_restrict(d, tgt, prep, remap=True) for d in raw))
     return TransferSplits(pre, task, src, tgt, label_map=list(tgt))
+
+
+# ---------------------------------------------------------------------------------------- the study
+@dataclass
+class StudySettings:
+    """What a few-label (or transfer) comparison runs: see :func:`run_study`."""
+
+    data: str = "digits"
+    labels: Sequence[int] = (10, 100, 1000)  # labelled examples per class; those the data cannot give are skipped
+    repeats: int = 3
+    seed: int = 0
+    latent: int = 16
+    hidden: Optional[List[int]] = None  # encoder hidden widths; None: (2 * latent,) when below the input width
+    ae_epochs: int = 60
+    ae_lr: float = 1e-2
+    epochs: int = 30  # at least this many epochs per classifier ...
+    min_steps: int = 300  # ... and at least this many optimizer steps (few labels = few batches an epoch)
+    lr: float = 1e-3  # from-scratch net and the fine-tuning (x0.1 of head_lr)
+    head_lr: float = 1e-2  # the head on a frozen encoder
+    batch_size: int = 64
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    scale: str = "auto"
+    val_per_class: Optional[int] = None  # cap the validation labels too (None: the whole validation split)
+    unlabeled: Optional[str] = None  # extra images for pretraining (aecomp.data spec)
+    encoder: Optional[str] = None  # a pretrained autoencoder (run folder / file) instead of pretraining one
+    source: Optional[Tuple[int, ...]] = None  # transfer: pretrain on these classes' images ...
+    target: Optional[Tuple[int, ...]] = None  # ... and train heads for these
+    backend: Optional[str] = None
+
+
+ARMS = ("scratch", "autoencoder", "pca")
+ARM_TITLES = {"scratch": "same net from scratch", "autoencoder": "CompressedNet on the pretrained encoder",
+              "pca": "PCA + logistic regression"}
+
+
+def _epochs_for(s: StudySettings, n: int) -> int:
+    """``max(epochs, ceil(min_steps / batches per epoch))``: 100 labels make 2 batches an epoch."""
+    batches = max(1, -(-n // s.batch_size))
+    return max(s.epochs, -(-s.min_steps // batches))
+
+
+def _correct(model, d: Dataset) -> np.ndarray:
+    with torch.no_grad():
+        model.eval()
+        return (model(d.x).argmax(1) == d.y).numpy()
+
+
+def _best(candidates: List[Tuple[str, Any]], val: Dataset) -> Tuple[str, Any, int]:
+    """The candidate with the highest validation accuracy (ties: the first); and how many there were."""
+    scored = [(float(_correct(m, val).mean()), -i, name, m) for i, (name, m) in enumerate(candidates)]
+    _, _, name, model = max(scored, key=lambda t: (t[0], t[1]))
+    return name, model, len(candidates)
+
+
+def _encoder_dims(s: StudySettings, features: int) -> List[int]:
+    hidden = s.hidden if s.hidden is not None else ([2 * s.latent] if 2 * s.latent < features else [])
+    return [features, *hidden, s.latent]
+
+
+def _arms(s: StudySettings, ae, dims: List[int], few: Splits, classes: int, x_pre: torch.Tensor,
+          seed: int) -> Dict[str, Tuple[Any, str, int]]:
+    """Each arm's model chosen on validation: ``{arm: (model, chosen candidate, candidates)}``."""
+    import copy
+
+    from sklearn.linear_model import LogisticRegression
+
+    from ..nn import FusedMLP
+    from .baselines import PCABaseline
+    from .net import CompressedNet, train_compressed
+
+    tr, va = few.train, few.val
+    kw = dict(x_val=va.x, y_val=va.y, batch_size=s.batch_size, seed=seed, epochs=_epochs_for(s, len(tr)))
+    out: Dict[str, Tuple[Any, str, int]] = {}
+    # the same architecture from random initialisation, everything trained on the N labels
+    scratch = []
+    for lr in (s.lr, s.head_lr):
+        torch.manual_seed(seed + 1)
+        enc = FusedMLP(dims, ["relu"] * (len(dims) - 2) + ["none"], backend=s.backend)
+        net = CompressedNet(enc, num_classes=classes, mode="replace", backend=s.backend)
+        train_compressed(net, tr.x, tr.y, lr=lr, **kw)
+        scratch.append((f"lr {lr:g}", net))
+    name, model, n = _best(scratch, va)
+    out["scratch"] = (model, name, n)
+    # the pretrained encoder: frozen (head only), then fine-tuned from that head
+    torch.manual_seed(seed + 1)
+    frozen = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
+    train_compressed(frozen, tr.x, tr.y, lr=s.head_lr, **kw)
+    tuned = copy.deepcopy(frozen)
+    train_compressed(tuned, tr.x, tr.y, mode="finetune", lr=s.head_lr, finetune_factor=s.lr / s.head_lr,
+                     head_ready=True, **kw)
+    name, model, n = _best([("frozen", frozen), ("finetune", tuned)], va)
+    out["autoencoder"] = (model, name, n)
+    # the sceptic's unsupervised pretraining: PCA with as many components, fitted on the same images
+    pca = PCABaseline.fit(x_pre, None, s.latent, seed=seed)
+    clf = LogisticRegression(max_iter=1000).fit(pca.pca.transform(tr.x.double().numpy()), tr.y.numpy())
+    out["pca"] = (PCABaseline(pca.pca, clf, s.latent).to_module(classes), "C 1", 1)
+    return out
+
+
+def _task(s: StudySettings, repeat: int, encoder) -> Tuple[Splits, torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """``(task splits, pretraining images, their validation images, info)`` of one repeat. With a
+    pretrained ``encoder`` the task data is scaled the encoder's way."""
+    from .protocol import repeat_seed
+
+    seed = repeat_seed(s.seed, repeat)
+    info: Dict[str, Any] = {"seed": seed}
+    if s.source is not None:
+        raw = _load(s, repeat, scale="none")
+        if encoder is not None:
+            raw = _unseen_test(raw, encoder, info)
+        t = class_transfer(s.data, s.source, s.target, scale=s.scale, raw=raw,
+                           preprocessing=encoder.preprocessing if encoder is not None else None)
+        info["label_map"] = t.label_map
+        return t.task, t.pretrain.train.x, t.pretrain.val.x, info
+    splits = _load(s, repeat, scale="none" if encoder is not None else s.scale)
+    if encoder is not None:
+        splits = _unseen_test(splits, encoder, info)
+        splits = Splits(*(replace(d, x=encoder.preprocessing.apply(d.x).contiguous(), preprocessing=encoder.preprocessing)
+                          for d in splits))
+    x_pre = splits.train.x
+    if s.unlabeled:
+        extra, info["unlabeled"] = unlabeled_images(s.unlabeled, splits)
+        x_pre = torch.cat([x_pre, extra])
+    return splits, x_pre, splits.val.x, info
+
+
+def _unseen_test(raw: Splits, encoder, info: Dict[str, Any]) -> Splits:
+    """``raw`` (unscaled) with every test image the encoder was pretrained on removed (counted in
+    ``info``): a test image seen in pretraining, even without its label, is not unseen."""
+    seen = encoder.seen_images()
+    if seen is None or seen.shape[1] != raw.test.features:
+        info["test_seen_by_encoder"] = None  # unknown: the run's data is not readable here
+        return raw
+    pool = set(_row_hashes(seen))
+    keep = torch.tensor([h not in pool for h in _row_hashes(raw.test.x)], dtype=torch.bool)
+    info["test_seen_by_encoder"] = int((~keep).sum())
+    info["val_seen_by_encoder"] = sum(h in pool for h in _row_hashes(raw.val.x))
+    return Splits(raw.train, raw.val, _subset(raw.test, keep.nonzero().reshape(-1)))
+
+
+def _load(s: StudySettings, repeat: int, scale: str) -> Splits:
+    """Repeat ``repeat``'s splits on the protocol (a new seeded split every repeat)."""
+    from .protocol import load_repeat
+
+    try:
+        return load_repeat(s.data, repeat, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction,
+                           scale=scale)
+    except data_mod.DataError as exc:
+        raise LabelError(str(exc)) from None
+
+
+def _pretrain(s: StudySettings, x: torch.Tensor, x_val: torch.Tensor, unit: bool, seed: int):
+    from ..models import Autoencoder
+    from .pipeline import fit_autoencoder
+
+    torch.manual_seed(seed)
+    ae = Autoencoder(_encoder_dims(s, x.shape[1]), output="sigmoid" if unit else "none", backend=s.backend)
+    fit_autoencoder(ae, x, x_val, epochs=s.ae_epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=seed)
+    return ae.eval()
+
+
+def _usable_labels(s: StudySettings, tasks: List[Splits]) -> Tuple[List[int], List[str]]:
+    """The label budgets every repeat's training split can give, and a note for each one skipped."""
+    keep, notes = [], []
+    for n in sorted(set(int(v) for v in s.labels)):
+        try:
+            for t in tasks:
+                select_per_class(t.train.y, n, 0)
+        except LabelError as exc:
+            notes.append(f"N={n} skipped: {exc}")
+            continue
+        keep.append(n)
+    return keep, notes
+
+
+def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
+    """The few-label comparison (or, with ``source``/``target``, the transfer comparison).
+
+    For each repeat ``r`` (a new split and seeds, ``aecomp.compress.protocol``): an autoencoder
+    is pretrained on every training image of the repeat (labels unused; plus ``unlabeled``), or
+    on the source classes' images only (transfer), or taken from ``encoder``. Then for each
+    ``N`` in ``labels``, on the same ``N`` labelled examples per class: ``scratch`` (the
+    CompressedNet's architecture from random initialisation, all layers trained, learning rate
+    chosen on validation from two), ``autoencoder`` (the CompressedNet on the pretrained encoder,
+    frozen or fine-tuned, chosen on validation) and ``pca`` (PCA with as many components as the
+    latent, fitted on the same images, + logistic regression). Each is scored image by image on
+    the repeat's validation and test splits; :func:`aecomp.compress.protocol.summarize` gives
+    mean +- spread and the paired gap to ``scratch`` per ``N``. Returns a JSON-able dict.
+    """
+    import time
+
+    from .pretrained import check_width, load_encoder
+    from .protocol import Evaluation, summarize
+    from .storage import payload_bytes
+
+    log = log or (lambda msg: None)
+    if s.repeats < 1:
+        raise LabelError(f"--repeats must be >= 1, got {s.repeats}")
+    if (s.source is None) != (s.target is None):
+        raise LabelError("a transfer study needs both the source and the target classes")
+    t0 = time.perf_counter()
+    encoder = load_encoder(s.encoder) if s.encoder else None
+    repeats = [_task(s, r, encoder) for r in range(s.repeats)]
+    if encoder is not None:
+        check_width(encoder, repeats[0][0].train.features, s.data)
+    labels, notes = _usable_labels(s, [t[0] for t in repeats])
+    if not labels:
+        raise LabelError(f"none of the label budgets {list(s.labels)} fits {s.data}: " + "; ".join(notes))
+    evaluations: Dict[int, List[Any]] = {n: [] for n in labels}
+    chosen: Dict[int, Dict[str, List[str]]] = {n: {a: [] for a in ARMS} for n in labels}
+    budgets: Dict[int, Any] = {}
+    candidates: Dict[str, int] = {}
+    for r, (task, x_pre, x_pre_val, info) in enumerate(repeats):
+        seed = info["seed"]
+        classes = int(task.train.y.max()) + 1
+        ae = encoder.autoencoder if encoder is not None else _pretrain(s, x_pre, x_pre_val, task.train.unit_range, seed)
+        dims = list(ae.encoder.dims)
+        log(f"repeat {r + 1}/{s.repeats}: autoencoder {'-'.join(map(str, dims))} "
+            f"{'from ' + encoder.source if encoder is not None else f'pretrained on {len(x_pre)} images'}")
+        for n in labels:
+            few, budget = labelled_subset(task, n, seed, val_per_class=s.val_per_class, classes=classes)
+            budget.unlabeled_images = int(x_pre.shape[0])
+            budgets[n] = budget.to_dict()
+            for arm, (model, pick, count) in _arms(s, ae, dims, few, classes, x_pre, seed).items():
+                nbytes = payload_bytes(model) if arm != "pca" else 4 * model.num_params
+                evaluations[n].append(Evaluation(arm, r, nbytes, _correct(model, few.val), _correct(model, few.test)))
+                chosen[n][arm].append(pick)
+                candidates[arm] = count
+            log(f"  N={n}: " + ", ".join(f"{e.name} {e.val_accuracy:.1f}/{e.test_accuracy:.1f}"
+                                          for e in evaluations[n] if e.repeat == r) + " (val/test %)")
+    rows = []
+    for n in labels:
+        stats = summarize(evaluations[n], baseline="scratch")
+        for arm in ARMS:
+            row = stats[arm].to_dict()
+            row.update(labels_per_class=n, arm=arm, title=ARM_TITLES[arm], chosen=chosen[n][arm],
+                       candidates=candidates[arm])
+            rows.append(row)
+    kind = "transfer" if s.source is not None else "fewlabel"
+    return {"kind": kind, "data": s.data, "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                                                        for k, v in s.__dict__.items()},
+            "labels": labels, "budgets": budgets, "rows": rows, "notes": notes, "repeats": [t[3] for t in repeats],
+            "models_compared": sum(candidates.values()), "encoder": encoder.source if encoder else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _pm(d: Optional[Dict[str, Any]]) -> str:
+    if not d or d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:.2f}" if d.get("std") is None else f"{d['mean']:.2f} ± {d['std']:.2f}"
+
+
+def _ci(g: Optional[Dict[str, Any]]) -> str:
+    if not g:
+        return "(reference)"
+    return f"{g['mean']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]"
+
+
+def study_markdown(result: Dict[str, Any]) -> str:
+    """The study's table: per label budget and arm, accuracy (mean ± sd over repeats, percent)
+    and the paired gap to the from-scratch net with its 95% interval."""
+    s = result["settings"]
+    if result["kind"] == "transfer":
+        head = (f"Transfer on {result['data']}: autoencoder pretrained on the images of classes "
+                f"{','.join(map(str, s['source']))}, heads for classes {','.join(map(str, s['target']))}")
+    else:
+        head = f"Few labels on {result['data']}: autoencoder pretrained on every training image, labels unused"
+    if result.get("encoder"):
+        head += f" (encoder from {result['encoder']})"
+    lines = [f"## {head}", "",
+             f"{s['repeats']} repeat(s) (seeds {s['seed']}..{s['seed'] + s['repeats'] - 1}, a new split each); "
+             f"accuracy in percent, mean ± sd over repeats; gap = model - from scratch, paired over the same images, "
+             f"95% interval over repeats (aecomp.compress.protocol). Choices (learning rate, frozen or fine-tuned) on "
+             f"validation only; {result['models_compared']} candidate models per label budget and repeat.", "",
+             "| labels/class | labels used (train + val) | model | val acc | test acc | val gap | test gap | chosen |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    for row in result["rows"]:
+        b = result["budgets"][row["labels_per_class"]] if row["labels_per_class"] in result["budgets"] else \
+            result["budgets"][str(row["labels_per_class"])]
+        picks = sorted(set(row["chosen"]))
+        lines.append(f"| {row['labels_per_class']} | {b['train_labels']} + {b['val_labels']} | {row['title']} | "
+                     f"{_pm(row['val_accuracy'])} | {_pm(row['test_accuracy'])} | {_ci(row['val_gap'])} | "
+                     f"{_ci(row['test_gap'])} | {', '.join(picks)} |")
+    lines.append("")
+    for note in result["notes"]:
+        lines.append(f"- {note}")
+    seen = [r.get("test_seen_by_encoder") for r in result.get("repeats", [])]
+    if any(v for v in seen):
+        lines.append(f"- test images the encoder was pretrained on, removed from the test split per repeat: {seen}")
+    lines.append(f"- {result['seconds']} s")
+    return "\n".join(lines) + "\n"
+
+
+def write_study(result: Dict[str, Any], out) -> List[Any]:
+    """``study.json`` and ``study.md`` into ``out``; returns their paths."""
+    import json
+    from pathlib import Path
+
+    from ..train.checkpoint import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "study.json", out / "study.md"]
+    atomic_write(paths[0], (json.dumps(result, indent=1) + "\n").encode())
+    atomic_write(paths[1], study_markdown(result).encode())
+    return paths

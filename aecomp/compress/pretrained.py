@@ -72,6 +72,18 @@ class PretrainedEncoder:
     def latent(self) -> int:
         return int(self.dims[-1])
 
+    def seen_images(self) -> Optional[torch.Tensor]:
+        """The unscaled training images of the run that pretrained this encoder (its data
+        settings re-read), or None when the run did not record them or they cannot be read: to
+        keep them out of a test split."""
+        cfg = self.data
+        if not isinstance(cfg, dict) or "spec" not in cfg:
+            return None
+        try:
+            return data_mod.load(cfg["spec"], **dict(_load_kwargs(cfg), scale="none")).train.x
+        except data_mod.DataError:
+            return None
+
 
 def check_width(encoder: PretrainedEncoder, features: int, data_name: str) -> None:
     """One line when the data's width is not the encoder's input width."""
@@ -105,6 +117,14 @@ def _load_weights(ae: nn.Module, state: Dict[str, torch.Tensor], where: str) -> 
     return ae.eval()
 
 
+def _load_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``aecomp.data.load`` arguments a run recorded (``Splits.config``), but for the spec."""
+    import inspect
+
+    known = set(inspect.signature(data_mod.load).parameters) - {"spec"}
+    return {k: v for k, v in cfg.items() if k in known}
+
+
 def _run_scaling(run: Dict[str, Any], where: str) -> Preprocessing:
     """The scaling the run fitted on its training split, refitted from the same data and settings."""
     saved = run.get("preprocessing")
@@ -114,9 +134,8 @@ def _run_scaling(run: Dict[str, Any], where: str) -> Preprocessing:
     if not isinstance(cfg, dict) or "spec" not in cfg:
         raise EncoderError(f"{where} does not record its data settings, so the encoder's input scaling is unknown; "
                            f"declare it with --scale")
-    kwargs = {k: cfg[k] for k in ("val_fraction", "test_fraction", "seed", "scale", "per_feature") if k in cfg}
     try:
-        splits = data_mod.load(cfg["spec"], **kwargs)
+        splits = data_mod.load(cfg["spec"], **_load_kwargs(cfg))
     except data_mod.DataError as exc:
         raise EncoderError(f"{where}: the encoder's input scaling was fitted on its training data {cfg['spec']}, which "
                            f"cannot be read here ({exc}); declare the scaling with --scale") from None
