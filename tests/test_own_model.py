@@ -278,6 +278,29 @@ def test_aecomp_model_file_carries_its_architecture(tmp_path):
     assert "--encoder" in _one_line(exc)
 
 
+def test_aecomp_files_bring_their_scaling_and_label_map(tmp_path):
+    from aecomp.compress import coding, storage
+    from aecomp.compress.share import finalize, share_model
+    from aecomp.data import Preprocessing
+
+    mlp = FusedMLP([12, 6, 3], ["relu", "none"])
+    scaling = Preprocessing("global", torch.tensor(0.0), torch.tensor(16.0), unit=True)
+    path = tmp_path / "m.safetensors"
+    storage.save_packed(mlp, path, scaling=scaling, labels=[3, 5, 9])
+    own = read_classifier(path)
+    assert own.labels == (3, 5, 9) and float(own.scaling.scale) == 16.0 and "aecomp-packed" in own.source
+    coded = tmp_path / "m.aecc"
+    coding.save_coded(finalize(share_model(mlp, 4)), coded)
+    own = read_classifier(coded)
+    assert own.dims == (12, 6, 3)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10  # a flipped bit in a weight: the file's checksum catches it
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelError) as exc:
+        read_classifier(path)
+    assert "damaged" in _one_line(exc)
+
+
 def test_weights_that_are_not_float_or_finite_are_refused():
     sd = {"0.weight": torch.ones(3, 4, dtype=torch.int64), "0.bias": torch.zeros(3)}
     with pytest.raises(ModelError) as exc:

@@ -128,6 +128,17 @@ def test_safetensors_file_needs_a_declared_scaling(tmp_path):
     assert "--model" in _one_line(exc)
 
 
+def test_model_file_with_its_scaling_needs_no_declaration(tmp_path):
+    from aecomp.data import Preprocessing
+
+    ae = Autoencoder([64, 12, 5])
+    path = tmp_path / "ae2.safetensors"
+    storage.save_float32(ae.state_dict(), path, config=ae.config,
+                         scaling=Preprocessing("global", torch.tensor(0.0), torch.tensor(16.0), unit=True))
+    enc = load_encoder(path)
+    assert float(enc.preprocessing.scale) == 16.0 and enc.dims == (64, 12, 5)
+
+
 def test_autoencoder_object_is_copied(tmp_path):
     ae = Autoencoder([64, 12, 5])
     enc = load_encoder(ae, scale="none")

@@ -70,6 +70,8 @@ class OwnModel:
     model: FusedMLP
     source: str
     notes: List[str] = field(default_factory=list)
+    scaling: Optional[Preprocessing] = None  # the input scaling an aecomp model file records
+    labels: Optional[Tuple[int, ...]] = None  # its label map (None: classes 0..k-1)
 
     @property
     def dims(self) -> Tuple[int, ...]:
@@ -378,6 +380,8 @@ def _load_file(path: Path, activations: Optional[List[str]]) -> OwnModel:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _load_safetensors(path, activations)
+    if suffix == ".aecc":
+        return _load_aecomp_file(path, activations)
     if suffix in (".pt", ".pth", ".bin"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -399,50 +403,48 @@ def _load_file(path: Path, activations: Optional[List[str]]) -> OwnModel:
             return _from_state_dict(obj, activations, where)
         raise ModelError(f"{where} holds a {type(obj).__name__}, not a state_dict")
     raise ModelError(f"{where}: unknown model file type {suffix or '(no extension)'}; expected .safetensors, .pt "
-                     f"or .pth (a state_dict)")
+                     f"or .pth (a state_dict), or an aecomp model file (.safetensors, .aecc)")
 
 
-def read_safetensors(path: Path, error: type = ModelError) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
-    """``(tensors, info)``: a safetensors file's tensors and its ``aecomp`` metadata (parsed JSON;
-    ``{}`` when not JSON, None when absent); ``error`` (one line) when the file does not read."""
-    import json
+def _load_aecomp_file(path: Path, activations: Optional[List[str]]) -> OwnModel:
+    """A model file aecomp wrote (read by ``modelfile.read_model``, the one door): the
+    architecture, input scaling and label map come from the file."""
+    from .modelfile import ModelFileError, read_model
+    from .storage import StoredTensors
 
+    where = str(path)
+    try:
+        stored = read_model(path)
+    except ModelFileError as exc:
+        raise ModelError(str(exc)) from None
+    if isinstance(stored, StoredTensors):
+        kind = (stored.config or {}).get("type")
+        hint = "pass it as --encoder" if kind in ("mlp", "conv", "rnn", "vae") else "not a chain of Linear layers"
+        raise ModelError(f"{where} holds {'an autoencoder' if kind != 'pca' else 'the PCA baseline'} ({kind}), not a "
+                         f"classifier; {hint}")
+    own = _from_module(stored.to_model(), activations)
+    own.source = f"{where} ({stored.meta.name})"
+    own.scaling, own.labels = stored.meta.scaling, stored.meta.labels
+    return own
+
+
+def _aecomp_metadata(path: Path) -> bool:
+    """Whether a safetensors file carries aecomp's header (then it is an aecomp model file)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            return "aecomp" in (fh.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types
-        raise error(f"{path}: not a readable safetensors file ({str(exc).strip().splitlines()[0]})") from None
-    if "aecomp" not in meta:
-        return tensors, None
-    try:
-        info = json.loads(meta["aecomp"])
-    except ValueError:
-        info = {}
-    return tensors, info if isinstance(info, dict) else {}
+        raise ModelError(f"{path}: not a readable safetensors file ({str(exc).strip().splitlines()[0]})") from None
 
 
 def _load_safetensors(path: Path, activations: Optional[List[str]]) -> OwnModel:
-    where = str(path)
-    tensors, info = read_safetensors(path)
-    if info is not None:  # written by aecomp: the architecture is in the file
-        config = info.get("config", {})
-        kind = config.get("type") if isinstance(config, dict) else None
-        if kind in ("mlp", "conv", "rnn", "vae"):
-            raise ModelError(f"{where} holds an autoencoder ({kind}); pass it as --encoder, --model takes a "
-                             f"classifier")
-        from .storage import StorageError, load_packed
+    if _aecomp_metadata(path):
+        return _load_aecomp_file(path, activations)
+    from safetensors.torch import load_file
 
-        try:
-            model = load_packed(path)
-        except (StorageError, KeyError, ValueError, TypeError) as exc:
-            raise ModelError(f"{where}: an aecomp model file that does not load ({exc})") from None
-        own = _from_module(model, activations)
-        own.source = f"{where} (aecomp model file)"
-        return own
-    return _from_state_dict(tensors, activations, where)
+    return _from_state_dict(load_file(str(path)), activations, str(path))
 
 
 def read_classifier(source: Union[nn.Module, Mapping[str, torch.Tensor], str, os.PathLike],

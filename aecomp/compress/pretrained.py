@@ -169,23 +169,24 @@ def _from_folder(folder: Path) -> PretrainedEncoder:
 
 
 def _from_safetensors(path: Path) -> PretrainedEncoder:
-    from .own_model import read_safetensors
+    from .modelfile import ModelFileError, read_model
+    from .storage import StoredTensors
 
     where = str(path)
     if (path.parent / "MANIFEST.json").is_file() and (path.parent / "state.json").is_file():
         return _from_folder(path.parent)  # a checkpoint's model.safetensors: the folder has the rest
-    state, info = read_safetensors(path, EncoderError)
-    info = info or {}
-    config = info.get("config")
-    if not isinstance(config, dict):
-        raise EncoderError(f"{where} holds tensors but no aecomp model config, so the encoder's architecture is "
-                           f"unknown; pass the run folder that wrote it (aecomp train --out RUN)")
-    if config.get("type") in ("classifier", "compressed"):
-        raise EncoderError(f"{where} holds a classifier, not an autoencoder; pass it as --model")
-    ae = _load_weights(_mlp_autoencoder(config, where), state, where)
-    scaling = info.get("preprocessing") or info.get("input_scaling")
-    prep = Preprocessing.from_dict(scaling) if isinstance(scaling, dict) else None
-    return PretrainedEncoder(ae, prep, where, data=info.get("data"))  # type: ignore[arg-type]
+    try:
+        stored = read_model(path)
+    except ModelFileError as exc:
+        if "no 'aecomp' metadata" in str(exc):
+            raise EncoderError(f"{where} holds tensors but no aecomp model config, so the encoder's architecture is "
+                               f"unknown; pass the run folder that wrote it (aecomp train --out RUN)") from None
+        raise EncoderError(str(exc)) from None
+    if not isinstance(stored, StoredTensors):
+        raise EncoderError(f"{where} holds a classifier ({stored.meta.name}), not an autoencoder; pass it as --model")
+    ae = _mlp_autoencoder(stored.config, where)
+    ae = _load_weights(ae, stored.tensors, where)
+    return PretrainedEncoder(ae, stored.meta.scaling, f"{where} ({stored.meta.name})")  # type: ignore[arg-type]
 
 
 def load_encoder(source: Union[str, os.PathLike, nn.Module], scale: Union[str, Preprocessing, None] = None
