@@ -154,7 +154,7 @@ def test_fewlabel_study_end_to_end(tmp_path):
     result = fewlabel.run_study(s)
     assert result["labels"] == [5] and "N=500 skipped" in result["notes"][0]
     rows = {r["arm"]: r for r in result["rows"]}
-    assert set(rows) == set(fewlabel.ARMS) and rows["scratch"]["test_gap"] is None
+    assert set(rows) == {"scratch", "autoencoder", "pca"} and rows["scratch"]["test_gap"] is None
     for arm in ("autoencoder", "pca"):
         r = rows[arm]
         assert r["repeats"] == 2 and len(r["chosen"]) == 2
@@ -177,6 +177,9 @@ def test_transfer_study_end_to_end():
     result = fewlabel.run_study(s)
     assert result["kind"] == "transfer" and result["budgets"][5]["classes"] == 5
     assert all(info["label_map"] == [5, 6, 7, 8, 9] for info in result["repeats"])
+    arms = [r["arm"] for r in result["rows"]]
+    assert arms == ["scratch", "autoencoder", "autoencoder-target", "pca"]
+    assert "(transfer)" in result["rows"][1]["title"] and "in-domain" in result["rows"][2]["title"]
     assert "Transfer on digits" in fewlabel.study_markdown(result)
 
 

@@ -245,9 +245,22 @@ class StudySettings:
     backend: Optional[str] = None
 
 
-ARMS = ("scratch", "autoencoder", "pca")
-ARM_TITLES = {"scratch": "same net from scratch", "autoencoder": "CompressedNet on the pretrained encoder",
-              "pca": "PCA + logistic regression"}
+ARMS = ("scratch", "autoencoder", "autoencoder-target", "pca")
+
+
+def arm_title(arm: str, s: StudySettings) -> str:
+    """What each row of the study is, in words."""
+    if s.source is not None and arm == "autoencoder":
+        return f"CompressedNet, encoder pretrained on classes {_classes_text(s.source)} (transfer)"
+    if arm == "autoencoder-target":
+        return f"CompressedNet, encoder pretrained on classes {_classes_text(s.target)} (in-domain reference)"
+    return {"scratch": "same net from scratch", "autoencoder": "CompressedNet on the pretrained encoder",
+            "pca": "PCA + logistic regression"}[arm]
+
+
+def _classes_text(classes: Sequence[int]) -> str:
+    c = list(classes)
+    return f"{c[0]}-{c[-1]}" if c == list(range(c[0], c[-1] + 1)) and len(c) > 2 else ",".join(map(str, c))
 
 
 def _epochs_for(s: StudySettings, n: int) -> int:
@@ -274,9 +287,10 @@ def _encoder_dims(s: StudySettings, features: int) -> List[int]:
     return [features, *hidden, s.latent]
 
 
-def _arms(s: StudySettings, ae, dims: List[int], few: Splits, classes: int, x_pre: torch.Tensor,
+def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, classes: int, x_pre: torch.Tensor,
           seed: int) -> Dict[str, Tuple[Any, str, int]]:
-    """Each arm's model chosen on validation: ``{arm: (model, chosen candidate, candidates)}``."""
+    """Each arm's model chosen on validation: ``{arm: (model, chosen candidate, candidates)}``;
+    ``aes`` maps each autoencoder arm to its pretrained autoencoder."""
     import copy
 
     from sklearn.linear_model import LogisticRegression
@@ -298,15 +312,16 @@ def _arms(s: StudySettings, ae, dims: List[int], few: Splits, classes: int, x_pr
         scratch.append((f"lr {lr:g}", net))
     name, model, n = _best(scratch, va)
     out["scratch"] = (model, name, n)
-    # the pretrained encoder: frozen (head only), then fine-tuned from that head
-    torch.manual_seed(seed + 1)
-    frozen = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
-    train_compressed(frozen, tr.x, tr.y, lr=s.head_lr, **kw)
-    tuned = copy.deepcopy(frozen)
-    train_compressed(tuned, tr.x, tr.y, mode="finetune", lr=s.head_lr, finetune_factor=s.lr / s.head_lr,
-                     head_ready=True, **kw)
-    name, model, n = _best([("frozen", frozen), ("finetune", tuned)], va)
-    out["autoencoder"] = (model, name, n)
+    # each pretrained encoder: frozen (head only), then fine-tuned from that head
+    for arm, ae in aes.items():
+        torch.manual_seed(seed + 1)
+        frozen = CompressedNet.from_autoencoder(ae, classes, mode="frozen", backend=s.backend)
+        train_compressed(frozen, tr.x, tr.y, lr=s.head_lr, **kw)
+        tuned = copy.deepcopy(frozen)
+        train_compressed(tuned, tr.x, tr.y, mode="finetune", lr=s.head_lr, finetune_factor=s.lr / s.head_lr,
+                         head_ready=True, **kw)
+        name, model, n = _best([("frozen", frozen), ("finetune", tuned)], va)
+        out[arm] = (model, name, n)
     # the sceptic's unsupervised pretraining: PCA with as many components, fitted on the same images
     pca = PCABaseline.fit(x_pre, None, s.latent, seed=seed)
     clf = LogisticRegression(max_iter=1000).fit(pca.pca.transform(tr.x.double().numpy()), tr.y.numpy())
@@ -399,7 +414,9 @@ def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
     ``N`` in ``labels``, on the same ``N`` labelled examples per class: ``scratch`` (the
     CompressedNet's architecture from random initialisation, all layers trained, learning rate
     chosen on validation from two), ``autoencoder`` (the CompressedNet on the pretrained encoder,
-    frozen or fine-tuned, chosen on validation) and ``pca`` (PCA with as many components as the
+    frozen or fine-tuned, chosen on validation; for transfer also ``autoencoder-target``, the same
+    on an encoder pretrained on the target classes' training images: the in-domain reference that
+    tells what the transfer costs) and ``pca`` (PCA with as many components as the
     latent, fitted on the same images, + logistic regression). Each is scored image by image on
     the repeat's validation and test splits; :func:`aecomp.compress.protocol.summarize` gives
     mean +- spread and the paired gap to ``scratch`` per ``N``. Returns a JSON-able dict.
@@ -424,13 +441,16 @@ def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
     if not labels:
         raise LabelError(f"none of the label budgets {list(s.labels)} fits {s.data}: " + "; ".join(notes))
     evaluations: Dict[int, List[Any]] = {n: [] for n in labels}
-    chosen: Dict[int, Dict[str, List[str]]] = {n: {a: [] for a in ARMS} for n in labels}
+    chosen: Dict[int, Dict[str, List[str]]] = {n: {a: [] for a in ARMS} for n in labels}  # per arm and repeat
     budgets: Dict[int, Any] = {}
     candidates: Dict[str, int] = {}
     for r, (task, x_pre, x_pre_val, info) in enumerate(repeats):
         seed = info["seed"]
         classes = int(task.train.y.max()) + 1
         ae = encoder.autoencoder if encoder is not None else _pretrain(s, x_pre, x_pre_val, task.train.unit_range, seed)
+        aes = {"autoencoder": ae}
+        if s.source is not None:  # the in-domain reference: pretrained on the target classes' own images
+            aes["autoencoder-target"] = _pretrain(s, task.train.x, task.val.x, task.train.unit_range, seed)
         dims = list(ae.encoder.dims)
         log(f"repeat {r + 1}/{s.repeats}: autoencoder {'-'.join(map(str, dims))} "
             f"{'from ' + encoder.source if encoder is not None else f'pretrained on {len(x_pre)} images'}")
@@ -438,7 +458,7 @@ def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
             few, budget = labelled_subset(task, n, seed, val_per_class=s.val_per_class, classes=classes)
             budget.unlabeled_images = int(x_pre.shape[0])
             budgets[n] = budget.to_dict()
-            for arm, (model, pick, count) in _arms(s, ae, dims, few, classes, x_pre, seed).items():
+            for arm, (model, pick, count) in _arms(s, aes, dims, few, classes, x_pre, seed).items():
                 nbytes = payload_bytes(model) if arm != "pca" else 4 * model.num_params
                 evaluations[n].append(Evaluation(arm, r, nbytes, _correct(model, few.val), _correct(model, few.test)))
                 chosen[n][arm].append(pick)
@@ -448,9 +468,9 @@ def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
     rows = []
     for n in labels:
         stats = summarize(evaluations[n], baseline="scratch")
-        for arm in ARMS:
+        for arm in (a for a in ARMS if a in stats):
             row = stats[arm].to_dict()
-            row.update(labels_per_class=n, arm=arm, title=ARM_TITLES[arm], chosen=chosen[n][arm],
+            row.update(labels_per_class=n, arm=arm, title=arm_title(arm, s), chosen=chosen[n][arm],
                        candidates=candidates[arm])
             rows.append(row)
     kind = "transfer" if s.source is not None else "fewlabel"
@@ -479,7 +499,7 @@ def study_markdown(result: Dict[str, Any]) -> str:
     s = result["settings"]
     if result["kind"] == "transfer":
         head = (f"Transfer on {result['data']}: autoencoder pretrained on the images of classes "
-                f"{','.join(map(str, s['source']))}, heads for classes {','.join(map(str, s['target']))}")
+                f"{_classes_text(s['source'])}, heads for classes {_classes_text(s['target'])}")
     else:
         head = f"Few labels on {result['data']}: autoencoder pretrained on every training image, labels unused"
     if result.get("encoder"):
