@@ -88,6 +88,11 @@ class LabelBudget:
                 f"for pretraining")
 
 
+def scaled_splits(splits: Splits, p: Preprocessing) -> Splits:
+    """Unscaled ``splits`` with the fixed scaling ``p`` applied (and recorded) on every split."""
+    return Splits(*(replace(d, x=p.apply(d.x).contiguous(), preprocessing=p) for d in splits))
+
+
 def _subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
     return replace(ds, x=ds.x[idx].contiguous(), y=ds.y[idx] if ds.y is not None else None)
 
@@ -293,8 +298,6 @@ def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, c
     ``aes`` maps each autoencoder arm to its pretrained autoencoder."""
     import copy
 
-    from sklearn.linear_model import LogisticRegression
-
     from ..nn import FusedMLP
     from .baselines import PCABaseline
     from .net import CompressedNet, train_compressed
@@ -323,9 +326,8 @@ def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, c
         name, model, n = _best([("frozen", frozen), ("finetune", tuned)], va)
         out[arm] = (model, name, n)
     # the sceptic's unsupervised pretraining: PCA with as many components, fitted on the same images
-    pca = PCABaseline.fit(x_pre, None, s.latent, seed=seed)
-    clf = LogisticRegression(max_iter=1000).fit(pca.pca.transform(tr.x.double().numpy()), tr.y.numpy())
-    out["pca"] = (PCABaseline(pca.pca, clf, s.latent).to_module(classes), "C 1", 1)
+    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=seed, x_fit=x_pre)
+    out["pca"] = (pca.to_module(classes), "C 1", 1)
     return out
 
 
@@ -347,8 +349,7 @@ def _task(s: StudySettings, repeat: int, encoder) -> Tuple[Splits, torch.Tensor,
     splits = _load(s, repeat, scale="none" if encoder is not None else s.scale)
     if encoder is not None:
         splits = _unseen_test(splits, encoder, info)
-        splits = Splits(*(replace(d, x=encoder.preprocessing.apply(d.x).contiguous(), preprocessing=encoder.preprocessing)
-                          for d in splits))
+        splits = scaled_splits(splits, encoder.preprocessing)
     x_pre = splits.train.x
     if s.unlabeled:
         extra, info["unlabeled"] = unlabeled_images(s.unlabeled, splits)

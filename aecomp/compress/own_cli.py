@@ -17,7 +17,9 @@ or a kind fitted on the training split): it is the model's, never refitted silen
 scaling. ``--labels N`` trains every classifier on N labelled examples per class of the training
 split (the autoencoder still sees every training image, and ``--unlabeled FILE``'s).
 ``--study fewlabel|transfer`` runs the comparison of ``aecomp.compress.fewlabel.run_study`` instead
-of the compression pipeline and writes ``study.md`` / ``study.json``.
+of the compression pipeline and writes ``study.md`` / ``study.json``; each classifier there trains
+at least ``--epochs`` epochs and at least ``10 x --epochs`` optimizer steps (few labels make few
+batches an epoch).
 
 Every mistake is one line (``UsageError``, exit code 2).
 """
@@ -34,7 +36,7 @@ except ImportError:  # pragma: no cover - the top-level CLI not present
         """A mistake in the command line or its inputs: one line, exit code 2."""
 
 
-__all__ = ["add_arguments", "check_arguments", "parse_classes", "parse_labels", "run_study_args"]
+__all__ = ["add_arguments", "check_arguments", "parse_classes", "parse_labels", "run", "run_study_args", "wanted"]
 
 STUDIES = ("fewlabel", "transfer")
 
@@ -133,6 +135,7 @@ def study_settings(args: argparse.Namespace):
     from .fewlabel import StudySettings
 
     labels = parse_labels(args.labels) or [10, 100, 1000]
+    from ..data import SCALES
     transfer = args.study == "transfer"
     source = parse_classes(args.source, "--source", (0, 1, 2, 3, 4)) if transfer else None
     target = parse_classes(args.target, "--target", (5, 6, 7, 8, 9)) if transfer else None
@@ -143,8 +146,10 @@ def study_settings(args: argparse.Namespace):
         hidden = _parse_hidden(args.hidden)
     return StudySettings(data=args.data, labels=tuple(labels), repeats=args.repeats, seed=args.seed,
                          latent=args.latent, hidden=hidden, ae_epochs=args.ae_epochs, epochs=args.epochs,
+                         min_steps=10 * args.epochs,  # 10 labels a class make one batch an epoch
                          lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, scale=args.scale, val_per_class=args.val_labels,
+                         test_fraction=args.test_fraction, scale=args.scale if args.scale in SCALES else "auto",
+                         val_per_class=args.val_labels,
                          unlabeled=args.unlabeled, encoder=args.encoder, source=source, target=target,
                          backend=args.backend)
 
@@ -158,12 +163,69 @@ def run_study_args(args: argparse.Namespace) -> int:
     from .own_model import ModelError
     from .pretrained import EncoderError
 
+    from ..train.output import FolderLock, OutputError, prepare_folder
+    from .pipeline import CompressError, _write_outputs_list, clear_folder
+
     settings = study_settings(args)
-    try:
-        result = run_study(settings, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (LabelError, EncoderError, ModelError) as exc:
+    try:  # --out as for every compress run: locked, empty or an earlier run's with --overwrite
+        out = prepare_folder(args.out)
+        lock = FolderLock(out).acquire()
+    except OutputError as exc:
         raise UsageError(str(exc)) from None
-    paths = write_study(result, args.out)
+    try:
+        clear_folder(out, args.overwrite)
+        _write_outputs_list(out, complete=False)
+        result = run_study(settings, log=lambda m: print(m, file=sys.stderr, flush=True))
+        paths = write_study(result, out)
+        _write_outputs_list(out, complete=True)
+    except (LabelError, EncoderError, ModelError, CompressError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        lock.release()
     print(study_markdown(result))
     print(f"wrote {paths[0]} and {paths[1]} ({result['seconds']} s)")
+    return 0
+
+
+_BROUGHT = ("model", "encoder", "unlabeled", "labels", "study", "val_labels")
+
+
+def wanted(args: argparse.Namespace) -> bool:
+    """Whether the command line brings anything of the user's (else it is the plain pipeline)."""
+    return any(getattr(args, name, None) is not None for name in _BROUGHT) or \
+        getattr(args, "activations", None) is not None or getattr(args, "source", None) is not None or \
+        getattr(args, "target", None) is not None
+
+
+def run(args: argparse.Namespace) -> int:
+    """``aecomp compress`` with something of the user's: the study, or the pipeline through
+    ``bring_your_own.compress_model``."""
+    from dataclasses import asdict
+
+    from .bring_your_own import compress_model
+    from .cli import apply_threads, print_result, settings_from_args
+    from .pipeline import CompressError
+
+    check_arguments(args)
+    apply_threads(args.threads)
+    if args.study is not None:
+        if args.scale is not None:
+            from ..data import SCALES
+
+            if args.scale not in SCALES:
+                raise UsageError(f"--study fits its own scaling on the training split: --scale takes "
+                                 f"{', '.join(SCALES)}, got {args.scale!r}")
+        return run_study_args(args)
+    declared = args.scale
+    settings = asdict(settings_from_args(argparse.Namespace(**dict(vars(args), scale=None))))
+    for name in ("data", "out", "scale"):
+        settings.pop(name)
+    labels = parse_labels(args.labels)
+    try:
+        result = compress_model(args.model, args.data, activations=args.activations, scale=declared,
+                                encoder=args.encoder, labels=labels[0] if labels else None,
+                                val_labels=args.val_labels, unlabeled=args.unlabeled, out=args.out, **settings)
+    except CompressError as exc:
+        raise UsageError(str(exc)) from None
+    print_result(result)
     return 0

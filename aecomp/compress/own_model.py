@@ -44,7 +44,6 @@ from torch import nn
 
 from ..data import SCALES, Preprocessing
 from ..nn import FusedLinear, FusedMLP
-from ..nn.modules import FusedSequential
 from .net import CompressedNet
 
 __all__ = ["ModelError", "OwnModel", "declared_scaling", "parse_activations", "read_classifier"]
@@ -317,7 +316,8 @@ def _natural(key: str) -> Tuple[Any, ...]:
 _NORM_NAMES = {"running_mean", "running_var", "num_batches_tracked"}
 
 
-def _linear_groups(tensors: Mapping[str, torch.Tensor], where: str) -> List[Tuple[str, torch.Tensor, Optional[torch.Tensor]]]:
+def _linear_groups(tensors: Mapping[str, torch.Tensor],
+                   where: str) -> List[Tuple[str, torch.Tensor, Optional[torch.Tensor]]]:
     """``[(prefix, weight, bias)]`` in the mapping's order; one line naming whatever is not a Linear."""
     groups: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
@@ -359,7 +359,8 @@ def _from_state_dict(tensors: Mapping[str, torch.Tensor], activations: Optional[
             groups = by_name
     names = [g[0] for g in groups]
     if activations is None:
-        raise ModelError(f"{where} holds weights but no activations (a state_dict never does): declare one per Linear layer "
+        raise ModelError(f"{where} holds weights but no activations (a state_dict never does): declare one per "
+                         f"Linear layer "
                          f"({len(groups)} here: {', '.join(names)}), e.g. --activations "
                          f"{','.join(['relu'] * (len(groups) - 1) + ['none'])}")
     if len(activations) != len(groups):

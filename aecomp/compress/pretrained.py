@@ -163,7 +163,8 @@ def _from_folder(folder: Path) -> PretrainedEncoder:
     except CheckpointError as exc:
         if "no checkpoint under" in str(exc):
             raise EncoderError(f"{where} holds no encoder: no checkpoint there (aecomp train --out RUN writes "
-                               f"RUN/checkpoints/ckpt-*/, aecomp compress writes RUN/checkpoints/autoencoder/)") from None
+                               f"RUN/checkpoints/ckpt-*/, aecomp compress writes RUN/checkpoints/autoencoder/)"
+                               ) from None
         raise EncoderError(f"{where}: {exc}") from None
     return _from_checkpoint(ckpt, f"{where} ({ckpt.path.name})")
 
@@ -223,7 +224,8 @@ def load_encoder(source: Union[str, os.PathLike, nn.Module], scale: Union[str, P
             raise EncoderError(f"{path}: no such run folder or file")
     if declared is not None:
         if enc.preprocessing is not None:
-            enc.notes.append(f"input scaling declared ({declared.kind}) instead of the run's ({enc.preprocessing.kind})")
+            enc.notes.append(f"input scaling declared ({declared.kind}) instead of the run's "
+                             f"({enc.preprocessing.kind})")
         enc.preprocessing = declared
     if enc.preprocessing is None:
         raise EncoderError(f"{enc.source} does not carry the encoder's input scaling; declare it with --scale (e.g. "
