@@ -15,6 +15,7 @@ from aecomp import data
 from aecomp.cli import main
 from aecomp.compress import CompressError, compress_model
 from aecomp.train.checkpoint import resolve_checkpoint
+from tests.test_pretrained import train_run  # noqa: F401  (the fixture: a 1-epoch aecomp train run on digits)
 
 # every step runs, each as short as it can be (the point is the path, not the accuracy)
 FAST = dict(repeats=1, ae_epochs=2, epochs=2, prune_epochs=1, share_epochs=1, bits=[4], mode="frozen", distill=False,
@@ -96,14 +97,6 @@ def test_cli_model_state_dict_and_its_mistakes(tmp_path, capsys, user_model):
     assert "recommended:" in printed and (tmp_path / "run" / "report.md").is_file()
 
 
-@pytest.fixture(scope="module")
-def train_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "ae"
-    assert main(["train", "--data", "digits", "--model", "mlp", "--dims", "64,20,10", "--epochs", "2",
-                 "--batch-size", "128", "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
 def test_cli_encoder_labels_and_unlabeled(tmp_path, capsys, train_run):
     extra = tmp_path / "more.npy"
     np.save(extra, np.random.default_rng(0).integers(0, 17, size=(40, 8, 8)).astype(np.float32))
@@ -111,7 +104,7 @@ def test_cli_encoder_labels_and_unlabeled(tmp_path, capsys, train_run):
     assert main(["compress", "--encoder", str(train_run), "--labels", "5", "--unlabeled", str(extra),
                  "--out", str(out), *FAST_ARGS]) == 0
     report = (out / "report.md").read_text()
-    assert "pretrained encoder from" in report and "64-20-10" in report
+    assert "pretrained encoder from" in report and "64-24-8" in report
     assert "few labels: 50 training labels (5 per class)" in report
     assert "test images the encoder was pretrained on" in report and "--unlabeled" in report
     doc = json.loads((out / "report.json").read_text())
