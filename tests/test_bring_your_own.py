@@ -140,3 +140,21 @@ def test_compress_model_needs_something_brought():
         compress_model(None, "digits")
     with pytest.raises(TypeError, match="unknown setting"):
         compress_model(nn.Linear(64, 10), "digits", scale="16", epochz=3)
+
+
+def test_the_pipeline_sees_the_declared_scaling_on_every_split(tmp_path, monkeypatch, user_model):
+    """What default_families gets: splits scaled the declared way, with that scaling recorded
+    (what the files of a run record as their input scaling)."""
+    from aecomp.compress import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "default_families", lambda rec: seen.append(rec))
+    with pytest.raises(ValueError, match="baseline"):  # nothing recorded: no baseline row to report on
+        compress_model(user_model, "digits", scale="0,16", out=tmp_path / "spy", **dict(FAST, repeats=2))
+    assert len(seen) == 2
+    raw = [pipeline.load_labeled(pipeline.CompressSettings(data="digits", scale="none"), r) for r in range(2)]
+    for rec, r in zip(seen, raw):
+        assert rec.base is not None and rec.base is not user_model
+        for d, d_raw in zip(rec.splits, r):
+            assert float(d.preprocessing.scale) == 16.0 and float(d.preprocessing.shift) == 0.0
+            torch.testing.assert_close(d.x, d_raw.x / 16)

@@ -327,7 +327,7 @@ def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, c
         out[arm] = (model, name, n)
     # the sceptic's unsupervised pretraining: PCA with as many components, fitted on the same images
     pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=seed, x_fit=x_pre)
-    out["pca"] = (pca.to_module(classes), "C 1", 1)
+    out["pca"] = (pca.to_module(classes), "-", 1)  # one candidate: nothing chosen
     return out
 
 
