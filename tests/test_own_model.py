@@ -199,6 +199,9 @@ def test_state_dict_needs_its_activations():
     own = read_classifier(user.state_dict(), activations="relu,sigmoid,none")
     x = torch.randn(5, 37)
     torch.testing.assert_close(own.model(x), _reference(user, x), rtol=1e-5, atol=1e-5)
+    assert not own.notes
+    # a last activation is legal (nothing in a state_dict says otherwise) but said in the notes
+    assert any("last layer applies relu" in n for n in read_classifier(sd, activations="relu,sigmoid,relu").notes)
 
 
 def test_state_dict_with_norm_or_conv_tensors_is_refused():

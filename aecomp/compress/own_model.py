@@ -291,6 +291,9 @@ def _to_fused(weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.T
                 layer.bias.zero_()
             else:
                 layer.bias.copy_(b.detach().to("cpu", torch.float32))
+    if acts[-1] != "none":  # legal, but a classifier's last layer usually gives logits
+        notes.append(f"the last layer applies {acts[-1]}: classifiers usually end in logits (activation none); "
+                     f"check the declared activations if that is not what the model does")
     return mlp.eval()
 
 
