@@ -39,7 +39,7 @@ from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 
-__all__ = ["ByteCount", "CountingGrid", "GridWrapper", "wire_bytes"]
+__all__ = ["ByteCount", "CountingGrid", "GridWrapper", "OrderedGrid", "wire_bytes"]
 
 
 def wire_bytes(message: Message) -> int:
@@ -123,6 +123,7 @@ class ByteCount:
     failure_bytes: int = 0  # their bytes (in ``up`` too)
     per_node_down: Dict[int, int] = field(default_factory=dict)
     per_node_up: Dict[int, int] = field(default_factory=dict)
+    errors: List[str] = field(default_factory=list)  # the error replies' reasons, in arrival order
 
     @property
     def total(self) -> int:
@@ -166,9 +167,29 @@ class CountingGrid(GridWrapper):
                 c.messages_up += 1
                 c.failures += int(msg.has_error())
                 c.failure_bytes += n if msg.has_error() else 0
+                if msg.has_error():
+                    c.errors.append(f"node {node}: {msg.error.reason}".splitlines()[0][:300])
                 c.per_node_up[node] = c.per_node_up.get(node, 0) + n
 
     def take(self) -> ByteCount:
         """The count since the last ``take`` (then start a new one)."""
         out, self.count = self.count, ByteCount()
         return out
+
+
+def _reply_order(reply: Message):
+    """Partition order: the ``partition-id`` a reply's metrics carry, else its node id (errors last)."""
+    if reply.has_content():
+        for rec in reply.content.metric_records.values():
+            if "partition-id" in rec:
+                return (0, int(rec["partition-id"]), reply.metadata.src_node_id)
+    return (1, 0, reply.metadata.src_node_id)
+
+
+class OrderedGrid(GridWrapper):
+    """Hands the replies of a round to the strategy in partition order, not arrival order: FedAvg
+    sums in the order it is given, and float32 addition is not associative, so the same run must
+    not depend on which client answered first."""
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: Optional[float] = None) -> Iterable[Message]:
+        return sorted(self.inner.send_and_receive(messages, timeout=timeout), key=_reply_order)
