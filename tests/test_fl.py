@@ -586,7 +586,8 @@ def _fake_result(s):
          "split": "test", "rounds": [{"bytes": 10, "bytes_down": 5, "bytes_up": 5, "val_accuracy": 90.0,
                                       "failures": 0}],
          "params": {"lenet": 1}, "seconds": 1.0, "val_accuracy": 90.0, "test_accuracy": 91.0, "bytes_total": 10,
-         "bytes_down": 5, "bytes_up": 5, "bytes_per_round": 10.0, "failures": 0}]}
+         "bytes_down": 5, "bytes_up": 5, "bytes_per_round": 10.0, "failures": 0, "val_correct": [1, 0],
+         "test_correct": [1, 1, 0]}]}
 
 
 def test_out_follows_the_compress_rules(tmp_path, capsys, monkeypatch):
@@ -652,3 +653,33 @@ def test_same_job_twice_gives_the_same_numbers_whatever_the_reply_order():
     b = run_job(job, GridWrapper(LoopbackGrid(make_client_app(s), nodes=(90, 3, 41))), s, log=lambda line: None)
     assert a["test_correct"] == b["test_correct"] and a["val_accuracy"] == b["val_accuracy"]
     assert [r["bytes"] for r in a["rounds"]] == [r["bytes"] for r in b["rounds"]]
+
+
+def test_the_choice_reads_validation_only():
+    """``--choose``: the fewest bytes within the tolerance on validation; a candidate that is better
+    on the test split only never changes the pick, and the test outcomes are not kept."""
+    from aecomp.fl.server import choose
+    from aecomp.fl.settings import FLSettings
+
+    n_val, n_test = 200, 300
+
+    def fake(val_right, test_right, nbytes):
+        return {"bytes_per_round": nbytes, "val_correct": [1] * val_right + [0] * (n_val - val_right),
+                "test_correct": [1] * test_right + [0] * (n_test - test_right)}
+
+    table = {None: fake(196, 290, 4e6),  # the baseline: 98% on validation
+             "kmeans:4": fake(195, 280, 40e3),  # -0.5 pt on validation: within, and the smallest within
+             "kmeans:3": fake(190, 300, 30e3),  # -3 pt on validation but perfect on test: never chosen
+             "int8": fake(196, 250, 60e3)}  # as good on validation, larger
+
+    def run(job):
+        return table[job.coding]
+
+    s = FLSettings(repeats=2, candidates=((16, 32, "kmeans:4"), (16, 32, "kmeans:3"), (16, 32, "int8")))
+    got = choose(run, s, log=lambda line: None)
+    assert got["chosen"]["coding"] == "kmeans:4" and got["chosen"]["within_tolerance"] and got["compared"] == 3
+    assert all(r["test_accuracy"] is None for r in got["rows"])  # nothing of the test split is kept
+    table["kmeans:3"] = fake(190, 0, 30e3)  # its test outcomes change: the pick does not
+    assert choose(run, s, log=lambda line: None)["chosen"] == got["chosen"]
+    table["kmeans:4"] = fake(150, 300, 40e3)  # worse on validation: now the larger int8 is the pick
+    assert choose(run, s, log=lambda line: None)["chosen"]["coding"] == "int8"

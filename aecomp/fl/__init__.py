@@ -14,7 +14,7 @@ its simulation engine and its deployment runtime); this package adds what Flower
 - ``aecomp.fl.engine``: the processes of either engine, started and stopped;
 - ``aecomp.fl.run`` / ``aecomp.fl.cli``: ``aecomp fl`` and its report.
 
-``settings``, ``partition``, ``codec`` and ``stats`` import without flwr; the others need it.
+``settings``, ``partition`` and ``codec`` import without flwr; the others need it.
 """
 from __future__ import annotations
 

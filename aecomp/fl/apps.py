@@ -27,8 +27,8 @@ measured), under a ``CompressionGrid`` for ``+coding``, under an ``OrderedGrid``
 replies to the strategy in partition order (so the average does not depend on who answered
 first). Failure handling is Flower's: error replies and replies missing after ``round_timeout``
 are left out of the average. A round in which every client failed raises :class:`RoundFailed`.
-Every round the global model is evaluated on the server's validation split; the test split is
-evaluated once, on the final model of a final repeat.
+Every round the global model is evaluated on the server's validation split; the test split
+only on the final model (and read only for the final repeats' report, never for a choice).
 """
 from __future__ import annotations
 
@@ -73,11 +73,14 @@ _DATA: Dict[Tuple, Tuple[data_mod.Splits, List[np.ndarray]]] = {}
 
 
 def load_federated(s: FLSettings, seed: int) -> Tuple[data_mod.Splits, List[np.ndarray]]:
-    """``(splits, parts)``: the seeded train/val/test split and each client's indices into ``train``.
-    Validation and test stay with the server; no client sees them."""
+    """``(splits, parts)``: the seeded, stratified train/val/test split of the project's protocol
+    (``aecomp.compress.protocol.load_repeat``; ``seed`` is the repeat's) and each client's indices
+    into ``train``. Validation and test stay with the server; no client sees them."""
+    from ..compress.protocol import load_repeat
+
     key = (s.data, seed, s.val_fraction, s.test_fraction, s.partition, s.clients)
     if key not in _DATA:
-        splits = data_mod.load(s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=seed)
+        splits = load_repeat(s.data, 0, seed=seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
         parts = partition_indices(splits.train.y.numpy(), s.clients, s.partition, seed=seed)
         _DATA[key] = (splits, parts)
     return _DATA[key]
@@ -288,11 +291,11 @@ def run_job(job: Job, grid: Grid, s: FLSettings, log: Callable[[str], None], fir
            "coding": job.coding, "split": job.split, "rounds": rows, "params": params,
            "seconds": round(time.perf_counter() - t0, 2),
            "val_accuracy": accuracy(model, splits.val.x, splits.val.y),
-           "test_accuracy": accuracy(model, splits.test.x, splits.test.y) if job.split == "test" else None,
+           "test_accuracy": accuracy(model, splits.test.x, splits.test.y),
            "bytes_total": total, "bytes_down": sum(r["bytes_down"] for r in rows),
            "bytes_up": sum(r["bytes_up"] for r in rows), "bytes_per_round": total / len(rows) if rows else 0.0,
            "failures": sum(r["failures"] for r in rows)}
-    if job.split == "test":  # the paired gap needs each test image's outcome
-        with torch.no_grad():
-            out["test_correct"] = (model(splits.test.x).argmax(1) == splits.test.y).to(torch.uint8).tolist()
+    with torch.no_grad():  # the paired gaps need each image's outcome (aecomp.compress.protocol)
+        out["val_correct"] = (model(splits.val.x).argmax(1) == splits.val.y).to(torch.uint8).tolist()
+        out["test_correct"] = (model(splits.test.x).argmax(1) == splits.test.y).to(torch.uint8).tolist()
     return out

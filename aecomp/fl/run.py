@@ -6,14 +6,14 @@ locked, not empty only with ``--overwrite`` over an earlier run's outputs, ``out
 ``complete: false`` until the report is written), runs the engine (:mod:`aecomp.fl.engine`) and
 writes ``fl_report.json``, ``fl_report.md`` and ``accuracy_vs_bytes.png``.
 
-The report (:func:`make_report`) is the ablation over the final repeats, per set-up: test
-accuracy mean and sample standard deviation over repeats (each repeat another split, partition
-and initialisation), validation accuracy likewise, bytes per round (both directions, all
-clients, every round: the autoencoder's included), how many times fewer bytes than the uncoded
-baseline and than the baseline through the same compression Mod, and the test-accuracy gap to
-the baseline, paired by repeat, with a 95% Student-t interval (``aecomp.fl.stats``). Settings
-chosen with ``--choose`` were chosen on validation only; the report says how many candidates
-were compared.
+The report (:func:`make_report`) is the ablation over the final repeats, per set-up, with the
+project's protocol (``aecomp.compress.protocol.summarize``): test accuracy mean and sample
+standard deviation over repeats (each repeat another stratified split, partition and
+initialisation), validation accuracy likewise, bytes per round (both directions, all clients,
+every round: the autoencoder's included), how many times fewer bytes than the uncoded baseline
+and than the baseline through the same compression Mod, and the gap to the baseline, paired
+image by image within a repeat and combined over repeats with a 95% interval. Settings chosen
+with ``--choose`` were chosen on validation only; the report says how many were compared.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from .settings import FLSettings, FolderError, check_settings
-from .stats import mean_spread, paired_interval
 
 __all__ = ["LAYOUT", "TARGETS", "format_markdown", "make_report", "run_federated", "write_report"]
 
@@ -77,39 +76,39 @@ def _versions() -> Dict[str, str]:
 
 def make_report(doc: Dict[str, Any]) -> Dict[str, Any]:
     """The ablation over the final repeats (module docstring) from the ServerApp's result."""
+    from ..compress.protocol import summarize
+    from .server import evaluation
+
     jobs = [j for j in doc["jobs"] if j["split"] == "test"]
+    seeds = sorted({j["seed"] for j in jobs})
     names: List[str] = list(dict.fromkeys(j["setup"] for j in jobs))
-    by = {n: sorted((j for j in jobs if j["setup"] == n), key=lambda j: j["seed"]) for n in names}
+    ref = "baseline" if "baseline" in names else names[0]
+    stats = summarize([evaluation(j["setup"], seeds.index(j["seed"]), j) for j in jobs], ref)
     setups: Dict[str, Any] = {}
     for n in names:
-        rs = by[n]
-        test = [j["test_accuracy"] for j in rs]
-        val = [j["val_accuracy"] for j in rs]
-        bpr = [j["bytes_per_round"] for j in rs]
-        row = {"repeats": len(rs), "seeds": [j["seed"] for j in rs], "params": rs[0]["params"],
-               "coding": rs[0]["coding"], "latent": rs[0]["latent"], "head_hidden": rs[0]["head_hidden"],
-               "test_accuracy": dict(zip(("mean", "sd"), mean_spread(test)), per_repeat=test),
-               "val_accuracy": dict(zip(("mean", "sd"), mean_spread(val)), per_repeat=val),
-               "bytes_per_round": dict(zip(("mean", "sd"), mean_spread(bpr)), per_repeat=bpr),
-               "bytes_down_per_round": mean_spread([j["bytes_down"] / len(j["rounds"]) for j in rs])[0],
-               "bytes_up_per_round": mean_spread([j["bytes_up"] / len(j["rounds"]) for j in rs])[0],
-               "failures": sum(j["failures"] for j in rs), "seconds": sum(j["seconds"] for j in rs)}
+        rs = [j for j in jobs if j["setup"] == n]
+        row = stats[n].to_dict()
+        row.pop("name")
+        if ref != "baseline":  # gaps only against the baseline
+            row["val_gap"] = row["test_gap"] = None
+        row.update({"seeds": [j["seed"] for j in rs], "params": rs[0]["params"], "coding": rs[0]["coding"],
+                    "latent": rs[0]["latent"], "head_hidden": rs[0]["head_hidden"],
+                    "bytes_per_round": row.pop("bytes"),
+                    "bytes_down_per_round": sum(j["bytes_down"] / len(j["rounds"]) for j in rs) / len(rs),
+                    "bytes_up_per_round": sum(j["bytes_up"] / len(j["rounds"]) for j in rs) / len(rs),
+                    "per_repeat": [{"seed": j["seed"], "test_accuracy": j["test_accuracy"],
+                                    "val_accuracy": j["val_accuracy"], "bytes_per_round": j["bytes_per_round"],
+                                    "failures": j["failures"]} for j in rs],
+                    "failures": sum(j["failures"] for j in rs), "seconds": sum(j["seconds"] for j in rs)})
         setups[n] = row
-    for ref, key in (("baseline", "vs_baseline"), ("baseline+coding", "vs_baseline_coding")):
-        if ref not in setups:
-            continue
-        for n, row in setups.items():
-            row[f"fewer_bytes_{key}"] = setups[ref]["bytes_per_round"]["mean"] / row["bytes_per_round"]["mean"]
-    if "baseline" in setups:
-        base = {j["seed"]: j["test_accuracy"] for j in by["baseline"]}
-        for n, row in setups.items():
-            pairs = [(j["test_accuracy"], base[j["seed"]]) for j in by[n] if j["seed"] in base]
-            if pairs:
-                row["gap_vs_baseline"] = paired_interval([a for a, _ in pairs], [b for _, b in pairs])
+    for base, key in (("baseline", "vs_baseline"), ("baseline+coding", "vs_baseline_coding")):
+        if base in setups:
+            for row in setups.values():
+                row[f"fewer_bytes_{key}"] = setups[base]["bytes_per_round"]["mean"] / row["bytes_per_round"]["mean"]
     target = None
     c = setups.get("compressed+coding")
     if c and "fewer_bytes_vs_baseline" in c:
-        gap = c.get("gap_vs_baseline", {}).get("mean")
+        gap = c["test_gap"]["mean"] if c.get("test_gap") else None
         checks = {"fewer_bytes_vs_baseline": (c["fewer_bytes_vs_baseline"], TARGETS["vs_baseline"]),
                   "fewer_bytes_vs_baseline_coding": (c.get("fewer_bytes_vs_baseline_coding"),
                                                      TARGETS["vs_baseline_coding"]),
@@ -127,12 +126,12 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _spread(d: Dict[str, Any], unit: str = "%") -> str:
+    return f"{d['mean']:.2f}{unit}" if d.get("std") is None else f"{d['mean']:.2f} ± {d['std']:.2f}{unit}"
+
+
 def _ci(g: Optional[Dict[str, Any]]) -> str:
-    if not g:
-        return "-"
-    if g["low"] is None:
-        return f"{g['mean']:+.2f} pt (1 repeat: no interval)"
-    return f"{g['mean']:+.2f} pt [{g['low']:+.2f}, {g['high']:+.2f}]"
+    return "-" if not g else f"{g['mean']:+.2f} pt [{g['low']:+.2f}, {g['high']:+.2f}]"
 
 
 def format_markdown(report: Dict[str, Any]) -> str:
@@ -143,10 +142,10 @@ def format_markdown(report: Dict[str, Any]) -> str:
         "",
         f"Data `{s['data']}`, {s['clients']} clients, partition `{s['partition']}`, {s['rounds']} rounds, "
         f"{s['local_epochs']} local epochs, engine {s['engine']}, seeds {s['seed']}..{s['seed'] + s['repeats'] - 1} "
-        f"(each repeat: another train/validation/test split, partition and initialisation); flwr {v.get('flwr')}. "
-        f"Latent {s['latent']}, head {s['head_hidden']}, coding `{s['coding']}` (both directions).",
-        f"Bytes: {report['bytes_counted']}. Test accuracy: mean ± sd over repeats; gap: paired by repeat, 95% "
-        f"Student-t interval.",
+        f"(each repeat: another stratified train/validation/test split, partition and initialisation); flwr "
+        f"{v.get('flwr')}. Latent {s['latent']}, head {s['head_hidden']}, coding `{s['coding']}` (both directions).",
+        f"Bytes: {report['bytes_counted']}. Accuracy: mean ± sd over repeats; gap: paired image by image within a "
+        f"repeat, combined over repeats, 95% interval (aecomp.compress.protocol).",
         "",
     ]
     ch = report.get("choice")
@@ -154,45 +153,42 @@ def format_markdown(report: Dict[str, Any]) -> str:
         c = ch["chosen"]
         lines += [f"Settings chosen on the validation split of seeds {ch['seeds']} among {ch['compared']} candidates "
                   f"(the fewest bytes within {ch['tolerance']} points of the baseline's validation accuracy): "
-                  + f"latent {c['latent']}, head {c['head_hidden']}, `{c['coding']}` (validation gap "
+                  f"latent {c['latent']}, head {c['head_hidden']}, `{c['coding']}` (validation gap "
                   f"{c['val_gap']:+.2f} pt" + ("" if c["within_tolerance"] else
                                                "; none was within the tolerance: this is the best on validation")
-                  + ").",
-                  ""]
-    lines += ["| set-up | params moved | test accuracy | val accuracy | gap vs baseline (test) | bytes / round "
+                  + ").", ""]
+    lines += ["| set-up | params moved | test accuracy | val accuracy | test gap vs baseline | bytes / round "
               "(down + up) | fewer bytes than baseline | than baseline+coding |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["setups"].items():
         params = ", ".join(f"{k} {n:,}" for k, n in r["params"].items())
-        t, va = r["test_accuracy"], r["val_accuracy"]
         lines.append(
-            f"| {name} | {params} | {t['mean']:.2f} ± {t['sd']:.2f}% | {va['mean']:.2f} ± {va['sd']:.2f}% | "
-            f"{'-' if name == 'baseline' else _ci(r.get('gap_vs_baseline'))} | {_fmt_bytes(r['bytes_per_round']['mean'])} "
+            f"| {name} | {params} | {_spread(r['test_accuracy'])} | {_spread(r['val_accuracy'])} | "
+            f"{'-' if name == 'baseline' else _ci(r.get('test_gap'))} | {_fmt_bytes(r['bytes_per_round']['mean'])} "
             f"({_fmt_bytes(r['bytes_down_per_round'])} + {_fmt_bytes(r['bytes_up_per_round'])}) | "
-            f"{r.get('fewer_bytes_vs_baseline', float('nan')):.1f}x | {r.get('fewer_bytes_vs_baseline_coding', float('nan')):.1f}x |")
+            + " | ".join(f"{r[k]:.1f}x" if k in r else "-"
+                         for k in ("fewer_bytes_vs_baseline", "fewer_bytes_vs_baseline_coding")) + " |")
     t = report.get("targets")
     if t:
         lines += ["", "Targets (compressed+coding): " + "; ".join(
             f"{k} {'-' if x['value'] is None else format(x['value'], '.2f')} (need >= {x['need']:g}): "
             f"{'met' if x['met'] else '**missed**'}" for k, x in t.items())]
-    lines += ["", "Per repeat (test accuracy, validation accuracy, bytes per round, failed replies):", "",
+    lines += ["", "Per repeat (test accuracy / validation accuracy / bytes per round / failed replies):", "",
               "| seed | " + " | ".join(report["setups"]) + " |", "| --- |" + " --- |" * len(report["setups"])]
-    seeds = sorted({j["seed"] for j in report["jobs"] if j["split"] == "test"})
+    seeds = sorted({p["seed"] for r in report["setups"].values() for p in r["per_repeat"]})
     for seed in seeds:
         cells = []
-        for name in report["setups"]:
-            j = next((j for j in report["jobs"] if j["split"] == "test" and j["setup"] == name and j["seed"] == seed),
-                     None)
-            cells.append("" if j is None else f"{j['test_accuracy']:.2f}% / {j['val_accuracy']:.2f}% / "
-                         f"{_fmt_bytes(j['bytes_per_round'])}" + (f" / {j['failures']} failed" if j["failures"] else ""))
+        for r in report["setups"].values():
+            p = next((p for p in r["per_repeat"] if p["seed"] == seed), None)
+            cells.append("" if p is None else f"{p['test_accuracy']:.2f}% / {p['val_accuracy']:.2f}% / "
+                         f"{_fmt_bytes(p['bytes_per_round'])}" + (f" / {p['failures']} failed" if p["failures"] else ""))
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     if ch:
-        lines += ["", "Candidates tried on validation (mean validation accuracy; baseline "
-                  f"{sum(ch['baseline_val_accuracy']) / len(ch['baseline_val_accuracy']):.2f}%):", "",
-                  "| latent | head | coding | val accuracy | bytes / round |", "| --- | --- | --- | --- | --- |"]
-        for row in ch["candidates"]:
-            lines.append(f"| {row['latent']} | {row['head_hidden']} | `{row['coding']}` | "
-                         f"{sum(row['val_accuracy']) / len(row['val_accuracy']):.2f}% | {_fmt_bytes(row['bytes_per_round'])} |")
+        lines += ["", "Candidates on validation (the choice reads nothing else):", "",
+                  "| candidate | val accuracy | val gap vs baseline | bytes / round |", "| --- | --- | --- | --- |"]
+        for row in ch["rows"]:
+            lines.append(f"| {row['name']} | {_spread(row['val_accuracy'])} | {_ci(row.get('val_gap'))} | "
+                         f"{_fmt_bytes(row['bytes']['mean'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,10 +4,10 @@
 
 1. **Choice** (only when ``s.candidates`` is set, ``aecomp fl --choose``): on the first
    ``min(2, repeats)`` seeds, the plain baseline and every candidate ``(latent, head, coding)``
-   as ``compressed+coding``; each is scored on the server's *validation* split. The candidate
+   as ``compressed+coding``; each is scored on the server's *validation* split, and the candidate
    with the fewest bytes per round whose mean validation gap to the baseline is within
-   :data:`TOLERANCE` points is chosen (``aecomp.fl.stats.choose_on_validation``); test accuracy is
-   not even computed for these runs.
+   :data:`TOLERANCE` points is chosen (:func:`choose`, with ``aecomp.compress.protocol``). Their
+   test outcomes are neither read nor reported (the result keeps only validation figures).
 2. **Final repeats**: every set-up of ``s.setups`` on seeds ``seed .. seed + repeats - 1`` with the
    chosen (or given) settings; test accuracy computed once per final model.
 
@@ -22,14 +22,13 @@ import os
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from .apps import run_job
 from .settings import FLError, FLSettings, Job, jobs_of
-from .stats import choose_on_validation
 
 __all__ = ["TOLERANCE", "make_server_app", "server_main"]
 
@@ -72,24 +71,46 @@ def server_main(grid: Grid, s: FLSettings, files: Dict[str, str], log: Callable[
     return doc
 
 
+def evaluation(name: str, repeat: int, job: Dict[str, Any]):
+    """A job as the protocol's :class:`~aecomp.compress.protocol.Evaluation` (its "bytes": per round)."""
+    import numpy as np
+
+    from ..compress.protocol import Evaluation
+
+    return Evaluation(name, repeat, job["bytes_per_round"], np.asarray(job["val_correct"], dtype=bool),
+                      np.asarray(job["test_correct"], dtype=bool))
+
+
 def choose(run: Callable[[Job], Dict[str, Any]], s: FLSettings, log: Callable[[str], None]) -> Dict[str, Any]:
-    """Stage 1 of :func:`server_main`: the candidates on validation only."""
-    seeds = list(range(s.seed, s.seed + min(2, s.repeats)))
-    base = [run(Job("baseline", seed, s.latent, s.head_hidden, None, "val")) for seed in seeds]
-    rows: List[Dict[str, Any]] = []
+    """Stage 1 of :func:`server_main`: the candidates, ranked on validation only
+    (``aecomp.compress.protocol.smallest_within``: the fewest bytes per round whose mean
+    validation gap to the baseline is within :data:`TOLERANCE`; when none is, the best on
+    validation, and the result says so)."""
+    from ..compress.protocol import best_on_validation, repeat_seed, smallest_within, summarize
+
+    repeats = range(min(2, s.repeats))
+    seeds = [repeat_seed(s.seed, r) for r in repeats]
+    evals = [evaluation("baseline", r, run(Job("baseline", seeds[r], s.latent, s.head_hidden, None, "val")))
+             for r in repeats]
+    labels = {}
     for latent, head, coding in s.candidates:
-        runs = [run(Job("compressed+coding", seed, latent, head, coding, "val")) for seed in seeds]
-        rows.append({"latent": latent, "head_hidden": head, "coding": coding,
-                     "val_accuracy": [r["val_accuracy"] for r in runs],
-                     "bytes_per_round": sum(r["bytes_per_round"] for r in runs) / len(runs)})
-    chosen = choose_on_validation(rows, [b["val_accuracy"] for b in base], TOLERANCE)
-    log(f"chosen on validation: latent {chosen['latent']}, head {chosen['head_hidden']}, {chosen['coding']} "
-        f"({chosen['bytes_per_round']:,.0f} B per round, validation gap {chosen['val_gap']:+.2f} pt"
-        + ("" if chosen["within_tolerance"] else f"; no candidate within {TOLERANCE} pt: the best on validation")
-        + ")")
-    return {"seeds": seeds, "tolerance": TOLERANCE, "baseline_val_accuracy": [b["val_accuracy"] for b in base],
-            "baseline_bytes_per_round": sum(b["bytes_per_round"] for b in base) / len(base),
-            "candidates": rows, "chosen": chosen, "compared": len(rows)}
+        label = f"latent {latent}, head {head}, {coding}"
+        labels[label] = (latent, head, coding)
+        evals += [evaluation(label, r, run(Job("compressed+coding", seeds[r], latent, head, coding, "val")))
+                  for r in repeats]
+    rows = summarize(evals, "baseline")
+    rec = smallest_within(rows.values(), "baseline", points=TOLERANCE)
+    within = rec.row is not None and rec.name != "baseline"
+    pick = rec.row if within else best_on_validation([r for n, r in rows.items() if n != "baseline"])
+    latent, head, coding = labels[pick.name]
+    chosen = {"latent": latent, "head_hidden": head, "coding": coding, "bytes_per_round": pick.bytes.mean,
+              "val_gap": pick.val_gap.mean, "within_tolerance": within}
+    log(f"chosen on validation: {pick.name} ({pick.bytes.mean:,.0f} B per round, validation gap "
+        f"{pick.val_gap.mean:+.2f} pt" + ("" if within else f"; no candidate within {TOLERANCE} pt: the best on "
+                                                              f"validation") + ")")
+    return {"seeds": seeds, "tolerance": TOLERANCE, "compared": len(labels), "reason": rec.reason,
+            "rows": [dict(r.to_dict(), test_accuracy=None, test_gap=None) for r in rows.values()],
+            "chosen": chosen}
 
 
 def _progress_log(path: str) -> Callable[[str], None]:

@@ -92,8 +92,11 @@ class Job:
 
 
 def jobs_of(s: FLSettings) -> List[Job]:
-    """The final repeats: every set-up for seeds ``seed .. seed + repeats - 1``."""
-    return [Job(setup, s.seed + r, s.latent, s.head_hidden, s.coding if setup.endswith("+coding") else None, "test")
+    """The final repeats: every set-up for the seeds ``repeat_seed(seed, r)``, ``r < repeats``."""
+    from ..compress.protocol import repeat_seed
+
+    return [Job(setup, repeat_seed(s.seed, r), s.latent, s.head_hidden,
+                s.coding if setup.endswith("+coding") else None, "test")
             for r in range(s.repeats) for setup in s.setups]
 
 
@@ -120,6 +123,7 @@ def _positive(value, name: str, kind=int) -> None:
 def check_settings(s: FLSettings) -> None:
     """Raise :class:`FLError` for any setting that cannot run; needs no flwr, loads only the data."""
     from .. import data as data_mod
+    from ..compress.protocol import load_repeat
     from .codec import parse_codec
     from .partition import PartitionError, partition_indices
 
@@ -169,7 +173,7 @@ def check_settings(s: FLSettings) -> None:
         raise FLError("--kill names one client per round, not *")
     for seed in range(s.seed, s.seed + s.repeats):
         try:
-            splits = data_mod.load(s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=seed)
+            splits = load_repeat(s.data, 0, seed=seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
         except (data_mod.DataError, ValueError) as exc:
             raise FLError(str(exc)) from None
         if splits.train.y is None:
