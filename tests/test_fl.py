@@ -213,7 +213,7 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 
 import aecomp.fl  # noqa: E402
 from aecomp.fl.compression import (CODED_ERROR, CODED_KEY, CODED_RECORD, CompressionGrid, compression_mod,  # noqa: E402
-                                   decode_message, is_coded)
+                                   decode_message, encode_message, is_coded)
 from aecomp.fl.grid import CountingGrid, GridWrapper, OrderedGrid, wire_bytes  # noqa: E402
 
 
@@ -319,7 +319,8 @@ def test_mod_and_grid_round_trip_bit_exact_both_directions():
     assert all(is_coded(m.content) for m in loop.pushed)
     blobs = {m.content[CODED_RECORD][CODED_KEY] for m in loop.pushed}
     assert len(blobs) == 1  # coded once per round for nodes holding the same reference
-    sent, _, asked = decode_message(next(iter(blobs)), {})
+    sent, _, asked, fresh = decode_message(next(iter(blobs)), {})
+    assert fresh == {"arrays"}
     assert asked == codec  # the server tells the clients how to code their replies
     for r in replies:
         node = r.metadata.src_node_id
@@ -683,3 +684,26 @@ def test_the_choice_reads_validation_only():
     assert choose(run, s, log=lambda line: None)["chosen"] == got["chosen"]
     table["kmeans:4"] = fake(150, 300, 40e3)  # worse on validation: now the larger int8 is the pick
     assert choose(run, s, log=lambda line: None)["chosen"]["coding"] == "int8"
+
+
+def test_a_zero_reference_message_starts_a_new_residual():
+    """Regression: the residual of one run (or job) leaked into the next one's first update when
+    the two models had the same layout (an aecomp fl run trains several in a row)."""
+    ctx = Context(run_id=7, node_id=11, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    app = _make_app({}, step=0.5)
+    codec = parse_codec("top0.05+int8")
+    arrays = {"w": np.zeros(400, np.float32)}
+
+    def blob_for(reference):
+        coded = encode_message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                                           "config": ConfigRecord({"server-round": 1})}), codec,
+                               {"arrays": reference}, reply_codec=codec)
+        return make_message(_meta(dst=11), RecordDict({CODED_RECORD: ConfigRecord({CODED_KEY: coded.blob})}))
+
+    app(blob_for(None), ctx)
+    assert np.abs(ctx.state["aecomp.fl.residual.arrays"]["w"].numpy()).max() > 0  # most of the update stayed
+    app(blob_for(None), ctx)  # a new start: the same update again, from a fresh residual
+    first = ctx.state["aecomp.fl.residual.arrays"]["w"].numpy().copy()
+    fresh_ctx = Context(run_id=7, node_id=11, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    app(blob_for(None), fresh_ctx)
+    assert _bits_equal(first, fresh_ctx.state["aecomp.fl.residual.arrays"]["w"].numpy())

@@ -38,7 +38,9 @@ and a version: an 8-byte BLAKE2b digest of names, dtypes, shapes and bytes. A me
 version it is a delta against; the client checks it holds that version (its reference lives in
 ``context.state``) and otherwise fails with one clear error. A node is trusted to hold what it
 was sent only after it replied without error; a node that failed, timed out or is new gets its
-next message against the zero reference (``R = 0``, layout included), which any client can apply.
+next message against the zero reference (``R = 0``, layout included), which any client can apply,
+and which also starts a new error-feedback residual (what a residual accumulated belongs to the
+run it came from: a new run, or a new job of the same app, must not inherit it).
 Downlink deltas need no residual: the next delta ``G - R`` already carries what the last one left.
 
 **Bad messages.** Every blob carries a CRC-32 of its decoded payload. A message that is
@@ -63,8 +65,8 @@ from flwr.app.error import Error
 from flwr.app.message import make_message
 
 from ..compress.entropy import EntropyError, decode_bytes, encode_bytes
-from .codec import (Codec, CodingError, Reader, codec_bytes, decode_arrays, encode_arrays, parse_codec, read_codec,
-                    text_bytes, varint, version_of)
+from .codec import (ZERO_VERSION, Codec, CodingError, Reader, codec_bytes, decode_arrays, encode_arrays, parse_codec,
+                    read_codec, text_bytes, varint, version_of)
 from .grid import GridWrapper
 
 __all__ = [
@@ -126,9 +128,10 @@ def encode_message(content: RecordDict, codec: Codec, references: Mapping[str, O
 
 
 def decode_message(blob: bytes, references: Mapping[str, Mapping[bytes, Mapping[str, np.ndarray]]],
-                   ) -> Tuple[RecordDict, Dict[str, Dict[str, np.ndarray]], Optional[Codec]]:
-    """``(content, arrays per record key, reply codec)`` of a coded blob; ``references[key]`` maps
-    the versions the receiver holds for that record key to their arrays."""
+                   ) -> Tuple[RecordDict, Dict[str, Dict[str, np.ndarray]], Optional[Codec], set]:
+    """``(content, arrays per record key, reply codec, keys sent against the zero reference)`` of
+    a coded blob; ``references[key]`` maps the versions the receiver holds for that record key to
+    their arrays."""
     try:
         body = decode_bytes(blob)
     except EntropyError as exc:
@@ -144,11 +147,14 @@ def decode_message(blob: bytes, references: Mapping[str, Mapping[bytes, Mapping[
     reply_codec = None if head == b"\0" * 6 else read_codec(Reader(head))
     records: Dict[str, Any] = {}
     arrays: Dict[str, Dict[str, np.ndarray]] = {}
+    fresh = set()
     for _ in range(r.varint()):
         kind = r.take(1)[0]
         key = r.text()
         data = r.take(r.varint())
         if kind == 2:
+            if data[:8] == ZERO_VERSION:
+                fresh.add(key)
             arrays[key] = decode_arrays(Reader(data), references.get(key, {}))
             records[key] = ArrayRecord({k: Array(v) for k, v in arrays[key].items()})
             continue
@@ -161,7 +167,7 @@ def decode_message(blob: bytes, references: Mapping[str, Mapping[bytes, Mapping[
             raise CodingError(f"coded message: record {key!r} does not deserialize ({exc})") from None
     if r.pos != len(body):
         raise CodingError(f"coded message has {len(body) - r.pos} bytes after its last record")
-    return RecordDict(records), arrays, reply_codec
+    return RecordDict(records), arrays, reply_codec, fresh
 
 
 def is_coded(content: Any) -> bool:
@@ -217,9 +223,11 @@ def compression_mod(codec: Optional[Codec] = None, *, error_feedback: bool = Tru
             held = _state_arrays(state, f"{STATE_PREFIX}ref.{key}")
             if held is not None:
                 refs[key] = {version_of(held): held}
-        content, received, asked = decode_message(msg.content[CODED_RECORD][CODED_KEY], refs)
+        content, received, asked, fresh = decode_message(msg.content[CODED_RECORD][CODED_KEY], refs)
         for key, arrays in received.items():  # this client now holds what it was sent
             _store(state, f"{STATE_PREFIX}ref.{key}", arrays)
+        for key in fresh:  # a start from the zero reference (a new run, or after a failure): a new residual
+            _store(state, f"{STATE_PREFIX}residual.{key}", None)
         reply = call_next(_with_content(msg, content), context)
         if reply.has_error() or not reply.has_content():
             return reply
@@ -303,7 +311,7 @@ class CompressionGrid(GridWrapper):
             only = next(iter(sent.values()))
             refs = _AnyKey(refs, {version_of(only): only})
         try:
-            content, _, _ = decode_message(reply.content[CODED_RECORD][CODED_KEY], refs)
+            content, _, _, _ = decode_message(reply.content[CODED_RECORD][CODED_KEY], refs)
         except CodingError as exc:  # a corrupt reply is a failed reply, not a crashed server
             self.decode_failures += 1
             return make_message(metadata=copy.copy(reply.metadata),
