@@ -707,3 +707,18 @@ def test_a_zero_reference_message_starts_a_new_residual():
     fresh_ctx = Context(run_id=7, node_id=11, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     app(blob_for(None), fresh_ctx)
     assert _bits_equal(first, fresh_ctx.state["aecomp.fl.residual.arrays"]["w"].numpy())
+
+
+def test_error_line_finds_the_client_exception_in_a_wrapped_traceback():
+    from aecomp.fl.grid import error_line
+
+    ray_like = ("The actor died unexpectedly before finishing this task.\n  class_name: ClientAppActor\n"
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                "aecomp.fl.apps.ClientDropout: client 0 dropped out in the middle of round 1 (fault injection)\n"
+                "    repr=<flwr.simulation.ray_transport.ray_actor.ClientAppActor object at 0x7f>)")
+    assert error_line(ray_like).startswith("aecomp.fl.apps.ClientDropout: client 0 dropped out")
+    assert error_line("plain reason") == "plain reason" and error_line("") == "(no reason)"
+    flower = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n"
+              "Exception ClientAppException occurred. Message: client 1 dropped out (fault injection)\n"
+              "ray.exceptions.RayTaskError: other: text'>")
+    assert error_line(flower) == "client 1 dropped out (fault injection)"

@@ -29,6 +29,7 @@ each reply pulled (client -> server, error replies included) with :func:`wire_by
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
@@ -168,13 +169,25 @@ class CountingGrid(GridWrapper):
                 c.failures += int(msg.has_error())
                 c.failure_bytes += n if msg.has_error() else 0
                 if msg.has_error():
-                    c.errors.append(f"node {node}: {msg.error.reason}".splitlines()[0][:300])
+                    c.errors.append(f"node {node}: {error_line(msg.error.reason)}")
                 c.per_node_up[node] = c.per_node_up.get(node, 0) + n
 
     def take(self) -> ByteCount:
         """The count since the last ``take`` (then start a new one)."""
         out, self.count = self.count, ByteCount()
         return out
+
+
+def error_line(reason: str) -> str:
+    """The line of an error reply that says what went wrong: Flower's own "Exception ... occurred.
+    Message: ..." line (Ray wraps it in pages of its own), else the last ``SomethingError: ...``
+    line of a traceback, else the first line."""
+    lines = [ln.strip(" '>") for ln in str(reason).splitlines() if ln.strip(" '>")]
+    flower = [ln for ln in lines if " occurred. Message: " in ln]
+    if flower:
+        return flower[0].split(" occurred. Message: ", 1)[1][:300] or flower[0][:300]
+    found = [ln for ln in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Dropout|Exit|Interrupt)\b[^:]*: ", ln)]
+    return (found[-1] if found else lines[0] if lines else "(no reason)")[:300]
 
 
 def _reply_order(reply: Message):
