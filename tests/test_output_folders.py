@@ -21,7 +21,7 @@ from .test_compress_cli import _one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--ae-epochs", "2", "--epochs", "1", "--prune-epochs", "1", "--latency-repeats", "1", "--no-export",
-        "--share-epochs", "1", "--bits", "4", "--no-distill"]
+        "--share-epochs", "1", "--bits", "4", "--no-distill", "--repeats", "1"]
 
 
 def _labeled(tmp_path: Path, n: int = 120) -> Path:
@@ -144,7 +144,7 @@ def test_compress_folder_holds_exactly_one_runs_outputs_and_one_file_mode(tmp_pa
         second = _files(out)
         assert json.loads((out / "outputs.json").read_text())["files"] == second
         assert not [f for f in second if "replace" in f or "finetune" in f], second
-        assert [n for n, _ in compress_models(out)] == ["autoencoder", "baseline", "compressed-frozen"]
+        assert [n for n, _ in compress_models(out)] == ["autoencoder", "baseline", "compressed-frozen", "logreg", "scratch"]
         assert all(len(list((out / "checkpoints" / n).iterdir())) == 1 for n, _ in compress_models(out))
         # files of both commands get the same mode: what open() gives under the umask
         train_out = tmp_path / "t"

@@ -230,3 +230,13 @@ def test_a_baseline_at_chance_gets_no_recommendation():
     near, _ = P.near_chance(P.spread([97.0, 96.5]), 11.3, n_val=180)
     assert not near
     assert P.near_chance(P.spread([13.0]), 11.3, n_val=180)[0]  # 1.7 points above chance: not clearly above
+
+
+def test_paired_comparison_of_two_rows_over_their_shared_repeats():
+    ev = _evaluations()
+    val, test = P.paired_comparison(ev, "a-shared4", "b")
+    by = {(e.name, e.repeat): e for e in ev}
+    want = np.mean([P.paired_gap(by["a-shared4", r].val_correct, by["b", r].val_correct).points for r in range(3)])
+    assert val.mean == pytest.approx(want) and val.repeats == 3 and test.repeats == 3
+    with pytest.raises(ValueError, match="share no repeat"):
+        P.paired_comparison(ev, "a-shared4", "nope")

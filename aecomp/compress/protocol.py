@@ -72,6 +72,7 @@ __all__ = [
     "frontier",
     "load_repeat",
     "near_chance",
+    "paired_comparison",
     "paired_gap",
     "repeat_seed",
     "shared_rows",
@@ -380,6 +381,20 @@ def summarize(evaluations: Iterable[Evaluation], baseline: str, level: float = 0
     return out
 
 
+def paired_comparison(evaluations: Iterable[Evaluation], name: str, reference: str,
+                      level: float = 0.95) -> Tuple[GapInterval, GapInterval]:
+    """``(validation, test)`` gap of ``name`` minus ``reference``, paired image by image within
+    each repeat both were evaluated in and combined over those repeats (:func:`combine_gaps`):
+    e.g. an autoencoder-initialised net against the same architecture from random initialisation."""
+    by: Dict[Tuple[str, int], Evaluation] = {(e.name, e.repeat): e for e in evaluations}
+    repeats = sorted(r for (n, r) in by if n == name and (reference, r) in by)
+    if not repeats:
+        raise ValueError(f"paired_comparison: {name!r} and {reference!r} share no repeat")
+    val = [paired_gap(by[name, r].val_correct, by[reference, r].val_correct) for r in repeats]
+    test = [paired_gap(by[name, r].test_correct, by[reference, r].test_correct) for r in repeats]
+    return combine_gaps(val, level), combine_gaps(test, level)
+
+
 # ---------------------------------------------------------------------------------------- choices (validation only)
 def best_on_validation(rows: Iterable[RowStats]) -> RowStats:
     """The row with the highest mean validation accuracy (ties: the smaller file, then the name)."""
@@ -455,14 +470,14 @@ def chance_accuracy(train_labels) -> float:
 def near_chance(val: Spread, chance: float, n_val: Optional[int] = None, margin: float = 5.0) -> Tuple[bool, str]:
     """Whether a baseline with mean validation accuracy ``val.mean`` is near (or below) the
     chance accuracy ``chance``: less than ``margin`` points above it, or, given ``n_val`` (the
-    validation images per repeat), less than three binomial standard errors of chance
-    (``300 sqrt(p (1 - p) / (n_val R))`` points, ``p = chance / 100``) above it.
-    Returns ``(near, sentence)``."""
+    validation images per repeat), not above it by a one-sided binomial test at the 1% level
+    (normal approximation: less than ``2.33 * 100 sqrt(p (1 - p) / (n_val R))`` points above,
+    ``p = chance / 100``, ``R`` repeats). Returns ``(near, sentence)``."""
     gap = val.mean - chance
     need = margin
     if n_val:
         p = min(max(chance / 100.0, 1e-9), 1 - 1e-9)
-        need = max(need, 300.0 * math.sqrt(p * (1 - p) / (n_val * max(val.n, 1))))
+        need = max(need, 232.6 * math.sqrt(p * (1 - p) / (n_val * max(val.n, 1))))
     if gap < need:
         return True, (f"the baseline's validation accuracy ({val}%) is not clearly above chance ({chance:.1f}%, "
                       f"always the most frequent class): the data or the labels carry no usable signal, so no "
