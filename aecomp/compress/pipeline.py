@@ -81,6 +81,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -209,6 +210,23 @@ def load_labeled(s: CompressSettings, repeat: int = 0) -> data_mod.Splits:
     return splits
 
 
+def _warn_rare_classes(s: CompressSettings, splits: data_mod.Splits) -> None:
+    """A class with one training sample where the median class has many is most likely a stray label
+    (sparse labels are remapped to 0..k-1 by the loader, so a stray 1,000,000 is a class of its own):
+    say so, naming the original label, but train (a rare class can be real)."""
+    counts = torch.bincount(splits.train.y)
+    present = counts[counts > 0]
+    if present.numel() < 2:
+        return
+    median = int(present.median())
+    labels = splits.label_map
+    for c in torch.nonzero((counts > 0) & (counts <= 1)).flatten().tolist():
+        if median >= 10:
+            original = labels[c] if labels is not None else c
+            warnings.warn(f"{s.data}: label {original} has {int(counts[c])} training sample(s) where the median "
+                          f"class has {median}: a mistake in the labels?", stacklevel=3)
+
+
 def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
     """The number of classes (training ``max + 1``) after checking every split's labels."""
     seen = torch.unique(splits.train.y)
@@ -225,6 +243,7 @@ def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
             raise CompressError(f"{s.data}: the {d.split} split has label(s) {shown} that the training split never "
                                 f"has ({unseen.numel()} sample(s)); a classifier cannot learn a class it never sees")
     classes = int(seen.max()) + 1
+    _warn_rare_classes(s, splits)
     if classes < 2:
         raise CompressError(f"{s.data}: the labels hold only one class; a classifier needs two or more")
     if classes > s.max_classes:
