@@ -7,7 +7,9 @@ reruns) gives the same numbers; a run whose clients all fail exits non-zero.
 Deployment: Flower's deployment runtime as real processes on 127.0.0.1 (a SuperLink, three
 SuperNodes, a ClientApp process per message), started and stopped by the command. One client's
 SuperNode is killed in the middle of the last round: the round completes with the other two after
-the round timeout; round 1's bytes equal the simulation's count of the same run but for the
+the round timeout (60 s: Flower itself declares a node gone only after two missed 30-second
+heartbeats, and a healthy round here must fit inside the timeout: every message starts a
+ClientApp process that imports torch); round 1's bytes equal the simulation's count of the same run but for the
 message ids; no process is left behind.
 
 Starting Ray (or the deployment's processes, each importing torch) is most of the cost; the runs
@@ -160,7 +162,7 @@ def _run(*argv):
 
 
 def test_deployment_kill_a_client_mid_round_and_compare_bytes(first_run, tmp_path):
-    rc, stdout, stderr, seen = _run(*COMMON, "--setup", "compressed+coding", "--round-timeout", "40", "--engine",
+    rc, stdout, stderr, seen = _run(*COMMON, "--setup", "compressed+coding", "--round-timeout", "60", "--engine",
                                     "deployment", "--kill", "2:2", "--out", str(tmp_path / "d"))
     assert rc == 0, (stdout[-2000:], stderr[-3000:])
     assert "killed client 2's SuperNode" in stdout
