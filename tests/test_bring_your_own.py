@@ -71,6 +71,21 @@ def test_compress_model_of_a_users_sequential(tmp_path, user_model):
     assert "(x - 0) / 16, declared; not refitted" in text and "trained outside this run" in text
     assert result["recommendation"].compared > 10
     assert all(p.exists() for p in result["files"])
+    # the run's own autoencoder can be reused from its folder
+    from aecomp.compress.pretrained import load_encoder
+
+    assert load_encoder(tmp_path / "mine").dims == (64, 32, 16)
+
+
+def test_a_model_whose_classes_mean_other_labels_is_refused(tmp_path, user_model):
+    from aecomp.compress import storage
+    from aecomp.compress.own_model import read_classifier
+
+    path = tmp_path / "relabelled.safetensors"
+    storage.save_packed(read_classifier(user_model).model, path, labels=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+                        scaling=data.Preprocessing("global", torch.tensor(0.0), torch.tensor(16.0), unit=True))
+    with pytest.raises(CompressError, match="the same labels"):
+        compress_model(path, "digits", out=tmp_path / "x", **FAST)
 
 
 def test_cli_model_state_dict_and_its_mistakes(tmp_path, capsys, user_model):

@@ -151,6 +151,12 @@ def _check_model_fits(b: Brought, splits: Splits, name: str, classes: int) -> No
     tr, va = splits.train, splits.val
     if dims[0] != tr.features:
         raise CompressError(f"your model takes {dims[0]} inputs but {name} has {tr.features} features per sample")
+    theirs, ours = b.model.labels, splits.label_map
+    if (theirs is not None or ours is not None) and tuple(theirs or range(dims[-1]))[:classes] != \
+            tuple(ours or range(classes)):
+        raise CompressError(f"your model's classes are the labels {list(theirs or range(dims[-1]))[:12]} but {name}'s "
+                            f"are {list(ours or range(classes))[:12]} (in class order); the outputs must mean the "
+                            f"same labels")
     if dims[-1] < classes:
         raise CompressError(f"your model has {dims[-1]} outputs but {name} has {classes} classes (labels "
                             f"0..{classes - 1})")
