@@ -287,11 +287,6 @@ def _best(candidates: List[Tuple[str, Any]], val: Dataset) -> Tuple[str, Any, in
     return name, model, len(candidates)
 
 
-def _encoder_dims(s: StudySettings, features: int) -> List[int]:
-    hidden = s.hidden if s.hidden is not None else ([2 * s.latent] if 2 * s.latent < features else [])
-    return [features, *hidden, s.latent]
-
-
 def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, classes: int, x_pre: torch.Tensor,
           seed: int) -> Dict[str, Tuple[Any, str, int]]:
     """Each arm's model chosen on validation: ``{arm: (model, chosen candidate, candidates)}``;
@@ -326,7 +321,7 @@ def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, c
         name, model, n = _best([("frozen", frozen), ("finetune", tuned)], va)
         out[arm] = (model, name, n)
     # the sceptic's unsupervised pretraining: PCA with as many components, fitted on the same images
-    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=seed, x_fit=x_pre)
+    pca = PCABaseline.fit(tr.x, tr.y, dims[-1], seed=seed, x_fit=x_pre)  # as many components as the code
     out["pca"] = (pca.to_module(classes), "-", 1)  # one candidate: nothing chosen
     return out
 
@@ -384,10 +379,10 @@ def _load(s: StudySettings, repeat: int, scale: str) -> Splits:
 
 def _pretrain(s: StudySettings, x: torch.Tensor, x_val: torch.Tensor, unit: bool, seed: int):
     from ..models import Autoencoder
-    from .pipeline import fit_autoencoder
+    from .pipeline import encoder_dims, fit_autoencoder
 
     torch.manual_seed(seed)
-    ae = Autoencoder(_encoder_dims(s, x.shape[1]), output="sigmoid" if unit else "none", backend=s.backend)
+    ae = Autoencoder(encoder_dims(s, x.shape[1]), output="sigmoid" if unit else "none", backend=s.backend)
     fit_autoencoder(ae, x, x_val, epochs=s.ae_epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=seed)
     return ae.eval()
 
