@@ -100,6 +100,11 @@ def test_cli_model_state_dict_and_its_mistakes(tmp_path, capsys, user_model):
                                                   "--scale", "16", "--data", "digits28", "--out", out, *FAST_ARGS])
     assert "chance" in _one_line_exit(capsys, ["compress", "--model", str(path), "--activations", "relu,none",
                                                "--scale", "-16", "--out", str(tmp_path / "neg"), *FAST_ARGS])
+    scaler = tmp_path / "scaler.npz"  # a per-feature scaling of the model's width, data of another
+    np.savez(scaler, shift=np.zeros(64, np.float32), scale=np.full(64, 16, np.float32))
+    assert "64 inputs" in _one_line_exit(capsys, ["compress", "--model", str(path), "--activations", "relu,none",
+                                                  "--scale", str(scaler), "--data", "digits28", "--out", out,
+                                                  *FAST_ARGS])
     conv = tmp_path / "conv.pt"
     torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).state_dict(), conv)
     err = _one_line_exit(capsys, ["compress", "--model", str(conv), "--activations", "relu,none", "--scale", "16",

@@ -210,3 +210,16 @@ def test_test_images_the_encoder_saw_are_removed(tmp_path):
     assert not any(tuple(r) in seen for r in kept.test.x.numpy().tolist())
     result = fewlabel.run_study(fewlabel.StudySettings(data="digits", labels=(5,), encoder=str(run), **TINY))
     assert result["encoder"] and all(r["test_seen_by_encoder"] is not None for r in result["repeats"])
+    # an encoder of another width: one line before anything trains (its per-feature scaling would not apply)
+    from aecomp.compress import storage
+    from aecomp.compress.pretrained import EncoderError
+
+    ae = enc.autoencoder
+    path = tmp_path / "per_feature.safetensors"
+    storage.save_float32(ae.state_dict(), path, config=ae.config,
+                         scaling=data.Preprocessing("standard", torch.zeros(64), torch.ones(64) * 4))
+    for transfer in ({}, dict(source=(0, 1), target=(2, 3))):
+        with pytest.raises(EncoderError) as exc:
+            fewlabel.run_study(fewlabel.StudySettings(data="digits28", labels=(5,), encoder=str(path), **TINY,
+                                                      **transfer))
+        assert "784" in _one_line(exc)

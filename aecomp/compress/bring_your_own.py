@@ -139,18 +139,19 @@ def check_fits(b: Brought, s) -> None:
     except (EncoderError, LabelError) as exc:
         raise CompressError(str(exc)) from None
     if b.model is not None:
+        if b.model.dims[0] != splits.train.features:  # before the scaling: a per-feature one would not apply
+            raise CompressError(f"your model takes {b.model.dims[0]} inputs but {s.data} has "
+                                f"{splits.train.features} features per sample")
         _check_model_fits(b, scaled_splits(splits, b.scaling) if b.scaling is not None else splits, s.data, classes)
 
 
 def _check_model_fits(b: Brought, splits: Splits, name: str, classes: int) -> None:
-    """The user's model against the data: width, classes, and not near chance."""
+    """The user's model against the (scaled) data: its classes, and not near chance."""
     from .pipeline import CompressError
     from .protocol import chance_accuracy, near_chance, spread
 
     dims = b.model.dims
     tr, va = splits.train, splits.val
-    if dims[0] != tr.features:
-        raise CompressError(f"your model takes {dims[0]} inputs but {name} has {tr.features} features per sample")
     theirs, ours = b.model.labels, splits.label_map
     if (theirs is not None or ours is not None) and tuple(theirs or range(dims[-1]))[:classes] != \
             tuple(ours or range(classes)):

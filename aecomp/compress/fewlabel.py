@@ -329,6 +329,7 @@ def _arms(s: StudySettings, aes: Dict[str, Any], dims: List[int], few: Splits, c
 def _task(s: StudySettings, repeat: int, encoder) -> Tuple[Splits, torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """``(task splits, pretraining images, their validation images, info)`` of one repeat. With a
     pretrained ``encoder`` the task data is scaled the encoder's way."""
+    from .pretrained import check_width
     from .protocol import repeat_seed
 
     seed = repeat_seed(s.seed, repeat)
@@ -336,6 +337,7 @@ def _task(s: StudySettings, repeat: int, encoder) -> Tuple[Splits, torch.Tensor,
     if s.source is not None:
         raw = _load(s, repeat, scale="none")
         if encoder is not None:
+            check_width(encoder, raw.train.features, s.data)
             raw = _unseen_test(raw, encoder, info)
         t = class_transfer(s.data, s.source, s.target, scale=s.scale, raw=raw,
                            preprocessing=encoder.preprocessing if encoder is not None else None)
@@ -343,6 +345,7 @@ def _task(s: StudySettings, repeat: int, encoder) -> Tuple[Splits, torch.Tensor,
         return t.task, t.pretrain.train.x, t.pretrain.val.x, info
     splits = _load(s, repeat, scale="none" if encoder is not None else s.scale)
     if encoder is not None:
+        check_width(encoder, splits.train.features, s.data)
         splits = _unseen_test(splits, encoder, info)
         splits = scaled_splits(splits, encoder.preprocessing)
     x_pre = splits.train.x
@@ -419,7 +422,7 @@ def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
     """
     import time
 
-    from .pretrained import check_width, load_encoder
+    from .pretrained import load_encoder
     from .protocol import Evaluation, summarize
     from .storage import payload_bytes
 
@@ -431,8 +434,6 @@ def run_study(s: StudySettings, log=None) -> Dict[str, Any]:
     t0 = time.perf_counter()
     encoder = load_encoder(s.encoder) if s.encoder else None
     repeats = [_task(s, r, encoder) for r in range(s.repeats)]
-    if encoder is not None:
-        check_width(encoder, repeats[0][0].train.features, s.data)
     labels, notes = _usable_labels(s, [t[0] for t in repeats])
     if not labels:
         raise LabelError(f"none of the label budgets {list(s.labels)} fits {s.data}: " + "; ".join(notes))
