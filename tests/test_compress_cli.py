@@ -176,8 +176,7 @@ def test_export_option_errors(compress_run, tmp_path, capsys):
     _one_line_error(capsys, ["export", str(compress_run), "--tolerance", "-1"], "--tolerance must be a number >= 0")
     _one_line_error(capsys, ["export", str(compress_run), "--model", "nope"], "--model 'nope' is not in",
                     "compressed-frozen")
-    _one_line_error(capsys, ["export", str(compress_run / "models" / "pca-8.safetensors")],
-                    "not a packed aecomp model", "PCA is not exported")
+    _one_line_error(capsys, ["export", str(compress_run / "models" / "nope.aecc")], "no such")
 
 
 def test_demo_runs_end_to_end_and_prints_a_short_answer(tmp_path, capsys):

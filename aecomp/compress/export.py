@@ -216,45 +216,19 @@ INT8_OPSET = 17
 
 
 def _int8_layers(source):
-    """``[(q int8 [N, K], scale [N], bias or None, activation)]`` of an int8 model file or PackedNet."""
+    """``([(q int8 [N, K], scale [N], bias or None, activation)], config)`` of an int8 model file
+    (read by its format's one reader, ``modelfile.read_model``) or PackedNet."""
     from .share import Int8Linear, PackedNet
 
     if isinstance(source, PackedNet):
         net = source
     else:
-        from .packed import _activations
+        from .modelfile import read_model
 
-        p = os.fspath(source)
-        with open(p, "rb") as fh:
-            magic = fh.read(4)
-        from .coding import MAGIC, load_coded
-
-        if magic == MAGIC:
-            net = load_coded(p)
-        else:
-            from safetensors.torch import load_file
-
-            from .storage import StorageError, decode_bitmask, decode_csr, read_header
-
-            header = read_header(p)
-            tensors = load_file(p)
-            out = []
-            for i, (meta, act) in enumerate(zip(header["layers"], _activations(header["config"]))):
-                if meta.get("values") != "int8":
-                    raise StorageError(f"{p}: layer {i} holds {meta.get('values')} weights; int8 ONNX needs an int8 "
-                                       f"model file")
-                enc = meta["encoding"]
-                try:
-                    if enc == "dense":
-                        q = tensors[f"{i}.q"]
-                    elif enc == "csr":
-                        q = decode_csr(tensors[f"{i}.v"], tensors[f"{i}.c"], tensors[f"{i}.n"], meta["shape"])
-                    else:
-                        q = decode_bitmask(tensors[f"{i}.m"], tensors[f"{i}.v"], meta["shape"])
-                    out.append((q, tensors[f"{i}.s"], tensors.get(f"{i}.b"), act))
-                except KeyError as exc:
-                    raise StorageError(f"{p}: tensor {exc} is missing") from None
-            return out, header["config"]
+        stored = read_model(source)
+        if not hasattr(stored, "packed_net"):
+            raise ValueError(f"{os.fspath(source)}: an {stored.meta.name} file, not a classifier")
+        net = stored.packed_net()
     out = []
     for i, layer in enumerate(net.layers):
         if not isinstance(layer, Int8Linear):

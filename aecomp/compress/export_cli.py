@@ -70,36 +70,19 @@ def compress_models(folder: Path) -> List[Tuple[str, Path]]:
     return [(d.name, d) for d in sorted(root.iterdir()) if d.is_dir() and list_checkpoints(d)]
 
 
-def _load_safetensors(p: Path):
-    """A packed classifier (``models/<name>.safetensors``), or an autoencoder file of a compress run
-    (float32 tensors with ``{"config": ...}`` in its ``aecomp`` metadata)."""
-    import json
-
-    from .net import build_model
-    from .storage import StorageError, load_packed
+def _load_file(p: Path):
+    """``(model, kind)`` of a model file of a compress run, read by its format's one reader: a packed
+    classifier (``.safetensors``: float32 or int8, decoded to float32), a coded one (``.aecc``:
+    shared weights decoded to float32), an autoencoder's or the PCA baseline's tensors."""
+    from .modelfile import ModelFileError, read_model
 
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        header = json.loads(meta["aecomp"]) if "aecomp" in meta else None
-    except Exception:  # unreadable: load_packed below says so in its own words
-        header = None
-    if isinstance(header, dict) and "format" not in header and isinstance(header.get("config"), dict):
-        from safetensors.torch import load_file
-
-        try:
-            model = build_model(header["config"])
-            model.load_state_dict(load_file(str(p)))
-        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-            raise UsageError(f"{p}: cannot rebuild the model ({exc})".splitlines()[0]) from None
-        return model.eval(), "autoencoder"
-    try:
-        return load_packed(p), "classifier"
-    except StorageError as exc:
-        hint = " (a PCA baseline's file: PCA is not exported)" if p.name.startswith("pca-") else ""
-        raise UsageError(f"{exc}{hint}") from None
+        stored = read_model(p)
+        model = stored.to_model()
+    except ModelFileError as exc:
+        raise UsageError(str(exc)) from None
+    is_classifier = hasattr(stored, "packed_net") or (stored.config or {}).get("type") == "pca"
+    return model, "classifier" if is_classifier else "autoencoder"
 
 
 def load_any(path: str):
@@ -109,8 +92,8 @@ def load_any(path: str):
     from ..nn import FusedMLP
 
     p = Path(path)
-    if p.is_file() and p.suffix == ".safetensors":
-        return _load_safetensors(p)
+    if p.is_file():
+        return _load_file(p)
     if not p.exists():
         raise UsageError(f"{path}: no such checkpoint folder or file")
     try:
@@ -136,11 +119,15 @@ def _example_input(model):
     from ..nn import FusedMLP
     from .net import CompressedNet
 
+    from .baselines import PCAClassifier
+
     g = torch.Generator().manual_seed(0)
     if isinstance(model, CompressedNet):
         shape: Tuple[int, ...] = (model.in_features,)
     elif isinstance(model, FusedMLP):
         shape = (model.dims[0],)
+    elif isinstance(model, PCAClassifier):
+        shape = (model.mean.numel(),)
     else:
         shape = tuple(8 if s is None else int(s) for s in model.input_shape)  # a free time axis: 8 steps
     return torch.rand(64, *shape, generator=g)

@@ -8,13 +8,14 @@ path, float32 files in float) and scored once on the validation split and once o
 split. Repeat 0 writes the shipped files (``models/``, ``checkpoints/``, ``onnx/``) and times
 them; the other repeats write into a temporary folder that is removed.
 
-**Choices use validation only**: the frontier, the recommendation (the smallest file whose mean validation accuracy over the repeats is within
-``points`` of the baseline's, see ``protocol.smallest_within``), which mode and which
-distillation setting is best, the row beside the published point. The validation split is
-never used to fit a model or pick its epochs: each classifier fits on the training split less a
-stratified ``early_stopping`` share of it, which picks the best epoch (so validation accuracy is
-not inflated by that pick). Test accuracy is only reported: per row its mean and spread over repeats and its gap to the baseline with a paired
-interval. A baseline near chance gets a warning and no recommendation.
+**Choices use validation only**: the frontier, the recommendation (the smallest file whose
+mean validation accuracy over the repeats is within ``points`` of the baseline's, see
+``protocol.smallest_within``), which mode and which distillation setting is best, the row beside
+the published point. The validation split is never used to fit a model or pick its epochs: each
+classifier fits on the training split less a stratified ``early_stopping`` share of it, which
+picks the best epoch (so validation accuracy is not inflated by that pick). Test accuracy is
+only reported: per row its mean and spread over repeats and its gap to the baseline with a
+paired interval. A baseline near chance gets a warning and no recommendation.
 
 **Families** (each a trained classifier that then goes through the same steps):
 
@@ -82,11 +83,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -221,6 +222,23 @@ def load_labeled(s: CompressSettings, repeat: int = 0) -> data_mod.Splits:
     return splits
 
 
+def _warn_rare_classes(s: CompressSettings, splits: data_mod.Splits) -> None:
+    """A class with one training sample where the median class has many is most likely a stray label
+    (sparse labels are remapped to 0..k-1 by the loader, so a stray 1,000,000 is a class of its own):
+    say so, naming the original label, but train (a rare class can be real)."""
+    counts = torch.bincount(splits.train.y)
+    present = counts[counts > 0]
+    if present.numel() < 2:
+        return
+    median = int(present.median())
+    labels = splits.label_map
+    for c in torch.nonzero((counts > 0) & (counts <= 1)).flatten().tolist():
+        if median >= 10:
+            original = labels[c] if labels is not None else c
+            warnings.warn(f"{s.data}: label {original} has {int(counts[c])} training sample(s) where the median "
+                          f"class has {median}: a mistake in the labels?", stacklevel=3)
+
+
 def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
     """The number of classes (training ``max + 1``) after checking every split's labels."""
     seen = torch.unique(splits.train.y)
@@ -237,6 +255,7 @@ def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
             raise CompressError(f"{s.data}: the {d.split} split has label(s) {shown} that the training split never "
                                 f"has ({unseen.numel()} sample(s)); a classifier cannot learn a class it never sees")
     classes = int(seen.max()) + 1
+    _warn_rare_classes(s, splits)
     if classes < 2:
         raise CompressError(f"{s.data}: the labels hold only one class; a classifier needs two or more")
     if classes > s.max_classes:
@@ -247,85 +266,26 @@ def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
     return classes
 
 
-OUTPUTS_FILE = "outputs.json"
+from ..train.output import OUTPUTS_FILE  # noqa: E402  (the folder rules live in aecomp.train.output)
+
 # what a run writes at the top of its folder (a folder written before outputs.json existed)
 LAYOUT = ("report.json", "report.md", "accuracy_vs_bytes.png", "models", "checkpoints", "onnx", OUTPUTS_FILE)
 
 
-def _files_under(out: Path, names: Sequence[str]) -> List[Path]:
-    found: List[Path] = []
-    for n in names:
-        p = out / n
-        if p.is_dir() and not p.is_symlink():
-            found += [q for q in p.rglob("*") if not q.is_dir() or q.is_symlink()]
-        elif p.exists() or p.is_symlink():
-            found.append(p)
-    return found
-
-
-def _previous_outputs(out: Path) -> Optional[List[Path]]:
-    """The files of the earlier run in ``out``: those its ``outputs.json`` lists; the layout's when
-    that run did not finish (or predates outputs.json, but wrote a report.json); None when the
-    folder does not look like a compress output folder at all."""
-    listing = out / OUTPUTS_FILE
-    if listing.is_file():
-        try:
-            doc = json.loads(listing.read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if isinstance(doc, dict) and doc.get("complete") and isinstance(doc.get("files"), list):
-            return [out / n for n in doc["files"] if isinstance(n, str) and ".." not in Path(n).parts]
-        return _files_under(out, LAYOUT)
-    if (out / "report.json").is_file():
-        return _files_under(out, LAYOUT)
-    return None
-
-
 def clear_folder(out: Path, overwrite: bool) -> None:
-    """Leave ``out`` empty (but for the lock), or refuse: see the module docstring. Nothing is
-    removed unless everything in the folder is the earlier run's."""
-    from ..train.output import LOCK_NAME
+    """``aecomp.train.output.clear_folder`` with this pipeline's layout (module docstring)."""
+    from ..train.output import OutputError, clear_folder as clear
 
-    top = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-    if not top:
-        return
-    names = ", ".join(top[:4]) + (", ..." if len(top) > 4 else "")
-    present = [p for p in out.rglob("*") if (not p.is_dir() or p.is_symlink()) and p != out / LOCK_NAME]
-    if not overwrite:
-        raise CompressError(f"--out {out} is not empty ({names}); add --overwrite to replace the outputs of an "
-                            f"earlier run there, or choose another --out")
-    previous = _previous_outputs(out)
-    if previous is None:
-        raise CompressError(f"--overwrite: --out {out} holds {names} but no earlier aecomp compress run (no "
-                            f"{OUTPUTS_FILE} or report.json); nothing is removed: choose another --out")
-    ours = {p.resolve() if not p.is_symlink() else p for p in previous}
-    foreign = sorted(str(p.relative_to(out)) for p in present
-                     if (p.resolve() if not p.is_symlink() else p) not in ours)
-    if foreign:
-        raise CompressError(f"--overwrite: --out {out} also holds {', '.join(foreign[:4])}"
-                            f"{', ...' if len(foreign) > 4 else ''}, which the earlier run did not write; "
-                            f"nothing is removed: move it or choose another --out")
-    for p in present:
-        p.unlink()
-    for d in sorted((q for q in out.rglob("*") if q.is_dir() and not q.is_symlink()),
-                    key=lambda q: len(q.parts), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()
+    try:
+        clear(out, overwrite, LAYOUT, "aecomp compress", "report.json")
+    except OutputError as exc:
+        raise CompressError(str(exc)) from None
 
 
 def _write_outputs_list(out: Path, complete: bool) -> None:
-    """``outputs.json``: at the start ``complete: false`` (a crash leaves a folder ``--overwrite``
-    may clear), at the end every file the run wrote."""
-    from ..train.checkpoint import atomic_write, default_file_mode
-    from ..train.output import LOCK_NAME
+    from ..train.output import write_outputs_list
 
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                   if p.is_file() and p.name != LOCK_NAME and p.name != OUTPUTS_FILE) if complete else []
-    mode = default_file_mode()
-    for f in files:  # safetensors' writer creates its files 0600; every other file gets 0666 less the umask
-        os.chmod(out / f, mode)
-    doc = {"written_by": "aecomp compress", "complete": complete, "files": sorted(files + [OUTPUTS_FILE])}
-    atomic_write(out / OUTPUTS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+    write_outputs_list(out, complete, "aecomp compress")
 
 
 def _check_sizes(s: CompressSettings, features: int, classes: int) -> None:
@@ -424,6 +384,11 @@ class Recorder:
         self.autoencoder: Optional[nn.Module] = None
         self.onnx: List[Dict[str, Any]] = []
         self.onnx_note: Optional[str] = None
+        # what a user brings in place of what default_families trains (aecomp.compress.bring_your_own):
+        self.base: Optional[nn.Module] = None  # a trained classifier: the baseline, not retrained
+        self.pretrained: Optional[nn.Module] = None  # a pretrained autoencoder: not trained here
+        self.pretrain_x: Optional[torch.Tensor] = None  # images for PCA and the autoencoders (default: train's)
+        self.notes: List[str] = []  # lines for the report
 
     @property
     def seed(self) -> int:
@@ -638,7 +603,7 @@ def _train_mode(s: CompressSettings, seed: int, mode: str, ae: nn.Module, base: 
     """A CompressedNet trained in ``mode`` (``finetune`` starts from ``frozen`` when given)."""
     torch.manual_seed(seed + 1)
     if mode == "replace":
-        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
+        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=tuple(base.dims[2:-1]),
                                              backend=s.backend)
         return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
     if mode == "frozen":
@@ -663,19 +628,24 @@ def default_families(rec: Recorder) -> None:
     fit_kw = rec.fit_kw
     ft = rec.fit_data  # what the classifiers fit on (the training split less its early-stopping part)
 
-    # the uncompressed baseline ----------------------------------------------------------------
+    # the uncompressed baseline (or the user's own classifier, rec.base) ------------------------------
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
-    base = lenet_300_100(features, classes, backend=s.backend)
-    fit = fit_classifier(base, ft.x, ft.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+    if rec.base is not None:
+        base, fit = rec.base, {"epochs": 0, "note": "the user's model, not retrained"}
+        what = f"your model ({'-'.join(map(str, base.dims))}), as given"
+    else:
+        base = lenet_300_100(features, classes, backend=s.backend)
+        fit = fit_classifier(base, ft.x, ft.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+        what = f"LeNet-300-100 ({'-'.join(map(str, base.dims))}), trained from random initialisation"
     rec.timed("baseline", t)
     rec.checkpoint("baseline", base, s.epochs, fit)
-    compression_steps(rec, "baseline", base, sparsity=s.sparsity,
-                      description=f"LeNet-300-100 ({'-'.join(map(str, base.dims))}), trained from random initialisation")
+    compression_steps(rec, "baseline", base, sparsity=s.sparsity, description=what)
+    unlabeled = rec.pretrain_x if rec.pretrain_x is not None else tr.x  # what the unsupervised steps see
 
     # PCA + logistic regression ---------------------------------------------------------------
     t = time.perf_counter()
-    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=rec.seed)
+    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=rec.seed, x_fit=unlabeled)
     pca_mod = pca.to_module(classes)
     rec.timed("pca", t)
     k = s.latent
@@ -689,7 +659,7 @@ def default_families(rec: Recorder) -> None:
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
     lin = linear_autoencoder(features, s.latent, backend=s.backend)
-    fit_autoencoder(lin, tr, va, **ae_kw)
+    fit_autoencoder(lin, unlabeled, va, **ae_kw)
     rec.timed("autoencoder_linear", t)
     rec.autoencoder_row("autoencoder-linear", f"linear autoencoder {features}-{s.latent}-{features} "
                                               f"(no activations)", lin)
@@ -697,12 +667,17 @@ def default_families(rec: Recorder) -> None:
 
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
-    dims = encoder_dims(s, features)
-    ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
-    steps = fit_autoencoder(ae, tr, va, **ae_kw)
+    if rec.pretrained is not None:
+        ae, steps = rec.pretrained, 0
+        dims = list(ae.encoder.dims)
+    else:
+        dims = encoder_dims(s, features)
+        ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
+        steps = fit_autoencoder(ae, unlabeled, va, **ae_kw)
     rec.timed("autoencoder", t)
     rec.checkpoint("autoencoder", ae, steps, {"test_recon_mse": recon_mse(ae, te.x)})
-    rec.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}", ae)
+    rec.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}"
+                        + (" (pretrained, not trained here)" if rec.pretrained is not None else ""), ae)
     rec.autoencoder = ae
     arch = f"encoder {'-'.join(map(str, dims))} + head {s.latent}-{classes}"
 
@@ -910,6 +885,7 @@ def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: D
     ]
     if first.onnx_note:
         notes.append(first.onnx_note)
+    notes += first.notes
     extra = {"settings": asdict(s), "classes": classes, "features": tr.features,
              "samples": {"train": len(tr), "val": len(va), "test": len(te)}, "onnx": first.onnx,
              "timings_s": first.timings, "torch_threads": torch.get_num_threads(), "seconds": round(seconds, 1),
