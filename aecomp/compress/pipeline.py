@@ -338,7 +338,7 @@ class _Run:
         from ..train.checkpoint import save_checkpoint
 
         state = {"model_config": classifier_config(model), "run": {"settings": asdict(self.s), "data": splits.config},
-                 "metrics": metrics, "written_by": "aecomp compress"}
+                 "metrics": metrics, "written_by": "aecomp compress", **_file_meta(splits, json_ready=True)}
         return save_checkpoint(self.out / "checkpoints" / name, step, model_state=model.state_dict(), state=state,
                                keep=1)
 
@@ -360,18 +360,18 @@ class _Run:
             row["latency_path"] = "float32"
             self.log(f"{row['name']}: timed in float32 ({exc})")
             return
-        row["latency_ms_b1"], row["latency_ms_b256"] = self.latency(packed, te.x)
+        row["latency_ms_b1"], row["latency_ms_b256"] = self.latency(packed.forward_scaled, te.x)
         row["resident_bytes"] = packed.resident_bytes
         row["latency_path"] = "packed"
         with torch.no_grad():
-            row["accuracy_packed"] = 100.0 * float((packed(te.x).argmax(1) == te.y).float().mean())
+            row["accuracy_packed"] = 100.0 * float((packed.forward_scaled(te.x).argmax(1) == te.y).float().mean())
 
     # --------------------------------------------------------------------- rows
     def classifier_row(self, name: str, description: str, model: nn.Module, splits: data_mod.Splits,
                        values: str = "float32", sparse: bool = False) -> Dict[str, Any]:
         """Write ``model`` packed, load it back, and measure what was loaded."""
         path = self.out / "models" / f"{name}.safetensors"
-        nbytes = storage.save_packed(model, path, values=values, sparse=sparse)
+        nbytes = storage.save_packed(model, path, values=values, sparse=sparse, **_file_meta(splits))
         loaded = storage.load_packed(path, backend=self.s.backend)
         te = splits.test
         b1, b256 = self.latency(loaded, te.x)
@@ -398,7 +398,7 @@ class _Run:
         from . import coding
 
         path = self.out / "models" / f"{name}.aecc"
-        nbytes = coding.save_coded(packed, path)
+        nbytes = coding.save_coded(packed, path, **_file_meta(splits))
         loaded = coding.load_coded(path).to_model(backend=self.s.backend)
         te = splits.test
         b1, b256 = self.latency(loaded, te.x)
@@ -419,7 +419,7 @@ class _Run:
 
     def autoencoder_row(self, name: str, description: str, ae: nn.Module, splits: data_mod.Splits) -> Dict[str, Any]:
         path = self.out / "models" / f"{name}.safetensors"
-        nbytes = storage.save_float32(ae.state_dict(), path, metadata={"aecomp": json.dumps({"config": ae.config})})
+        nbytes = storage.save_float32(ae.state_dict(), path, config=ae.config, scaling=splits.preprocessing)
         te = splits.test
         b1, b256 = self.latency(ae, te.x)
         params = sum(p.numel() for p in ae.parameters())
@@ -466,6 +466,8 @@ def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
     features = tr.features
     run.log(f"data {splits.spec}: {len(tr)} train / {len(va)} val / {len(te)} test, {features} features, "
             f"{classes} classes; latent {s.latent}; modes {', '.join(s.modes())}")
+    run.log(f"input scaling {splits.preprocessing.describe()}" + ("" if splits.label_map is None else
+            f"; labels {', '.join(map(str, splits.label_map))} are classes 0..{classes - 1}"))
     fit_kw = dict(x_val=va.x, y_val=va.y, batch_size=s.batch_size, seed=s.seed)
     models: Dict[str, nn.Module] = {}
 
@@ -486,7 +488,7 @@ def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
     pca_mod = pca.to_module(classes)
     run.timed("pca", t)
     path = run.out / "models" / f"pca-{s.latent}.safetensors"
-    nbytes = storage.save_float32(dict(pca_mod.named_buffers()), path)
+    nbytes = storage.save_float32(dict(pca_mod.named_buffers()), path, config={"type": "pca"}, **_file_meta(splits))
     b1, b256 = run.latency(pca_mod, te.x)
     k = s.latent
     pca_row = {"name": f"pca-{k}", "description": f"PCA, {k} components + logistic regression",
@@ -559,7 +561,7 @@ def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
         t = time.perf_counter()
         # the -kd nets have the architecture of their mode's net: one ONNX file per mode is enough
         onnx_info, note = export_all(run.out / "onnx", {k: v for k, v in models.items() if not k.endswith("-kd")},
-                                     ae, te.x)
+                                     ae, te.x, **_file_meta(splits))
         if note:
             notes.append(note)
             run.log(note)
@@ -593,7 +595,7 @@ def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
     report_rows = _order(run.rows)
     extra = {"settings": asdict(s), "classes": classes, "features": features, "samples": {
         "train": len(tr), "val": len(va), "test": len(te)}, "onnx": onnx_info, "timings_s": run.timings,
-        "torch_threads": torch.get_num_threads()}
+        "torch_threads": torch.get_num_threads(), **_file_meta(splits, json_ready=True)}
     paths = compress_report(report_rows, run.out, dataset=splits.spec, latent=s.latent,
                             published=[DEEP_COMPRESSION_LENET_300_100], notes=notes, extra=extra)
     report = json.loads(paths["json"].read_text())
@@ -608,6 +610,14 @@ def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
         + [run.out / OUTPUTS_FILE]
     return {"rows": report["models"], "paths": paths, "report": report, "table": format_table(report["models"]),
             "files": files, "seconds": seconds}
+
+
+def _file_meta(splits: data_mod.Splits, json_ready: bool = False) -> Dict[str, Any]:
+    """The input scaling and label map every model file, checkpoint and report records (issue 23)."""
+    if json_ready:
+        labels = None if splits.label_map is None else list(splits.label_map)
+        return {"input_scaling": splits.preprocessing.to_dict(), "labels": labels}
+    return {"scaling": splits.preprocessing, "labels": splits.label_map}
 
 
 def _train_mode(s: CompressSettings, mode: str, ae: nn.Module, base: nn.Module, classes: int,
@@ -692,25 +702,30 @@ def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module,
-               x_test: torch.Tensor) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module, x_test: torch.Tensor, scaling=None,
+               labels=None) -> Tuple[List[Dict[str, Any]], Optional[str]]:
     """ONNX files of the compressed nets and of the autoencoder's two halves, each checked in
-    onnxruntime on the test split; returns (one dict per file, a note when skipped)."""
-    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, require_onnx
+    onnxruntime on the test split; returns (one dict per file, a note when skipped). With the
+    input ``scaling`` (and ``labels``) the files take raw inputs (``aecomp.compress.export``)."""
+    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, raw_input_fn, require_onnx
 
     try:
         require_onnx(runtime=True)
     except MissingDependencyError as exc:
         return [], f"ONNX export skipped: {exc}"
     info = []
+    raw = x_test if scaling is None or scaling.kind == "none" else scaling.invert(x_test)  # what users hold
     for name, model in models.items():
         if not name.startswith("compressed"):
             continue
-        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2])
-        info.append({"name": name, "file": str(path), "max_abs_diff": check_onnx(path, model, x_test)})
-    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2])
+        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2], scaling=scaling, labels=labels)
+        info.append({"name": name, "file": str(path),
+                     "max_abs_diff": check_onnx(path, raw_input_fn(model, scaling), raw)})
+    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2], scaling=scaling)
     with torch.no_grad():
         z = ae.encode(x_test)
-    info.append({"name": "autoencoder.encoder", "file": str(enc), "max_abs_diff": check_onnx(enc, ae.encode, x_test)})
-    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(dec, ae.decode, z)})
+    info.append({"name": "autoencoder.encoder", "file": str(enc),
+                 "max_abs_diff": check_onnx(enc, raw_input_fn(ae.encode, scaling), raw)})
+    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(
+        dec, raw_input_fn(ae.decode, scaling, scale_input=False, unscale_output=True), z)})
     return info, None
