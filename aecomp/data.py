@@ -599,7 +599,7 @@ def _label_map(ys: List[Optional[np.ndarray]]) -> Tuple[List[Optional[np.ndarray
 
 def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
          scale: Union[str, "Preprocessing", Dict[str, Any]] = "auto", per_feature: Optional[bool] = None,
-         auto_rule: int = 2) -> Splits:
+         auto_rule: int = 2, stratify: bool = False) -> Splits:
     """Load ``spec`` (see the module docstring) and split it into train / val / test.
 
     ``val_fraction`` and ``test_fraction`` are fractions of all samples (for MNIST, which
@@ -609,7 +609,9 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
     :class:`Preprocessing` / its ``to_dict()`` applied as it is; ``per_feature``
     (default: False for image-shaped samples, True for flat ones) says whether ``minmax`` and
     ``standard`` statistics are per feature or global; ``auto_rule`` see :meth:`Preprocessing.fit`.
-    Sparse labels are mapped to 0..k-1 (``Splits.label_map``).
+    Sparse labels are mapped to 0..k-1 (``Splits.label_map``). ``stratify``: split each class in
+    proportion (``aecomp.compress.protocol.stratified_indices`` defines it) instead of by one
+    seeded permutation; unlabeled data is split by the permutation either way.
     """
     kind, arg = _parse_spec(spec)
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -667,7 +669,19 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
     xt, yt = flat(x), (torch.from_numpy(y) if y is not None else None)
     config = {"spec": canonical, "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
               "seed": int(seed), "scale": scale, "per_feature": per_feature}
-    if fixed_test is not None:
+    if stratify:
+        config["stratify"] = True
+    if stratify and yt is not None:
+        from .compress.protocol import stratified_indices  # a leaf module (numpy, torch): the protocol's split
+
+        idx = stratified_indices(yt, xt.shape[0], val_fraction=val_fraction, test_fraction=test_fraction,
+                                 seed=seed, fixed_test=fixed_test is not None)
+        parts = {"train": (xt[idx.train], yt[idx.train]), "val": (xt[idx.val], yt[idx.val]),
+                 "test": (xt[idx.test], yt[idx.test])}
+        if fixed_test is not None:
+            parts["test"] = (flat(fixed_test[0]), torch.from_numpy(fixed_test[1]) if fixed_test[1] is not None
+                             else None)
+    elif fixed_test is not None:
         n = xt.shape[0]
         g = torch.Generator().manual_seed(int(seed))
         perm = torch.randperm(n, generator=g)

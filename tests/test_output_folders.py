@@ -21,7 +21,7 @@ from .test_compress_cli import _one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--ae-epochs", "2", "--epochs", "1", "--prune-epochs", "1", "--latency-repeats", "1", "--no-export",
-        "--share-epochs", "1", "--bits", "4", "--no-distill"]
+        "--share-epochs", "1", "--bits", "4", "--no-distill", "--repeats", "1"]
 
 
 def _labeled(tmp_path: Path, n: int = 120) -> Path:
@@ -144,7 +144,7 @@ def test_compress_folder_holds_exactly_one_runs_outputs_and_one_file_mode(tmp_pa
         second = _files(out)
         assert json.loads((out / "outputs.json").read_text())["files"] == second
         assert not [f for f in second if "replace" in f or "finetune" in f], second
-        assert [n for n, _ in compress_models(out)] == ["autoencoder", "baseline", "compressed-frozen"]
+        assert [n for n, _ in compress_models(out)] == ["autoencoder", "baseline", "compressed-frozen", "logreg", "scratch"]
         assert all(len(list((out / "checkpoints" / n).iterdir())) == 1 for n, _ in compress_models(out))
         # files of both commands get the same mode: what open() gives under the umask
         train_out = tmp_path / "t"
@@ -225,16 +225,19 @@ def test_an_implausible_class_count_is_refused_unless_allowed(labeled, tmp_path,
         check_labels(s, splits)
     s.max_classes = 1_000_001
     assert check_labels(s, splits) == 1_000_001
-    # from a file, aecomp.data maps sparse labels to classes 0..k-1 (issue 23 item 12): a stray label
-    # is one more class (named in the label map and the log), never a million-output head
+    # from a file, sparse labels are remapped to 0..k-1 (the model file keeps the map), so a stray
+    # 1,000,000 becomes a class of its own with one sample: trained, but named in a warning
+    from aecomp import data as data_mod
+
     g = np.random.default_rng(1)
     y = np.arange(60) % 2
     y[5] = 1_000_000
     np.savez(tmp_path / "stray.npz", x=g.random((60, 6)).astype(np.float32), y=y)
-    from aecomp import data
-
-    stray = data.load(str(tmp_path / "stray.npz"))
-    assert stray.label_map == (0, 1, 1_000_000) and max(int(d.y.max()) for d in stray if len(d)) <= 2
+    s.data = str(tmp_path / "stray.npz")
+    stray = data_mod.load(s.data, val_fraction=0.1, test_fraction=0.1, stratify=True)
+    assert stray.label_map == (0, 1, 1_000_000)
+    with pytest.warns(UserWarning, match=r"label 1000000 has 1 training sample\(s\) where the median class has"):
+        assert check_labels(s, stray) == 3
 
 
 # ------------------------------------------------------------------------------ item 2: --scale

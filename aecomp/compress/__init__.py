@@ -18,10 +18,14 @@ module                 what
                        (``SharedLinear`` / ``Int8Linear`` / ``PackedNet``)
 ``coding``             the entropy-coded single-file format (``.aecc``, versioned, CRC-32)
 ``distill``            knowledge distillation (teacher soft targets mixed with the labels)
-``report``             :func:`compress_report` (report.json, report.md, accuracy-vs-bytes PNG),
-                       single-thread latency
+``protocol``           the evaluation protocol: stratified splits per repeat, mean and spread
+                       over repeats, paired gaps with intervals, validation-only choices
+``report``             :func:`compress_report` (report.json, report.md, accuracy-vs-bytes PNG,
+                       the short answer), single-thread latency
 ``export``             ONNX export (standard Gemm/Relu/Sigmoid), checked in onnxruntime
-``pipeline``           :func:`run_compression`, the whole job behind ``aecomp compress`` / ``demo``
+``pipeline``           :func:`run_compression`, the whole job behind ``aecomp compress`` / ``demo``;
+                       :func:`run_repeats` + :func:`compression_steps` run the same steps and
+                       report on any classifier
 ``cli``, ``export_cli``  the ``aecomp compress`` and ``aecomp export`` subcommands
 =====================  =========================================================================
 """
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 from .baselines import DEEP_COMPRESSION_LENET_300_100, PCABaseline, PCAClassifier, lenet_300_100, linear_autoencoder
 from .net import MODES, CompressedNet, accuracy, build_model, classifier_config, fit_classifier, train_compressed
-from .pipeline import CompressError, CompressSettings, run_compression
+from .pipeline import CompressError, CompressSettings, Recorder, compression_steps, run_compression, run_repeats
 from .prune import magnitude_masks, prune_, prune_and_retrain, sparsity
 from .quantize import dequantize_per_channel, quantize_model, quantize_per_channel
 from .report import compress_report, format_table, measure_latency
@@ -55,6 +59,9 @@ __all__ = [
     "MODES",
     "CompressError",
     "CompressSettings",
+    "Recorder",
+    "compression_steps",
+    "run_repeats",
     "CompressedNet",
     "PCABaseline",
     "PCAClassifier",

@@ -5,7 +5,9 @@ entries of largest ``|W_ij|`` are kept and the rest set to zero (the mask ``M`` 
 kept entries); biases are not pruned. This is the per-layer magnitude criterion of Han et al.
 (Learning both Weights and Connections, NeurIPS 2015; Deep Compression, ICLR 2016).
 Retraining then runs the usual optimizer and re-applies ``W <- W * M`` after every step, so a
-pruned weight stays exactly zero.
+pruned weight stays exactly zero. Retraining trains what the model trains: parameters with
+``requires_grad=False`` (a frozen CompressedNet's encoder) are pruned but never retrained, so a
+frozen encoder stays the autoencoder's weights, less the pruned ones.
 
 A mask over dense weights saves nothing: the pruned model is stored sparse (only the kept
 values and their positions, see ``aecomp.compress.storage``), and its size is the size of that
@@ -70,16 +72,14 @@ def prune_and_retrain(model: nn.Module, sparsity: float, x: torch.Tensor, y: tor
                       progress=None) -> nn.Module:
     """A pruned copy of ``model``, retrained ``epochs`` epochs with the mask held (0: no retraining).
 
-    Every parameter trains during retraining (a CompressedNet's encoder too, whatever its mode).
-    ``distill``/``progress``: see ``fit_classifier``.
+    Only the parameters with ``requires_grad`` retrain (a frozen CompressedNet's head; every
+    parameter of the other modes and of a plain classifier). ``distill``/``progress``: see
+    ``fit_classifier``. ``model`` itself is not modified.
     """
     pruned = copy.deepcopy(model)
-    for p in pruned.parameters():
-        p.requires_grad_(True)
     masks = prune_(pruned, sparsity)
     if epochs > 0:
         fit_classifier(pruned, x, y, x_val=x_val, y_val=y_val, epochs=epochs, lr=lr, batch_size=batch_size,
-                       seed=seed, masks=masks, distill=distill, progress=progress)
-    if hasattr(pruned, "set_mode"):
-        pruned.set_mode(pruned.mode)  # restore requires_grad as the mode says
+                       seed=seed, masks={p: m for p, m in masks.items() if p.requires_grad}, distill=distill,
+                       progress=progress)
     return pruned.eval()
