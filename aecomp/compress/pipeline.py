@@ -77,7 +77,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -255,85 +254,26 @@ def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
     return classes
 
 
-OUTPUTS_FILE = "outputs.json"
+from ..train.output import OUTPUTS_FILE  # noqa: E402  (the folder rules live in aecomp.train.output)
+
 # what a run writes at the top of its folder (a folder written before outputs.json existed)
 LAYOUT = ("report.json", "report.md", "accuracy_vs_bytes.png", "models", "checkpoints", "onnx", OUTPUTS_FILE)
 
 
-def _files_under(out: Path, names: Sequence[str]) -> List[Path]:
-    found: List[Path] = []
-    for n in names:
-        p = out / n
-        if p.is_dir() and not p.is_symlink():
-            found += [q for q in p.rglob("*") if not q.is_dir() or q.is_symlink()]
-        elif p.exists() or p.is_symlink():
-            found.append(p)
-    return found
-
-
-def _previous_outputs(out: Path) -> Optional[List[Path]]:
-    """The files of the earlier run in ``out``: those its ``outputs.json`` lists; the layout's when
-    that run did not finish (or predates outputs.json, but wrote a report.json); None when the
-    folder does not look like a compress output folder at all."""
-    listing = out / OUTPUTS_FILE
-    if listing.is_file():
-        try:
-            doc = json.loads(listing.read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if isinstance(doc, dict) and doc.get("complete") and isinstance(doc.get("files"), list):
-            return [out / n for n in doc["files"] if isinstance(n, str) and ".." not in Path(n).parts]
-        return _files_under(out, LAYOUT)
-    if (out / "report.json").is_file():
-        return _files_under(out, LAYOUT)
-    return None
-
-
 def clear_folder(out: Path, overwrite: bool) -> None:
-    """Leave ``out`` empty (but for the lock), or refuse: see the module docstring. Nothing is
-    removed unless everything in the folder is the earlier run's."""
-    from ..train.output import LOCK_NAME
+    """``aecomp.train.output.clear_folder`` with this pipeline's layout (module docstring)."""
+    from ..train.output import OutputError, clear_folder as clear
 
-    top = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-    if not top:
-        return
-    names = ", ".join(top[:4]) + (", ..." if len(top) > 4 else "")
-    present = [p for p in out.rglob("*") if (not p.is_dir() or p.is_symlink()) and p != out / LOCK_NAME]
-    if not overwrite:
-        raise CompressError(f"--out {out} is not empty ({names}); add --overwrite to replace the outputs of an "
-                            f"earlier run there, or choose another --out")
-    previous = _previous_outputs(out)
-    if previous is None:
-        raise CompressError(f"--overwrite: --out {out} holds {names} but no earlier aecomp compress run (no "
-                            f"{OUTPUTS_FILE} or report.json); nothing is removed: choose another --out")
-    ours = {p.resolve() if not p.is_symlink() else p for p in previous}
-    foreign = sorted(str(p.relative_to(out)) for p in present
-                     if (p.resolve() if not p.is_symlink() else p) not in ours)
-    if foreign:
-        raise CompressError(f"--overwrite: --out {out} also holds {', '.join(foreign[:4])}"
-                            f"{', ...' if len(foreign) > 4 else ''}, which the earlier run did not write; "
-                            f"nothing is removed: move it or choose another --out")
-    for p in present:
-        p.unlink()
-    for d in sorted((q for q in out.rglob("*") if q.is_dir() and not q.is_symlink()),
-                    key=lambda q: len(q.parts), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()
+    try:
+        clear(out, overwrite, LAYOUT, "aecomp compress", "report.json")
+    except OutputError as exc:
+        raise CompressError(str(exc)) from None
 
 
 def _write_outputs_list(out: Path, complete: bool) -> None:
-    """``outputs.json``: at the start ``complete: false`` (a crash leaves a folder ``--overwrite``
-    may clear), at the end every file the run wrote."""
-    from ..train.checkpoint import atomic_write, default_file_mode
-    from ..train.output import LOCK_NAME
+    from ..train.output import write_outputs_list
 
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                   if p.is_file() and p.name != LOCK_NAME and p.name != OUTPUTS_FILE) if complete else []
-    mode = default_file_mode()
-    for f in files:  # safetensors' writer creates its files 0600; every other file gets 0666 less the umask
-        os.chmod(out / f, mode)
-    doc = {"written_by": "aecomp compress", "complete": complete, "files": sorted(files + [OUTPUTS_FILE])}
-    atomic_write(out / OUTPUTS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+    write_outputs_list(out, complete, "aecomp compress")
 
 
 def _check_sizes(s: CompressSettings, features: int, classes: int) -> None:
