@@ -128,3 +128,13 @@ def test_int8_flag_keeps_the_files_weights_and_runs(run, tmp_path, capsys, name)
     model = load_packed_model(f)
     same = (run_onnx(dest, raw.x).argmax(1) == model(raw.x.to(torch.uint8)).argmax(1)).float().mean()
     assert same >= 0.99
+
+
+def test_the_console_and_report_md_state_the_scaling(run):
+    from aecomp.compress.cli import _scaling_line
+
+    out, _, report = run
+    line = _scaling_line(report)
+    assert line.startswith("input scaling (in every model file): global: x' = (x - 0) / 255 [auto: flat 8x8 images")
+    assert "labels 0, 100, 200" in line
+    assert "Input scaling (repeat 0" in (out / "report.md").read_text()

@@ -812,6 +812,10 @@ def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: D
         "(smallest of fixed-width, Huffman, lzma, deflate), biases float16, CRC-32.",
         f"Test images that equal a training image exactly (repeat 0): {dup} of {len(te)}.",
         "Latency (repeat 0): median of single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
+        f"Input scaling (repeat 0, fitted on its training split, recorded with the label map in every model file, "
+        f"checkpoint and this report; load_packed_model and the ONNX files apply it to raw inputs): "
+        f"{tr.preprocessing.describe()}" + ("" if tr.label_map is None else
+                                            f"; labels {', '.join(map(str, tr.label_map))} are classes 0..k-1") + ".",
     ]
     if first.onnx_note:
         notes.append(first.onnx_note)
