@@ -26,6 +26,10 @@ module                 what
 ``pipeline``           :func:`run_compression`, the whole job behind ``aecomp compress`` / ``demo``;
                        :func:`run_repeats` + :func:`compression_steps` run the same steps and
                        report on any classifier
+``bring_your_own``     :func:`compress_model`: that pipeline with a user's classifier, pretrained
+                       encoder, extra images or few labels (read by ``own_model``, ``pretrained``,
+                       ``fewlabel``; ``own_cli``: their ``aecomp compress`` options; ``fewlabel``
+                       also runs the few-label and transfer studies)
 ``cli``, ``export_cli``  the ``aecomp compress`` and ``aecomp export`` subcommands
 =====================  =========================================================================
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 from .baselines import DEEP_COMPRESSION_LENET_300_100, PCABaseline, PCAClassifier, lenet_300_100, linear_autoencoder
 from .net import MODES, CompressedNet, accuracy, build_model, classifier_config, fit_classifier, train_compressed
 from .pipeline import CompressError, CompressSettings, Recorder, compression_steps, run_compression, run_repeats
+from .bring_your_own import compress_model
 from .prune import magnitude_masks, prune_, prune_and_retrain, sparsity
 from .quantize import dequantize_per_channel, quantize_model, quantize_per_channel
 from .report import compress_report, format_table, measure_latency
@@ -68,6 +73,7 @@ __all__ = [
     "accuracy",
     "build_model",
     "classifier_config",
+    "compress_model",
     "compress_report",
     "dequantize_per_channel",
     "fit_classifier",

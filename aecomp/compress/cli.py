@@ -89,9 +89,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> N
            "0 = torch's default)")
     from ..data import SCALES
 
-    a("--scale", choices=SCALES, default=d.scale,
+    a("--scale", default=None, metavar="|".join(SCALES),
       help="input scaling fitted on the training split (default: auto: uint8 /255, [0, 1] data as is, other "
-           "images one global min-max, tables per-feature min-max)")
+           "images one global min-max, tables per-feature min-max); with --model also a declared one: K, "
+           "SHIFT,SCALE or FILE.npz")
     a("--overwrite", action="store_true", default=d.overwrite,
       help="replace the outputs of an earlier run in --out (default: refuse a folder that is not empty)")
     a("--max-classes", type=int, default=d.max_classes, dest="max_classes",
@@ -111,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits",
                         help="digits (default) | digits28 | mnist:DIR | FILE.npz/.csv with labels")
     add_common_arguments(parser, "aecomp-compress")
+    from . import own_cli
+
+    own_cli.add_arguments(parser)  # --model, --encoder, --unlabeled, --labels, --study (bring your own)
 
 
 def _parse_hidden(text: Optional[str]) -> Optional[List[int]]:
@@ -154,6 +158,12 @@ def settings_from_args(args: argparse.Namespace):
         raise UsageError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    from ..data import SCALES
+
+    scale = args.scale if args.scale is not None else CompressSettings().scale
+    if scale not in SCALES:  # a declared scaling (K, SHIFT,SCALE, FILE.npz) belongs to --model
+        raise UsageError(f"unknown --scale {scale!r}; expected one of {', '.join(SCALES)} (a declared scaling such as "
+                         f"255 or SHIFT,SCALE describes a model brought with --model)")
     return CompressSettings(
         data=args.data, latent=args.latent, mode=args.mode, out=args.out, hidden=_parse_hidden(args.hidden),
         ae_epochs=args.ae_epochs, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -163,7 +173,7 @@ def settings_from_args(args: argparse.Namespace):
         latency_repeats=args.latency_repeats, export=not args.no_export, backend=args.backend,
         bits=_parse_bits(args.bits), share_epochs=args.share_epochs, share_lr=args.share_lr, distill=args.distill,
         temperature=args.temperature, alpha=args.alpha,
-        scale=args.scale, overwrite=args.overwrite, max_classes=args.max_classes, repeats=args.repeats,
+        scale=scale, overwrite=args.overwrite, max_classes=args.max_classes, repeats=args.repeats,
         points=args.points, baselines=args.baselines)
 
 
@@ -226,8 +236,11 @@ def print_result(result, stream=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import own_cli
     from .pipeline import CompressError, run_compression
 
+    if own_cli.wanted(args):
+        return own_cli.run(args)
     settings = settings_from_args(args)
     apply_threads(args.threads)
     try:

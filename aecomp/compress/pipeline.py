@@ -353,6 +353,11 @@ class Recorder:
         self.autoencoder: Optional[nn.Module] = None
         self.onnx: List[Dict[str, Any]] = []
         self.onnx_note: Optional[str] = None
+        # what a user brings in place of what default_families trains (aecomp.compress.bring_your_own):
+        self.base: Optional[nn.Module] = None  # a trained classifier: the baseline, not retrained
+        self.pretrained: Optional[nn.Module] = None  # a pretrained autoencoder: not trained here
+        self.pretrain_x: Optional[torch.Tensor] = None  # images for PCA and the autoencoders (default: train's)
+        self.notes: List[str] = []  # lines for the report
 
     @property
     def seed(self) -> int:
@@ -544,7 +549,7 @@ def _train_mode(s: CompressSettings, seed: int, mode: str, ae: nn.Module, base: 
     """A CompressedNet trained in ``mode`` (``finetune`` starts from ``frozen`` when given)."""
     torch.manual_seed(seed + 1)
     if mode == "replace":
-        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
+        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=tuple(base.dims[2:-1]),
                                              backend=s.backend)
         return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
     if mode == "frozen":
@@ -568,19 +573,24 @@ def default_families(rec: Recorder) -> None:
     features = tr.features
     fit_kw = rec.fit_kw
 
-    # the uncompressed baseline ----------------------------------------------------------------
+    # the uncompressed baseline (or the user's own classifier, rec.base) ------------------------------
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
-    base = lenet_300_100(features, classes, backend=s.backend)
-    fit = fit_classifier(base, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+    if rec.base is not None:
+        base, fit = rec.base, {"epochs": 0, "note": "the user's model, not retrained"}
+        what = f"your model ({'-'.join(map(str, base.dims))}), as given"
+    else:
+        base = lenet_300_100(features, classes, backend=s.backend)
+        fit = fit_classifier(base, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+        what = f"LeNet-300-100 ({'-'.join(map(str, base.dims))}), trained from random initialisation"
     rec.timed("baseline", t)
     rec.checkpoint("baseline", base, s.epochs, fit)
-    compression_steps(rec, "baseline", base, sparsity=s.sparsity,
-                      description=f"LeNet-300-100 ({'-'.join(map(str, base.dims))}), trained from random initialisation")
+    compression_steps(rec, "baseline", base, sparsity=s.sparsity, description=what)
+    unlabeled = rec.pretrain_x if rec.pretrain_x is not None else tr.x  # what the unsupervised steps see
 
     # PCA + logistic regression ---------------------------------------------------------------
     t = time.perf_counter()
-    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=rec.seed)
+    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=rec.seed, x_fit=unlabeled)
     pca_mod = pca.to_module(classes)
     rec.timed("pca", t)
     k = s.latent
@@ -594,7 +604,7 @@ def default_families(rec: Recorder) -> None:
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
     lin = linear_autoencoder(features, s.latent, backend=s.backend)
-    fit_autoencoder(lin, tr, va, **ae_kw)
+    fit_autoencoder(lin, unlabeled, va, **ae_kw)
     rec.timed("autoencoder_linear", t)
     rec.autoencoder_row("autoencoder-linear", f"linear autoencoder {features}-{s.latent}-{features} "
                                               f"(no activations)", lin)
@@ -602,12 +612,17 @@ def default_families(rec: Recorder) -> None:
 
     t = time.perf_counter()
     torch.manual_seed(rec.seed)
-    dims = encoder_dims(s, features)
-    ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
-    steps = fit_autoencoder(ae, tr, va, **ae_kw)
+    if rec.pretrained is not None:
+        ae, steps = rec.pretrained, 0
+        dims = list(ae.encoder.dims)
+    else:
+        dims = encoder_dims(s, features)
+        ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
+        steps = fit_autoencoder(ae, unlabeled, va, **ae_kw)
     rec.timed("autoencoder", t)
     rec.checkpoint("autoencoder", ae, steps, {"test_recon_mse": recon_mse(ae, te.x)})
-    rec.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}", ae)
+    rec.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}"
+                        + (" (pretrained, not trained here)" if rec.pretrained is not None else ""), ae)
     rec.autoencoder = ae
     arch = f"encoder {'-'.join(map(str, dims))} + head {s.latent}-{classes}"
 
@@ -819,6 +834,7 @@ def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: D
     ]
     if first.onnx_note:
         notes.append(first.onnx_note)
+    notes += first.notes
     extra = {"settings": asdict(s), "classes": classes, "features": tr.features,
              "samples": {"train": len(tr), "val": len(va), "test": len(te)}, "onnx": first.onnx,
              "timings_s": first.timings, "torch_threads": torch.get_num_threads(), "seconds": round(seconds, 1),
