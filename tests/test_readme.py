@@ -1,5 +1,8 @@
 """The README's Python snippets run as written (issue 23 item 14), each in a fresh namespace inside an
-empty folder, and the numbers the README quotes from the code are the code's."""
+empty folder, and the numbers the README quotes from the code are the code's. Regions marked
+``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` have tests of their own, which run their blocks in
+order or in a process of their own (``fl-example``: tests/test_fl_readme.py, ``byo``:
+tests/test_readme_byo.py); every other ``python`` block is here."""
 from __future__ import annotations
 
 import re
@@ -8,7 +11,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+_TEXT = re.sub(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", "", README.read_text(), flags=re.S)
+SNIPPETS = re.findall(r"```python\n(.*?)```", _TEXT, flags=re.S)
 
 
 def test_the_readme_has_python_snippets():
@@ -17,8 +21,6 @@ def test_the_readme_has_python_snippets():
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_each_readme_snippet_runs_as_written(index, tmp_path, monkeypatch):
-    if "import flwr" in SNIPPETS[index] or "from flwr" in SNIPPETS[index]:
-        pytest.skip("the Flower example runs in tests/test_fl_readme.py (its own process and Ray folder)")
     if "torch.onnx.export" in SNIPPETS[index]:
         pytest.importorskip("onnxscript")
     monkeypatch.chdir(tmp_path)
