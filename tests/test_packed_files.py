@@ -190,6 +190,8 @@ def test_integer_pixels_run_through_the_files_own_scaling(tmp_path, trained):
             model(torch.complex(x.float(), x.float()))
         with pytest.raises(ValueError, match=r"expected \[\.\.\., 64\]"):
             model(x[:, :60])
+        with pytest.raises(TypeError, match="forward_scaled: x has dtype torch.uint8"):
+            model.forward_scaled(x)
     # a file that records no scaling cannot turn integers into what the model was trained on
     none = tmp_path / "none.safetensors"
     save_packed(trained, none, values="int8")

@@ -9,6 +9,8 @@ module                 what
                        published Deep Compression row
 ``quantize``           post-training int8 per-channel weight quantization (plain tensors)
 ``prune``              per-layer magnitude pruning, retraining under the mask
+``modelfile``          what every model file carries (format + version, checksum, input scaling,
+                       label map) and ``read_model``: the one door to each format's one reader
 ``storage``            the files that hold the models: safetensors, dense or sparse (CSR /
                        bitmask), float32 or int8; ``bytes`` = their size on disk
 ``share``              trained weight sharing (k-means codebooks, b = 2..8 bits, codebook

@@ -217,12 +217,27 @@ def files_summary(out, files) -> List[str]:
     return lines
 
 
+def _scaling_line(doc) -> str:
+    """The input scaling the run fitted and every model file applies (issue 23 item 10), and the label map."""
+    from ..data import Preprocessing
+
+    if not isinstance(doc.get("input_scaling"), dict):
+        return ""
+    line = f"input scaling (in every model file): {Preprocessing.from_dict(doc['input_scaling']).describe()}"
+    if doc.get("labels"):
+        line += f"; labels {', '.join(map(str, doc['labels']))} are the classes 0..{len(doc['labels']) - 1}"
+    return line
+
+
 def print_result(result, stream=None) -> None:
     """The short answer (``report.answer_lines``), then what was written, on ``stream`` (stdout)."""
     stream = stream or sys.stdout
     for line in result["answer"]:
         print(line, file=stream)
     out = result["paths"]["json"].parent
+    scaling = _scaling_line(result["report"])
+    if scaling:
+        print(scaling, file=stream)
     print(f"full table: {result['paths']['md']}", file=stream)
     print(f"wrote ({result['seconds']:.1f} s, {result['report']['torch_threads']} torch thread(s) for training; "
           f"every file is listed in {out / 'outputs.json'}):", file=stream)

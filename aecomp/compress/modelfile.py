@@ -272,27 +272,5 @@ def warn_legacy(where: str, name: str) -> None:
                   f"no label map; give it inputs scaled as in training", LegacyFormatWarning, stacklevel=3)
 
 
-def describe(meta: FileMeta) -> str:
-    """One line: format, scaling, labels."""
-    s = meta.scaling
-    if s is None:
-        scaling = "no input scaling recorded"
-    elif s.kind == "none":
-        scaling = "inputs used as they are (scaling none)"
-    elif s.shift.dim() == 0:
-        scaling = f"inputs scaled {s.kind}: (x - {float(s.shift):g}) / {float(s.scale):g}"
-    else:
-        scaling = f"inputs scaled {s.kind} per feature ({s.shift.numel()} features)"
-    labels = "classes 0..k-1" if meta.labels is None else f"labels {list(meta.labels)[:6]}" + (
-        "..." if len(meta.labels) > 6 else "")
-    return f"{meta.name}; {scaling}; {labels}"
-
-
-def same_scaling(a: Optional[Preprocessing], b: Optional[Preprocessing]) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.kind == b.kind and torch.equal(a.shift, b.shift) and torch.equal(a.scale, b.scale)
-
-
 def labels_list(labels: Optional[Sequence[int]]) -> Optional[List[int]]:
     return None if labels is None else [int(v) for v in labels]

@@ -90,6 +90,9 @@ class PackedModel:
 
     def forward_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of inputs already scaled as in training (float32, ``[..., features]``)."""
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+            raise TypeError(f"PackedModel.forward_scaled: x has dtype {x.dtype}; it takes float32 inputs already "
+                            f"scaled as in training (raw integer pixels go to model(x), which scales them)")
         return ops.packed_mlp(x, self.chain)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

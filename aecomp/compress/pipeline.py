@@ -433,8 +433,8 @@ class Recorder:
         from .packed import load_packed_model
 
         try:
-            packed = load_packed_model(path)
-            return packed, "packed", packed.resident_bytes
+            packed = load_packed_model(path)  # its model(x) takes raw inputs; the splits are already scaled
+            return packed.forward_scaled, "packed", packed.resident_bytes
         except ValueError:  # float32 files, and layouts the packed kernels do not hold
             return float_model(), "float32", None
 
@@ -442,7 +442,7 @@ class Recorder:
                         values: str = "float32", sparse: bool = False) -> Dict[str, Any]:
         """``model`` as a safetensors file (``storage.save_packed``), loaded back and scored."""
         path = self.folder / "models" / f"{name}.safetensors"
-        nbytes = storage.save_packed(model, path, values=values, sparse=sparse)
+        nbytes = storage.save_packed(model, path, values=values, sparse=sparse, **_file_meta(self.splits))
         runner, runs_on, resident = (self._runner(path, lambda: storage.load_packed(path, backend=self.s.backend))
                                      if values == "int8" else (storage.load_packed(path, backend=self.s.backend),
                                                                "float32", None))
@@ -464,7 +464,7 @@ class Recorder:
         from . import coding
 
         path = self.folder / "models" / f"{name}.aecc"
-        nbytes = coding.save_coded(packed, path)
+        nbytes = coding.save_coded(packed, path, **_file_meta(self.splits))
         runner, runs_on, resident = self._runner(path, lambda: coding.load_coded(path).to_model(backend=self.s.backend))
         sparse = any(layer.mask is not None for layer in packed.layers)
         bits = sorted({getattr(layer, "bits", 8) for layer in packed.layers})
@@ -484,7 +484,7 @@ class Recorder:
                    description: str, params: int, macs: int) -> Dict[str, Any]:
         """A float32 classifier stored as plain tensors (PCA + logistic regression)."""
         path = self.folder / "models" / f"{name}.safetensors"
-        nbytes = storage.save_float32(tensors, path)
+        nbytes = storage.save_float32(tensors, path, **_file_meta(self.splits))
         b1, b256 = self._latency(module)
         row = {"name": name, "family": family, "description": description, "params": params, "bytes": nbytes,
                "recon_mse": None, "latency_ms_b1": b1, "latency_ms_b256": b256, "macs": macs,
@@ -495,7 +495,7 @@ class Recorder:
     def autoencoder_row(self, name: str, description: str, ae: nn.Module) -> Dict[str, Any]:
         """A reconstruction row (no accuracy, so no evaluation): test reconstruction MSE."""
         path = self.folder / "models" / f"{name}.safetensors"
-        nbytes = storage.save_float32(ae.state_dict(), path, metadata={"aecomp": json.dumps({"config": ae.config})})
+        nbytes = storage.save_float32(ae.state_dict(), path, config=ae.config, scaling=self.splits.preprocessing)
         b1, b256 = self._latency(ae)
         params = sum(p.numel() for p in ae.parameters())
         row = {"name": name, "family": "autoencoder", "description": description, "params": params,
@@ -518,7 +518,7 @@ class Recorder:
             return None
         state = {"model_config": classifier_config(model),
                  "run": {"settings": asdict(self.s), "data": self.splits.config, "repeat": self.repeat},
-                 "metrics": metrics, "written_by": "aecomp compress"}
+                 "metrics": metrics, "written_by": "aecomp compress", **_file_meta(self.splits, json_ready=True)}
         return save_checkpoint(self.folder / "checkpoints" / name, step, model_state=model.state_dict(), state=state,
                                keep=1)
 
@@ -734,7 +734,7 @@ def default_families(rec: Recorder) -> None:
     # ONNX (the shipped files only) ------------------------------------------------------------
     if s.export and rec.detailed:
         t = time.perf_counter()
-        rec.onnx, rec.onnx_note = export_all(rec.folder / "onnx", rec.exports, ae, te.x)
+        rec.onnx, rec.onnx_note = export_all(rec.folder / "onnx", rec.exports, ae, te.x, **_file_meta(rec.splits))
         rec.timed("onnx", t)
 
 
@@ -797,6 +797,8 @@ def _run(s: CompressSettings, out: Path, splits: data_mod.Splits, classes: int, 
     tr, va, te = splits
     log(f"data {splits.spec}: {len(tr)} train / {len(va)} val / {len(te)} test, {tr.features} features, "
         f"{classes} classes; {s.repeats} repeat(s)")
+    log(f"input scaling {splits.preprocessing.describe()}" + ("" if splits.label_map is None else
+        f"; labels {', '.join(map(str, splits.label_map))} are classes 0..{classes - 1}"))
     bar = _progress_bar(rows_per_repeat * s.repeats if rows_per_repeat else None)
     recs: List[Recorder] = []
     try:
@@ -882,6 +884,10 @@ def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: D
         "(smallest of fixed-width, Huffman, lzma, deflate), biases float16, CRC-32.",
         f"Test images that equal a training image exactly (repeat 0): {dup} of {len(te)}.",
         "Latency (repeat 0): median of single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
+        f"Input scaling (repeat 0, fitted on its training split, recorded with the label map in every model file, "
+        f"checkpoint and this report; load_packed_model and the ONNX files apply it to raw inputs): "
+        f"{tr.preprocessing.describe()}" + ("" if tr.label_map is None else
+                                            f"; labels {', '.join(map(str, tr.label_map))} are classes 0..k-1") + ".",
     ]
     if first.onnx_note:
         notes.append(first.onnx_note)
@@ -890,7 +896,7 @@ def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: D
              "samples": {"train": len(tr), "val": len(va), "test": len(te)}, "onnx": first.onnx,
              "timings_s": first.timings, "torch_threads": torch.get_num_threads(), "seconds": round(seconds, 1),
              "chance_accuracy": chance, "test_images_equal_to_training": dup,
-             "best_compressed_on_validation": best_net}
+             "best_compressed_on_validation": best_net, **_file_meta(first.splits, json_ready=True)}
     paths, doc = compress_report(rows, stats, out, dataset=tr.spec, latent=s.latent, baseline=baseline,
                                  recommendation=rec, frontier=front, comparisons=comparisons,
                                  published=published, published_note=published_note, notes=notes, extra=extra)
@@ -917,25 +923,38 @@ def _ae_vs_random(evaluations: List[protocol.Evaluation], stats: Dict[str, proto
     return out
 
 
-def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module,
-               x_test: torch.Tensor) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+def _file_meta(splits: data_mod.Splits, json_ready: bool = False) -> Dict[str, Any]:
+    """The input scaling and label map every model file, checkpoint and report records (issue 23)."""
+    if json_ready:
+        labels = None if splits.label_map is None else list(splits.label_map)
+        return {"input_scaling": splits.preprocessing.to_dict(), "labels": labels}
+    return {"scaling": splits.preprocessing, "labels": splits.label_map}
+
+
+def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module, x_test: torch.Tensor, scaling=None,
+               labels=None) -> Tuple[List[Dict[str, Any]], Optional[str]]:
     """ONNX files of the compressed nets and of the autoencoder's two halves, each checked in
-    onnxruntime on the test split; returns (one dict per file, a note when skipped)."""
-    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, require_onnx
+    onnxruntime on the test split; returns (one dict per file, a note when skipped). With the
+    input ``scaling`` (and ``labels``) the files take raw inputs (``aecomp.compress.export``)."""
+    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, raw_input_fn, require_onnx
 
     try:
         require_onnx(runtime=True)
     except MissingDependencyError as exc:
         return [], f"ONNX export skipped: {exc}"
     info = []
+    raw = x_test if scaling is None or scaling.kind == "none" else scaling.invert(x_test)  # what users hold
     for name, model in models.items():
         if not name.startswith("compressed"):
             continue
-        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2])
-        info.append({"name": name, "file": str(path), "max_abs_diff": check_onnx(path, model, x_test)})
-    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2])
+        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2], scaling=scaling, labels=labels)
+        info.append({"name": name, "file": str(path),
+                     "max_abs_diff": check_onnx(path, raw_input_fn(model, scaling), raw)})
+    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2], scaling=scaling)
     with torch.no_grad():
         z = ae.encode(x_test)
-    info.append({"name": "autoencoder.encoder", "file": str(enc), "max_abs_diff": check_onnx(enc, ae.encode, x_test)})
-    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(dec, ae.decode, z)})
+    info.append({"name": "autoencoder.encoder", "file": str(enc),
+                 "max_abs_diff": check_onnx(enc, raw_input_fn(ae.encode, scaling), raw)})
+    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(
+        dec, raw_input_fn(ae.decode, scaling, scale_input=False, unscale_output=True), z)})
     return info, None
