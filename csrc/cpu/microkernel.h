@@ -29,9 +29,11 @@
 //   mk::avx512  (AVX-512 F/BW/DQ/VL + FMA)  L = 16, float tile MR x NR = 8 x 32
 //   mk::avx2    (AVX2 + FMA)                L = 8,  float tile 6 x 16
 //   mk::generic (baseline x86-64 / any CPU) L = 8,  float tile 4 x 8 (plain C++ lanes)
-// mk::active_isa() picks one at run time (__builtin_cpu_supports), once. The environment
-// variable AECOMP_CPU_ISA=avx512|avx2|generic caps it (never above what the CPU has), so the
-// tests run every path on one machine. Dispatch with AECOMP_MK_DISPATCH(isa, fn, args...).
+// mk::active_isa() is the level of isa.h (the CPU's, capped by AECOMP_CPU_ISA, decided once),
+// clamped to avx512 (the amx level runs the avx512 microkernels), so the tests run every path
+// on one machine. Dispatch with AECOMP_MK_DISPATCH(isa, fn, args...), which also counts the
+// level that ran (isa.h: isa_count). Every ISA-specific function of the CPU backend goes
+// through this dispatch: no target_clones / __builtin_cpu_supports elsewhere (a test checks).
 //
 // ---------------------------------------------------------------------------- the pieces
 // In each ISA namespace (mk::avx512 etc.) the body (microkernel_isa.inc) defines:
@@ -113,6 +115,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "isa.h"
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define AECOMP_MK_X86 1
@@ -131,11 +135,18 @@ namespace aecomp {
 namespace cpu {
 namespace mk {
 
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+// The microkernels' levels are isa.h's generic, avx2 and avx512.
+using Isa = ::aecomp::cpu::IsaLevel;
 
-// The ISA the kernels use on this machine (capped by AECOMP_CPU_ISA), decided once.
+// The ISA the kernels use on this machine: isa_level() (capped by AECOMP_CPU_ISA) clamped to
+// avx512. Throws c10::ValueError for a bad AECOMP_CPU_ISA.
 Isa active_isa();
 const char* isa_name(Isa isa);
+// Records that code of `isa` runs (isa_count) and returns it: the dispatch macro's first step.
+inline Isa counted(Isa isa) {
+  isa_count(isa);
+  return isa;
+}
 // The float tile (MR, NR) of an ISA: the packed layouts depend on NR.
 int tile_mr(Isa isa);
 int tile_nr(Isa isa);
@@ -334,12 +345,16 @@ struct V {
 #define AECOMP_MK_BODY "microkernel_isa.inc"
 #include "microkernel_foreach.h"
 
-// AECOMP_MK_DISPATCH(mk::active_isa(), fn, args...) calls mk::<isa>::fn(args...).
+// AECOMP_MK_DISPATCH(mk::active_isa(), fn, args...) calls mk::<isa>::fn(args...) and counts
+// the level that ran (isa_count). `isa` is evaluated once.
 #if AECOMP_MK_X86
-#define AECOMP_MK_DISPATCH(isa, fn, ...)                                                         \
-  ((isa) == ::aecomp::cpu::mk::Isa::Avx512 ? ::aecomp::cpu::mk::avx512::fn(__VA_ARGS__)          \
-   : (isa) == ::aecomp::cpu::mk::Isa::Avx2 ? ::aecomp::cpu::mk::avx2::fn(__VA_ARGS__)            \
-                                           : ::aecomp::cpu::mk::generic::fn(__VA_ARGS__))
+#define AECOMP_MK_DISPATCH(isa, fn, ...)                                                                  \
+  ([&](::aecomp::cpu::mk::Isa aecomp_isa_) {                                                              \
+    return aecomp_isa_ == ::aecomp::cpu::mk::Isa::Avx512 ? ::aecomp::cpu::mk::avx512::fn(__VA_ARGS__)     \
+           : aecomp_isa_ == ::aecomp::cpu::mk::Isa::Avx2 ? ::aecomp::cpu::mk::avx2::fn(__VA_ARGS__)       \
+                                                         : ::aecomp::cpu::mk::generic::fn(__VA_ARGS__);   \
+  }(::aecomp::cpu::mk::counted(isa)))
 #else
-#define AECOMP_MK_DISPATCH(isa, fn, ...) (::aecomp::cpu::mk::generic::fn(__VA_ARGS__))
+#define AECOMP_MK_DISPATCH(isa, fn, ...) \
+  (::aecomp::cpu::mk::counted(::aecomp::cpu::mk::Isa::Generic), ::aecomp::cpu::mk::generic::fn(__VA_ARGS__))
 #endif
