@@ -6,6 +6,7 @@
 // device. Fake (meta) implementations for torch.compile live in aecomp/ops/_fake.py.
 #include "aecomp.h"
 #include "cpu/isa.h"
+#include "cpu/isa.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -290,7 +291,8 @@ static Tensor chain_aten(const variable_list& slots, size_t L, const std::vector
 }
 
 // y = act(x @ weight^T + bias). Saves x, weight and the output y (not the pre-activation):
-// act'(.) is a function of y for all three activations (relu: y > 0; sigmoid: y (1 - y)).
+// act'(.) is a function of y for all three activations (relu: 0 where y <= 0, so a NaN y passes
+// the gradient as in torch; sigmoid: y (1 - y)).
 class LinearActFunction : public torch::autograd::Function<LinearActFunction> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
@@ -659,6 +661,41 @@ static void def_isa(pybind11::module& mod) {
     return std::string(isa_level_name(level));
   }, "the level an AECOMP_CPU_ISA value names (case-insensitive), or None when it names none");
 }
+
+// The CPU kernels' instruction-set level (cpu/isa.h), for `aecomp info` and the tests.
+static pybind11::dict isa_runs_dict() {
+  pybind11::dict runs;
+  for (int l = 0; l < kIsaLevels; ++l) runs[isa_level_name(static_cast<IsaLevel>(l))] = isa_runs(static_cast<IsaLevel>(l));
+  return runs;
+}
+
+static pybind11::dict isa_info() {
+  pybind11::dict d, features;
+  const IsaFeature all[] = {IsaFeature::Avx512Vnni, IsaFeature::Avx512Bf16, IsaFeature::AmxTile, IsaFeature::AmxInt8,
+                            IsaFeature::AmxBf16};
+  const char* names[] = {"avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"};
+  for (size_t i = 0; i < 5; ++i) features[names[i]] = isa_hardware_has(all[i]);
+  d["hardware"] = std::string(isa_level_name(hardware_isa_level()));
+  d["level"] = std::string(isa_level_name(isa_level()));  // raises for a refused AECOMP_CPU_ISA
+  d["hardware_features"] = features;
+  d["runs"] = isa_runs_dict();
+  return d;
+}
+
+static void def_isa(pybind11::module& mod) {
+  mod.def("_cpu_isa_info", &isa_info,
+          "{'level', 'hardware', 'hardware_features', 'runs'}: the CPU kernels' instruction-set level "
+          "(capped by AECOMP_CPU_ISA) and how many dispatched calls ran each level's code");
+  mod.def("_cpu_isa_level", [] { return std::string(isa_level_name(isa_level())); },
+          "the instruction-set level the CPU kernels run (generic | avx2 | avx512 | amx)");
+  mod.def("_cpu_isa_runs", &isa_runs_dict, "{level name: dispatched calls that ran that level's code}");
+  mod.def("_cpu_isa_reset", &isa_reset_counts, "zero the per-level run counters");
+  mod.def("_cpu_isa_parse", [](const std::string& text) -> std::optional<std::string> {
+    IsaLevel level;
+    if (!parse_isa_level(text.c_str(), &level)) return std::nullopt;
+    return std::string(isa_level_name(level));
+  }, "the level an AECOMP_CPU_ISA value names (case-insensitive), or None when it names none");
+}
 }  // namespace cpu
 
 }  // namespace aecomp
@@ -724,5 +761,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "'' when the CUDA kernels have an image for the current GPU, else the runtime's error");
 #endif
   aecomp::cpu::def_train_step(mod);  // the fused training step and the microkernel entry points
+  aecomp::cpu::def_isa(mod);
   aecomp::cpu::def_isa(mod);
 }

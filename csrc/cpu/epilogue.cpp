@@ -23,7 +23,7 @@ inline T relu(T v) {
 
 template <typename T, int ACT>
 inline T act_grad(T g, T y) {
-  if (ACT == 1) return y > T(0) ? g : T(0);
+  if (ACT == 1) return y <= T(0) ? T(0) : g;  // a NaN y passes g (torch's threshold_backward)
   if (ACT == 2) return g * (y * (T(1) - y));
   return g;
 }
@@ -94,7 +94,7 @@ void loss_act_grad_f64(const double* y, const double* t, const double* g, int64_
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t k = i * cols + j;
       const double yv = y[k];
-      const double d = act == 1 ? (yv > 0.0 ? 1.0 : 0.0) : act == 2 ? yv * (1.0 - yv) : 1.0;
+      const double d = act == 1 ? (yv <= 0.0 ? 0.0 : 1.0) : act == 2 ? yv * (1.0 - yv) : 1.0;
       const double v = scale * g[k * g_stride] * (yv - t[k]) * d;
       gz[k] = v;
       if (acc) acc[j] += v;

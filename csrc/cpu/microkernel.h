@@ -40,7 +40,8 @@
 //
 //   struct V          the vector ops: L, vec, zero, set1, load, load_n (masked, zero fill),
 //                     store, store_n (masked), add/sub/mul/div/fmadd/min/max/sqrt,
-//                     relu_mask (y > 0 ? x : 0), pow2i, load_i8/load_u8 (L int8 -> L float
+//                     relu_mask (y <= 0 ? 0 : x: a NaN y passes x, as torch's threshold_backward),
+//                     pow2i, load_i8/load_u8 (L int8 -> L float
 //                     lanes). Also MR, NV, NR: the float tile. (Defined in this header.)
 //   Tile<MR, NV>      the accumulators: vec a[MR][NV].
 //   exp_clamped, sigmoid, apply_act<ACT>, act_grad<ACT>   vector math for epilogues
@@ -209,9 +210,9 @@ struct V {
   static AECOMP_MK_INLINE vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
   static AECOMP_MK_INLINE vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
   static AECOMP_MK_INLINE vec sqrt(vec a) { return _mm512_sqrt_ps(a); }
-  // y > 0 ? x : 0
+  // y <= 0 ? 0 : x (NLE_UQ: true for a NaN y, which passes x like torch's threshold_backward)
   static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), x);
   }
   // 2^n for integer-valued float n in [-127, 127], and the rounding of t / ln2.
   static AECOMP_MK_INLINE vec pow2i(vec shifted) {
@@ -265,7 +266,7 @@ struct V {
   static AECOMP_MK_INLINE vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
   static AECOMP_MK_INLINE vec sqrt(vec a) { return _mm256_sqrt_ps(a); }
   static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) {
-    return _mm256_and_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+    return _mm256_and_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_NLE_UQ), x);
   }
   static AECOMP_MK_INLINE vec pow2i(vec shifted) {
     __m256i n = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B400000));
@@ -322,7 +323,7 @@ struct V {
   static AECOMP_MK_INLINE vec min(vec a, vec b) { return map([&](int l) { return a.x[l] < b.x[l] ? a.x[l] : b.x[l]; }); }
   static AECOMP_MK_INLINE vec max(vec a, vec b) { return map([&](int l) { return a.x[l] > b.x[l] ? a.x[l] : b.x[l]; }); }
   static AECOMP_MK_INLINE vec sqrt(vec a) { return map([&](int l) { return std::sqrt(a.x[l]); }); }
-  static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) { return map([&](int l) { return y.x[l] > 0.0f ? x.x[l] : 0.0f; }); }
+  static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) { return map([&](int l) { return y.x[l] <= 0.0f ? 0.0f : x.x[l]; }); }
   static AECOMP_MK_INLINE vec pow2i(vec shifted) {
     return map([&](int l) {
       int32_t b;
