@@ -336,6 +336,9 @@ def _register_backends() -> None:
     get_backend("reference").ops["packed_mlp"] = _reference
 
 
+_DATA_NAMES = ("packed weights", "scale/table", "bias", "colsum")
+
+
 def register_fake() -> None:
     try:
         torch.ops.aecomp.packed_mlp
@@ -349,6 +352,10 @@ def register_fake() -> None:
         if len(meta) < 4 or len(meta) % 4 or len(data) != len(meta):
             raise ValueError(f"aecomp::packed_mlp: expected 4 tensors and 4 meta ints per layer, got {len(data)} "
                              f"tensors and {len(meta)} ints")
+        for i, t in enumerate(data):  # the CPU layout: on the CPU (a CUDA x unpacks it) or on x's device
+            if t.device != x.device and t.device.type != "cpu":
+                raise ValueError(f"aecomp::packed_mlp: layer {i // 4} {_DATA_NAMES[i % 4]} is on {t.device} but x is "
+                                 f"on {x.device}")
         k, n = meta[2], meta[-3]
         if x.dim() < 1 or x.shape[-1] != k:
             raise ValueError(f"aecomp::packed_mlp: x must be [..., {k}], got {list(x.shape)}")

@@ -100,17 +100,7 @@ def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 
 def _check_backward(op: str, grad_y, x, weight, y, activation) -> None:
-    _checks.check_linear_act(op, x, weight, None, activation, DTYPES)
-    out_shape = (*x.shape[:-1], weight.shape[0])
-    for arg, t in (("grad_y", grad_y), ("y", y)):
-        _checks.check_tensor(op, arg, t)
-        if tuple(t.shape) != out_shape:
-            raise ValueError(
-                f"{op}: {arg} must have the output's shape [{', '.join(map(str, out_shape))}], "
-                f"got {_checks.shape_str(t)} (x: {_checks.shape_str(x)}, weight: {_checks.shape_str(weight)})"
-            )
-        if t.dtype != x.dtype or t.device != x.device:
-            raise TypeError(f"{op}: {arg} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}")
+    _checks.check_linear_act_backward(op, grad_y, x, weight, y, activation, DTYPES)
     _check_device(op, "x", x)
 
 
@@ -130,14 +120,7 @@ def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torc
 
 
 def _check_mse_backward(op: str, grad, input, target, reduction) -> None:
-    _checks.check_mse(op, input, target, reduction, DTYPES)
-    _checks.check_tensor(op, "grad", grad)
-    want = tuple(input.shape) if reduction == "none" else ()
-    if tuple(grad.shape) != want:
-        raise ValueError(f"{op}: grad must have shape [{', '.join(map(str, want))}] for reduction {reduction!r}, "
-                         f"got {_checks.shape_str(grad)} (input: {_checks.shape_str(input)})")
-    if grad.dtype != input.dtype or grad.device != input.device:
-        raise TypeError(f"{op}: grad is {grad.dtype} on {grad.device} but input is {input.dtype} on {input.device}")
+    _checks.check_mse_backward(op, grad, input, target, reduction, DTYPES)
     _check_device(op, "input", input)
 
 
@@ -150,116 +133,24 @@ def _mse_loss_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Te
 # ----------------------------------------------------------------------------------------
 # chain op bodies
 # ----------------------------------------------------------------------------------------
-def _acts(op: str, activations, n: int) -> List[str]:
-    if not isinstance(activations, str):
-        raise TypeError(f"{op}: activations must be one comma-separated string, got {type(activations).__name__}")
-    acts = activations.split(",")
-    if len(acts) != n:
-        raise ValueError(f"{op}: got {n} weights but {len(acts)} activations ({activations!r}); "
-                         "give one activation per layer")
-    for a in acts:
-        _checks.check_activation(op, a)
-    return acts
-
-
 def _check_chain(op: str, x, weights, biases, activations) -> List[str]:
     """The C++ check_mlp's checks and wording, plus the backend's dtypes and device."""
-    _checks.check_tensor(op, "x", x)
-    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
-        raise ValueError(f"{op}: weights must be a non-empty list of [out, in] tensors")
-    n = len(weights)
-    if biases is None:
-        biases = [None] * n
-    if len(biases) != n:
-        raise ValueError(f"{op}: got {n} weights but {len(biases)} biases (use None for a layer without bias)")
-    acts = _acts(op, activations, n)
-    if x.dim() < 1:
-        raise ValueError(f"{op}: x must have at least 1 dimension [..., in_features], got shape {_checks.shape_str(x)}")
-    _checks.check_dtype(op, "x", x, DTYPES)
-    width = x.shape[-1]
-    for i, w in enumerate(weights):
-        _checks.check_tensor(op, f"weights[{i}]", w)
-        ws = _checks.shape_str(w)
-        if w.dim() != 2:
-            raise ValueError(f"{op}: weights[{i}] must be 2-D [out, in], got shape {ws}")
-        if w.shape[1] != width:
-            prev = "x.shape[-1]" if i == 0 else f"weights[{i - 1}].shape[0]"
-            raise ValueError(f"{op}: weights[{i}].shape[1] = {w.shape[1]} does not match {prev} = {width} "
-                             f"(weights[{i}]: {ws}, x: {_checks.shape_str(x)})")
-        if w.dtype != x.dtype:
-            raise TypeError(f"{op}: weights[{i}] has dtype {w.dtype} but x has dtype {x.dtype} (weights[{i}]: {ws})")
-        if w.device != x.device:
-            raise ValueError(f"{op}: weights[{i}] is on {w.device} but x is on {x.device} (weights[{i}]: {ws})")
-        b = biases[i]
-        if b is not None:
-            _checks.check_tensor(op, f"biases[{i}]", b)
-            if b.dim() != 1 or b.shape[0] != w.shape[0]:
-                raise ValueError(f"{op}: biases[{i}] must have shape [{w.shape[0]}] (weights[{i}].shape[0]), "
-                                 f"got {_checks.shape_str(b)}")
-            if b.dtype != x.dtype:
-                raise TypeError(f"{op}: biases[{i}] has dtype {b.dtype} but x has dtype {x.dtype}")
-            if b.device != x.device:
-                raise ValueError(f"{op}: biases[{i}] is on {b.device} but x is on {x.device}")
-        width = w.shape[0]
+    acts = _checks.check_chain(op, x, weights, biases, activations, DTYPES)
     _check_device(op, "x", x)
     return acts
 
 
-def _chain_out_shape(x, weights) -> Tuple[int, ...]:
-    return (*x.shape[:-1], weights[-1].shape[0])
-
-
-def _check_target(op: str, x, weights, target, reduction) -> None:
-    _checks.check_tensor(op, "target", target)
-    _checks.check_reduction(op, reduction)
-    want = _chain_out_shape(x, weights)
-    if tuple(target.shape) != want:
-        raise ValueError(f"{op}: target must have the chain output's shape [{', '.join(map(str, want))}], "
-                         f"got {_checks.shape_str(target)} (x: {_checks.shape_str(x)}, "
-                         f"weights[-1]: {_checks.shape_str(weights[-1])})")
-    if target.dtype != x.dtype:
-        raise TypeError(f"{op}: target has dtype {target.dtype} but x has dtype {x.dtype} "
-                        f"(target: {_checks.shape_str(target)})")
-    if target.device != x.device:
-        raise ValueError(f"{op}: target is on {target.device} but x is on {x.device} "
-                         f"(target: {_checks.shape_str(target)})")
-
-
 def _check_chain_backward(op: str, x, weights, outputs, activations, need_bias) -> List[str]:
-    acts = _check_chain(op, x, weights, None, activations)
-    n = len(weights)
-    if len(outputs) != n or len(need_bias) != n:
-        raise ValueError(f"{op}: got {n} weights, {len(outputs)} saved outputs and {len(need_bias)} need_bias "
-                         "flags; they must match")
-    rows = 1
-    for d in x.shape[:-1]:
-        rows *= d
-    for i, (o, w) in enumerate(zip(outputs, weights)):
-        _checks.check_tensor(op, f"outputs[{i}]", o)
-        want = (rows, w.shape[0])
-        if tuple(o.shape) != want and tuple(o.shape) != (*x.shape[:-1], w.shape[0]):
-            raise ValueError(f"{op}: outputs[{i}] must have shape [{rows}, {w.shape[0]}] (layer {i}'s output, "
-                             f"batch dims flattened), got {_checks.shape_str(o)} (x: {_checks.shape_str(x)})")
-        if o.dtype != x.dtype or o.device != x.device:
-            raise TypeError(f"{op}: outputs[{i}] is {o.dtype} on {o.device} but x is {x.dtype} on {x.device}")
+    acts = _checks.check_chain_backward(op, x, weights, outputs, activations, need_bias, DTYPES)
+    _check_device(op, "x", x)
     return acts
 
 
-def _check_grad(op: str, grad, x, weights, want_shapes) -> None:
-    _checks.check_tensor(op, "grad", grad)
-    if tuple(grad.shape) not in want_shapes:
-        alts = " or ".join("[" + ", ".join(map(str, s)) + "]" for s in want_shapes)
-        raise ValueError(f"{op}: grad must have shape {alts}, got {_checks.shape_str(grad)} "
-                         f"(x: {_checks.shape_str(x)}, weights[-1]: {_checks.shape_str(weights[-1])})")
-    if grad.dtype != x.dtype or grad.device != x.device:
-        raise TypeError(f"{op}: grad is {grad.dtype} on {grad.device} but x is {x.dtype} on {x.device}")
-
-
-def _rows_of(x) -> int:
-    rows = 1
-    for d in x.shape[:-1]:
-        rows *= d
-    return rows
+_acts = _checks.chain_activations
+_chain_out_shape = _checks.chain_out_shape
+_check_target = _checks.check_chain_target
+_check_grad = _checks.check_chain_grad
+_rows_of = _checks.rows_of
 
 
 def _unpack_biases(op: str, biases, has_bias, n: int) -> List[Optional[torch.Tensor]]:

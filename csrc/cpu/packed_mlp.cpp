@@ -430,11 +430,45 @@ int parse_act(c10::string_view a) {
   return 0;
 }
 
+// The byte codes of a codebook layer index its table: every byte below T. Only T = 32 needs
+// the scan (4-bit codes cannot pass 15 and T = 16; any byte is below 256).
+void check_codes(size_t l, const Tensor& w, int64_t table) {
+  if (table != 32) return;
+  const uint8_t hi = AECOMP_MK_DISPATCH(cpu::mk::active_isa(), pk_max_byte, w.data_ptr<uint8_t>(), w.numel());
+  TORCH_CHECK_VALUE(hi < table, kOp, ": layer ", l, "'s codes reach ", int(hi), " but its codebook table has ", table,
+                    " entries");
+}
+
+// The integer path trusts colsum[j] = sum_k q[j, k] (it subtracts zp * colsum) and the int32
+// range of the int8 format ([-127, 127], zero padding past K). Checked once per chain handle
+// (one pass over the weights; the eager path); the op itself, called per batch, checks shapes only.
+void check_int8_contents(size_t l, const Layer& L) {
+  const int64_t K4 = ceil_div(L.k, 4), G = ceil_div(L.n, kGroup);
+  std::vector<int64_t> sum(static_cast<size_t>(G * kGroup), 0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t q = 0; q < K4; ++q)
+      for (int c = 0; c < kGroup; ++c)
+        for (int t = 0; t < 4; ++t) {
+          const int8_t v = static_cast<int8_t>(L.w[(g * K4 + q) * 64 + c * 4 + t]);
+          const int64_t j = g * kGroup + c, k = 4 * q + t;
+          TORCH_CHECK_VALUE(v != -128, kOp, ": layer ", l, " holds -128 at row ", j, ", column ", k,
+                            "; the int8 format is symmetric, [-127, 127]");
+          TORCH_CHECK_VALUE(k < L.k || v == 0, kOp, ": layer ", l, "'s packed padding past K = ", L.k,
+                            " must be zero");
+          sum[j] += v;
+        }
+  for (int64_t j = 0; j < L.n; ++j)
+    TORCH_CHECK_VALUE(sum[j] == L.colsum[j], kOp, ": layer ", l, "'s colsum[", j, "] = ", L.colsum[j],
+                      " but its weights sum to ", sum[j], " (colsum must be the per-row sums of q)");
+}
+
 // data: 4 tensors a layer (packed weights uint8, scale-or-table float32, bias float32 [N] or [0],
 // colsum int32 [N] or [0]); meta: 4 ints a layer (kind, N, K, T); activations "relu,relu,none";
-// compute "auto" (int8 layers on the integer path) | "int8" | "float".
+// compute "auto" (int8 layers on the integer path) | "int8" | "float". Every argument is checked
+// before any is read (shapes, dtypes, devices, the codes' range); `verify_contents` also checks
+// the int8 weights against colsum (check_int8_contents).
 Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
-                  c10::string_view compute) {
+                  c10::string_view compute, bool verify_contents) {
   TORCH_CHECK_VALUE(!meta.empty() && meta.size() % 4 == 0 && data.size() == meta.size(), kOp,
                     ": expected 4 tensors and 4 meta ints per layer, got ", data.size(), " tensors and ", meta.size(),
                     " ints");
@@ -495,6 +529,9 @@ Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view ac
     TORCH_CHECK_VALUE(b.numel() == 0 || (b.numel() == L.n && b.scalar_type() == at::kFloat && b.is_contiguous()), kOp,
                       ": layer ", l, " bias must be float32 [", L.n, "] or empty, got ", b.scalar_type(), " ",
                       shape_of(b));
+    TORCH_CHECK_VALUE(b.is_cpu() && cs.is_cpu(), kOp, ": layer ", l, " bias is on ", b.device(), " and colsum on ",
+                      cs.device(), "; the packed CPU kernels take CPU tensors");
+    if (L.kind == kCodebook) check_codes(l, w, L.table);
     L.w = w.data_ptr<uint8_t>();
     L.scale = s.data_ptr<float>();
     L.bias = b.numel() ? b.data_ptr<float>() : nullptr;
@@ -502,6 +539,7 @@ Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view ac
     L.integer = L.kind == kInt8 && compute != "float";
     TORCH_CHECK_VALUE(!(L.kind == kCodebook && compute == "int8"), kOp, ": layer ", l,
                       " is a codebook layer, which has no int8 path; use compute='auto' or 'float'");
+    if (verify_contents && L.kind == kInt8) check_int8_contents(l, L);
     c.layers.push_back(L);
   }
   c.in_features = c.layers.front().k;
@@ -552,7 +590,7 @@ Tensor run_chain(const Chain& c, const Tensor& x) {
 
 Tensor packed_mlp_cpu(const Tensor& x, at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
                       c10::string_view compute) {
-  return run_chain(parse_chain(data, meta, activations, compute), x);
+  return run_chain(parse_chain(data, meta, activations, compute, /*verify_contents=*/false), x);
 }
 
 [[noreturn]] void inference_only() {
@@ -607,7 +645,7 @@ PYBIND11_MODULE(_packed, mod) {
   py::class_<Handle>(mod, "Chain")
       .def(py::init([](const std::vector<at::Tensor>& data, const std::vector<int64_t>& meta,
                        const std::string& activations, const std::string& compute) {
-             return Handle{aecomp::packed::parse_chain(data, meta, activations, compute)};
+             return Handle{aecomp::packed::parse_chain(data, meta, activations, compute, /*verify_contents=*/true)};
            }),
            py::arg("data"), py::arg("meta"), py::arg("activations"), py::arg("compute"))
       .def("__call__", &Handle::call, py::arg("x"), "the chain on x (float32 [..., K])")

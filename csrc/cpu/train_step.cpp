@@ -295,12 +295,30 @@ Tensor mk_linear_fwd_py(const Tensor& x, const Tensor& w, const std::optional<Te
   return mk_forward(flatten_rows(x), w, b.has_value() ? *b : Tensor(), a);
 }
 
+// A float32 CPU matrix [rows, cols] (rows or cols < 0: any), for the raw entry points below.
+void check_mk_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && (rows < 0 || t.size(0) == rows) && (cols < 0 || t.size(1) == cols), op, ": ",
+                    arg, " must be 2-D [", rows < 0 ? std::string("*") : std::to_string(rows), ", ",
+                    cols < 0 ? std::string("*") : std::to_string(cols), "], got ", shape_str(t));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, ": ", arg, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", arg, " is on ", t.device(), "; these kernels take CPU tensors");
+}
+
+// out = (gz [M, N] @ w [N, K]) * act'(y_below [M, K])
 Tensor mk_dgrad_py(const Tensor& gz, const Tensor& w, const std::optional<Tensor>& y_below, const std::string& act) {
-  const Act a = parse_activation("aecomp::_mk_dgrad", act);
+  const char* op = "aecomp::_mk_dgrad";
+  const Act a = parse_activation(op, act);
+  check_mk_matrix(op, "gz", gz, -1, -1);
+  check_mk_matrix(op, "w", w, gz.size(1), -1);
+  if (y_below.has_value()) check_mk_matrix(op, "y_below", *y_below, gz.size(0), w.size(1));
   return mk_dgrad(gz, w, y_below.has_value() ? *y_below : Tensor(), a);
 }
 
+// dW = gz [M, N]^T @ h [M, K], db = sum_rows gz
 std::tuple<Tensor, Tensor> mk_wgrad_py(const Tensor& gz, const Tensor& h) {
+  const char* op = "aecomp::_mk_wgrad";
+  check_mk_matrix(op, "gz", gz, -1, -1);
+  check_mk_matrix(op, "h", h, gz.size(0), -1);
   Tensor gb;
   Tensor dw = mk_wgrad(gz, h, &gb);
   return {dw, gb};
