@@ -305,6 +305,16 @@ void check_mk_matrix(const char* op, const char* arg, const Tensor& t, int64_t r
 }
 
 // out = (gz [M, N] @ w [N, K]) * act'(y_below [M, K])
+// A float32 CPU matrix [rows, cols] (rows or cols < 0: any), for the raw entry points below.
+void check_mk_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && (rows < 0 || t.size(0) == rows) && (cols < 0 || t.size(1) == cols), op, ": ",
+                    arg, " must be 2-D [", rows < 0 ? std::string("*") : std::to_string(rows), ", ",
+                    cols < 0 ? std::string("*") : std::to_string(cols), "], got ", shape_str(t));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, ": ", arg, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", arg, " is on ", t.device(), "; these kernels take CPU tensors");
+}
+
+// out = (gz [M, N] @ w [N, K]) * act'(y_below [M, K])
 Tensor mk_dgrad_py(const Tensor& gz, const Tensor& w, const std::optional<Tensor>& y_below, const std::string& act) {
   const char* op = "aecomp::_mk_dgrad";
   const Act a = parse_activation(op, act);
