@@ -263,3 +263,21 @@ def rows_of(x) -> int:
     for d in x.shape[:-1]:
         rows *= d
     return rows
+
+
+def shared_parameters(params: Sequence[Optional[torch.Tensor]]) -> Optional[Tuple[int, int]]:
+    """The first pair of slots ``(i, j)`` whose tensors share memory (one parameter used by two
+    layers, a weight tied between layers), else None. Compares the byte ranges of the elements
+    (contiguous tensors), so disjoint views of one flat buffer do not count."""
+    ranges = []
+    for i, p in enumerate(params):
+        if p is None or p.numel() == 0:
+            continue
+        base = p.untyped_storage().data_ptr()
+        start = base + p.storage_offset() * p.element_size()
+        end = start + p.numel() * p.element_size() if p.is_contiguous() else base + p.untyped_storage().nbytes()
+        for j, (s0, e0) in ranges:
+            if start < e0 and s0 < end:
+                return j, i
+        ranges.append((i, (start, end)))
+    return None

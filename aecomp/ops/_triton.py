@@ -578,6 +578,50 @@ BACKEND = Backend(
 from aecomp.kernels.optim import ADAM, SGD, OptimHyper, wgrad_optim  # noqa: E402
 
 
+def check_train_step(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+                     activations: Sequence[str], target: torch.Tensor, reduction: str, hypers: Sequence,
+                     states) -> List[str]:
+    """Every check of :func:`mlp_mse_train_step_triton`, before anything is changed (an error part
+    way must leave the parameters and the optimizer state as they were); returns the activations."""
+    op = f"{NAMESPACE}::mlp_mse_train_step"
+    if len(hypers) != len(weights) or len(states) != len(weights):
+        raise ValueError(f"{op}: need one hyper-parameter set and one state pair per layer ({len(weights)}), "
+                         f"got {len(hypers)} and {len(states)}")
+    acts = _check_chain(op, x, weights, biases, ",".join(activations))
+    _check_target(op, x, weights, target, reduction)
+    if reduction == "none":
+        raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got 'none'")
+    L = len(weights)
+    names = [f"weights[{i}]" for i in range(L)] + [f"biases[{i}]" for i in range(L)]
+    shared = _checks.shared_parameters([*weights, *biases])
+    if shared is not None:
+        raise ValueError(f"{op}: {names[shared[0]]} and {names[shared[1]]} share memory (one parameter used by two "
+                         "layers); the fused update of each slot cannot sum a shared parameter's gradients. "
+                         "aecomp.train.FusedStep takes its plain path for such models")
+    for i, (w, hyper) in enumerate(zip(weights, hypers)):
+        if 0 in w.shape:
+            raise ValueError(f"{op}: weights[{i}] has shape {_checks.shape_str(w)}; a layer without inputs or "
+                             "outputs takes the plain path")
+        need = 2 if hyper.kind == ADAM else (1 if hyper.consts["MOM"] else 0)
+        for j, p in enumerate((w, biases[i])):
+            if p is None:
+                continue
+            pname = names[i if j == 0 else L + i]
+            if not p.is_contiguous():
+                raise ValueError(f"{op}: {pname} must be contiguous, got strides {tuple(p.stride())}")
+            for k, st in enumerate(states[i][j]):
+                if k >= need:
+                    continue
+                sname = f"the optimizer state {k} of {pname}"
+                if st is None:
+                    raise ValueError(f"{op}: {sname} is missing")
+                if st.shape != p.shape or st.dtype != p.dtype or st.device != p.device or not st.is_contiguous():
+                    raise ValueError(f"{op}: {sname} must be a contiguous {p.dtype} tensor on {p.device} shaped "
+                                     f"like it {_checks.shape_str(p)}, got {st.dtype} {_checks.shape_str(st)} on "
+                                     f"{st.device}")
+    return acts
+
+
 def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
                               biases: Sequence[Optional[torch.Tensor]], activations: Sequence[str],
                               target: torch.Tensor, reduction: str, hypers: Sequence,
@@ -590,19 +634,19 @@ def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     ``hypers[i]``: the :class:`aecomp.kernels.optim.OptimHyper` of layer ``i`` (its weight and
     bias share it); ``states[i] = ((w_s1, w_s2), (b_s1, b_s2))``: the optimizer state tensors
     (``exp_avg``, ``exp_avg_sq`` or ``momentum_buffer``, ``None``). Parameters and state must be
-    contiguous. Returns the loss (detached)."""
-    op = f"{NAMESPACE}::mlp_mse_train_step"
+    contiguous, and no two parameters may share memory (:func:`check_train_step`: everything is
+    checked before anything changes). An empty batch updates like ``torch.optim`` with its zero
+    gradients (the moments decay; weight decay and momentum apply). Returns the loss (detached)."""
     weights, biases = [w.detach() for w in weights], [None if b is None else b.detach() for b in biases]
-    if len(hypers) != len(weights) or len(states) != len(weights):
-        raise ValueError(f"{op}: need one hyper-parameter set and one state pair per layer ({len(weights)}), "
-                         f"got {len(hypers)} and {len(states)}")
-    acts = _check_chain(op, x, weights, biases, ",".join(activations))
-    _check_target(op, x, weights, target, reduction)
-    if _rows_of(x) == 0:
-        raise ValueError(f"{op}: an empty batch (x {tuple(x.shape)}) takes the plain path")
+    acts = check_train_step(x, weights, biases, activations, target, reduction, hypers, states)
     with torch.no_grad():
         outputs, loss = _mlp_kernels.chain_forward(x, weights, biases, acts, target, reduction)
-        grad = torch.ones((), device=x.device, dtype=x.dtype) if reduction != "none" else torch.ones_like(loss)
+        if _rows_of(x) == 0:  # the gradient is zero: the update kernels get one all-zero row
+            for i, w in enumerate(weights):
+                zg, zh = w.new_zeros((1, w.shape[0])), w.new_zeros((1, w.shape[1]))
+                wgrad_optim(zg, zh, zg, 0, w, biases[i], states[i][0], states[i][1], hypers[i])
+            return loss
+        grad = torch.ones((), device=x.device, dtype=x.dtype)
 
         def update(i, g, h, y, act):
             wgrad_optim(g, h, y, act, weights[i], biases[i], states[i][0], states[i][1], hypers[i])
