@@ -170,12 +170,13 @@ def test_compress_folder_holds_exactly_one_runs_outputs_and_one_file_mode(tmp_pa
 
 def test_an_interrupted_run_can_be_overwritten(tmp_path):
     from aecomp.compress import pipeline
+    from aecomp.train.output import clear_folder
 
     out = tmp_path / "c"
     (out / "models").mkdir(parents=True)
     (out / "models" / "baseline.safetensors").write_bytes(b"partial")
     (out / "outputs.json").write_text(json.dumps({"complete": False, "files": ["outputs.json"]}))
-    pipeline.clear_folder(out, overwrite=True)
+    clear_folder(out, True, pipeline.LAYOUT, "aecomp compress", "report.json")
     assert list(out.iterdir()) == []
 
 

@@ -163,25 +163,15 @@ def run_study_args(args: argparse.Namespace) -> int:
     from .own_model import ModelError
     from .pretrained import EncoderError
 
-    from ..train.output import FolderLock, OutputError, prepare_folder
-    from .pipeline import CompressError, _write_outputs_list, clear_folder
+    from .pipeline import CompressError, output_folder
 
     settings = study_settings(args)
     try:  # --out as for every compress run: locked, empty or an earlier run's with --overwrite
-        out = prepare_folder(args.out)
-        lock = FolderLock(out).acquire()
-    except OutputError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        clear_folder(out, args.overwrite)
-        _write_outputs_list(out, complete=False)
-        result = run_study(settings, log=lambda m: print(m, file=sys.stderr, flush=True))
-        paths = write_study(result, out)
-        _write_outputs_list(out, complete=True)
+        with output_folder(args.out, args.overwrite) as out:
+            result = run_study(settings, log=lambda m: print(m, file=sys.stderr, flush=True))
+            paths = write_study(result, out)
     except (LabelError, EncoderError, ModelError, CompressError) as exc:
         raise UsageError(str(exc)) from None
-    finally:
-        lock.release()
     print(study_markdown(result))
     print(f"wrote {paths[0]} and {paths[1]} ({result['seconds']} s)")
     return 0

@@ -272,20 +272,12 @@ from ..train.output import OUTPUTS_FILE  # noqa: E402  (the folder rules live in
 LAYOUT = ("report.json", "report.md", "accuracy_vs_bytes.png", "models", "checkpoints", "onnx", OUTPUTS_FILE)
 
 
-def clear_folder(out: Path, overwrite: bool) -> None:
-    """``aecomp.train.output.clear_folder`` with this pipeline's layout (module docstring)."""
-    from ..train.output import OutputError, clear_folder as clear
+def output_folder(out, overwrite: bool):
+    """``aecomp.train.output.run_folder`` with this pipeline's layout; a folder that cannot be used
+    is a :class:`CompressError` (one line, before anything runs)."""
+    from ..train.output import run_folder
 
-    try:
-        clear(out, overwrite, LAYOUT, "aecomp compress", "report.json")
-    except OutputError as exc:
-        raise CompressError(str(exc)) from None
-
-
-def _write_outputs_list(out: Path, complete: bool) -> None:
-    from ..train.output import write_outputs_list
-
-    write_outputs_list(out, complete, "aecomp compress")
+    return run_folder(out, overwrite, LAYOUT, "aecomp compress", "report.json", error=CompressError)
 
 
 def _check_sizes(s: CompressSettings, features: int, classes: int) -> None:
@@ -756,28 +748,16 @@ def run_repeats(settings: CompressSettings, one_repeat: Callable[[Recorder], Non
     progress bar on a terminal). Returns ``{"rows", "stats", "recommendation", "paths", "report",
     "files", "seconds"}``.
     """
-    from ..train.output import FolderLock, OutputError, prepare_folder
-
     s = settings
     _check(s)
     log = log or (lambda msg: None)
     splits = load_labeled(s)
     classes = check_labels(s, splits)
     _check_sizes(s, splits.train.features, classes)
-    try:
-        out = prepare_folder(s.out)
-        lock = FolderLock(out).acquire()
-    except OutputError as exc:
-        raise CompressError(str(exc)) from None
-    try:
-        clear_folder(out, s.overwrite)
-        _write_outputs_list(out, complete=False)
+    with output_folder(s.out, s.overwrite) as out:
         result = _run(s, out, splits, classes, one_repeat, log, baseline, rows_per_repeat)
-        _write_outputs_list(out, complete=True)
-        result["files"] = sorted(p for p in out.rglob("*") if p.is_file() and p.name != ".aecomp.lock")
-        return result
-    finally:
-        lock.release()
+    result["files"] = sorted(p for p in out.rglob("*") if p.is_file() and p.name != ".aecomp.lock")
+    return result
 
 
 def run_compression(settings: CompressSettings, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:

@@ -38,30 +38,15 @@ def run_federated(s: FLSettings, out: Path, overwrite: bool = False, log: Callab
                   ) -> Dict[str, Any]:
     """Check, take ``out``, run, report; returns the report. ``FLError`` for a setting that cannot
     be used and for a failed run; its ``FolderError`` for a folder (both before anything runs)."""
-    from ..train.output import FolderLock, OutputError, clear_folder, prepare_folder, write_outputs_list
+    from ..train.output import run_folder
     from .engine import run_engine
 
     check_settings(s)
-    try:
-        folder = prepare_folder(out)
-        lock = FolderLock(folder).acquire()
-    except OutputError as exc:
-        raise FolderError(str(exc)) from None
-    try:
-        try:
-            clear_folder(folder, overwrite, LAYOUT, "aecomp fl", REPORT)
-            write_outputs_list(folder, False, "aecomp fl")
-        except OutputError as exc:
-            raise FolderError(str(exc)) from None
-        except OSError as exc:
-            raise FolderError(f"--out {folder}: cannot write ({exc.strerror or exc})") from None
+    with run_folder(out, overwrite, LAYOUT, "aecomp fl", REPORT, error=FolderError) as folder:
         doc = run_engine(s, log)
         report = make_report(doc)
         write_report(report, folder)
-        write_outputs_list(folder, True, "aecomp fl")
-        return report
-    finally:
-        lock.release()
+    return report
 
 
 def _versions() -> Dict[str, str]:

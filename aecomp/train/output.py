@@ -14,20 +14,23 @@
   or its ``layout`` when it did not finish) are removed; anything else there is refused, nothing
   removed. ``outputs.json`` says ``complete: false`` from the start to the end of a run, so an
   interrupted run leaves a folder that says so and that ``--overwrite`` may clear.
+* :func:`run_folder` is the three together for a command's whole run: prepare, lock, clear,
+  ``complete: false``, the run, ``complete: true`` (only if the run returned), unlock.
 * :func:`check_memory` refuses, before anything is allocated, a model whose weights, gradients
   and Adam state cannot fit in the memory this machine has available (``--dims 64,100000000``
   would otherwise end in the kernel's OOM killer, not in an error).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 __all__ = ["LOCK_NAME", "OUTPUTS_FILE", "FolderLock", "OutputError", "available_memory", "check_memory",
-           "clear_folder", "prepare_folder", "previous_outputs", "write_outputs_list"]
+           "clear_folder", "prepare_folder", "previous_outputs", "run_folder", "write_outputs_list"]
 
 LOCK_NAME = ".aecomp.lock"
 OUTPUTS_FILE = "outputs.json"
@@ -200,3 +203,30 @@ def write_outputs_list(out: Path, complete: bool, command: str) -> None:
         os.chmod(out / f, mode)
     doc = {"written_by": command, "complete": complete, "files": sorted(files + [OUTPUTS_FILE])}
     atomic_write(out / OUTPUTS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+@contextlib.contextmanager
+def run_folder(path: Union[str, os.PathLike], overwrite: bool, layout: Sequence[str], command: str,
+               report: str, error: type = OutputError) -> Iterator[Path]:
+    """The output folder of one run of ``command`` (module docstring): yields the prepared, locked,
+    cleared folder whose ``outputs.json`` says ``complete: false``; when the body returns, every
+    file it wrote is listed and ``complete: true``; the lock is released either way. A folder
+    that cannot be used (not creatable, locked, not clearable, not writable) raises ``error`` (a
+    one-line message; :class:`OutputError` unless the command has its own) before the body runs."""
+    try:
+        out = prepare_folder(path)
+        lock = FolderLock(out).acquire()
+    except OutputError as exc:
+        raise error(str(exc)) from None
+    try:
+        try:
+            clear_folder(out, overwrite, layout, command, report)
+            write_outputs_list(out, False, command)
+        except OutputError as exc:
+            raise error(str(exc)) from None
+        except OSError as exc:
+            raise error(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+        yield out
+        write_outputs_list(out, True, command)
+    finally:
+        lock.release()
