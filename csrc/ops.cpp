@@ -426,8 +426,8 @@ class LinearActFunction : public torch::autograd::Function<LinearActFunction> {
       const Act a = parse_activation("aecomp::linear_act", act);
       Tensor gz = a == Act::ReLU ? at::threshold_backward(g, y, 0)
                   : a == Act::Sigmoid ? at::sigmoid_backward(g, y) : g;
-      Tensor gz2 = gz.reshape({-1, w.size(0)});
-      return {need_x ? gz.matmul(w) : Tensor(), need_w ? gz2.t().mm(x.reshape({-1, w.size(1)})) : Tensor(),
+      Tensor gz2 = gz.reshape({leading_rows(gz), w.size(0)});  // (-1 cannot infer the rows when out_features = 0)
+      return {need_x ? gz.matmul(w) : Tensor(), need_w ? gz2.t().mm(flatten_rows(x)) : Tensor(),
               need_b ? gz2.sum(0) : Tensor(), Tensor()};
     }
     auto [gx, gw, gb] = linear_act_backward_op().call(g, saved[0], saved[1], saved[2], act, need_x, need_w, need_b);

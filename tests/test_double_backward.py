@@ -144,3 +144,39 @@ def test_triton_chain_double_backward(fused_loss):
         return ops.mlp(x, [w0, w1, w2], [b0, None, b2], acts, backend=be)
 
     _triton_vs_reference(f, [x, *ws, b0, b2])
+
+
+# ------------------------------------------------------------------ zero-width layers
+def _zero_width_case(backend, shape, create_graph):
+    """out_features = 0: the output is empty and dx is zeros, as torch's; in_features = 0 too:
+    dW [N, 0] of zeros, dx empty. The differentiable backward (create_graph) once failed reshaping
+    its [M, 0] gradient with -1 (the row count cannot be inferred from 0 elements)."""
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(0, 6, requires_grad=True)
+    b = torch.randn(0, requires_grad=True)
+    y = ops.linear_act(x, w, b, "relu", backend=backend)
+    assert y.shape == (*shape[:-1], 0)
+    gx, gw, gb = torch.autograd.grad(y.sum(), (x, w, b), create_graph=create_graph)
+    assert torch.equal(gx, torch.zeros_like(x)) and gw.shape == (0, 6) and gb.shape == (0,)
+    x0 = torch.randn(*shape[:-1], 0, requires_grad=True)
+    w0 = torch.randn(5, 0, requires_grad=True)
+    y0 = ops.linear_act(x0, w0, None, "sigmoid", backend=backend)
+    gx0, gw0 = torch.autograd.grad(y0.sum(), (x0, w0), create_graph=create_graph)
+    assert gx0.shape == x0.shape and torch.equal(gw0, torch.zeros(5, 0))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first", "second_order"])
+def test_zero_out_features_gives_zero_dx_like_torch(backend, create_graph):
+    if backend == "cpu" and _ext.load()[0] is None:
+        pytest.skip("aecomp._C is not built")
+    for shape in ((4, 6), (2, 3, 6)):
+        _zero_width_case(backend, shape, create_graph)
+
+
+@interpreted
+def test_zero_out_features_gives_zero_dx_like_torch_on_triton():
+    pytest.importorskip("triton")
+    for shape in ((4, 6), (2, 3, 6)):
+        for create_graph in (False, True):
+            _zero_width_case("triton", shape, create_graph)

@@ -341,9 +341,10 @@ def _linear_act_grad_with_graph(ctx, grad_y, x, weight, y, need_x, need_weight, 
         gz = torch.ops.aten.sigmoid_backward(grad_y, y)
     else:
         gz = grad_y
-    gz2 = gz.reshape(-1, weight.shape[0])
+    rows = _rows_of(x)  # (-1 cannot infer the rows when out_features or in_features is 0)
+    gz2 = gz.reshape(rows, weight.shape[0])
     return (gz.matmul(weight) if need_x else None,
-            gz2.t().mm(x.reshape(-1, weight.shape[1])) if need_weight else None,
+            gz2.t().mm(x.reshape(rows, weight.shape[1])) if need_weight else None,
             gz2.sum(0) if need_bias else None, None)
 
 
