@@ -38,6 +38,9 @@ def collect() -> dict:
         info["mlp_fusion"] = mlp_fusion_info()
     except ImportError:
         pass
+    mod = _ext.load()[0]
+    if mod is not None and hasattr(mod, "_brgemm_describe"):  # the CPU's matrix engine (csrc/cpu/brgemm.h)
+        info["matrix_engine"] = mod._brgemm_describe()
     # packed-weight inference (aecomp.ops.packed_mlp): which backend runs a packed chain
     info["packed_mlp"] = {"cpu": auto_backend_name("cpu", torch.float32, "packed_mlp")}
     if torch.cuda.is_available():
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"automatic selection: {auto}")
     if "mlp_fusion" in info:
         print(f"fused chains: {info['mlp_fusion']}")
+    if "matrix_engine" in info:
+        print(f"CPU matrix engine (bf16 training, int8 inference at batch): {info['matrix_engine']}")
     if "packed_mlp" in info:
         print("packed chains (packed_mlp): " + ", ".join(f"{d} tensors -> {n}" for d, n in info["packed_mlp"].items()))
     return 0

@@ -623,6 +623,7 @@ static pybind11::dict build_info() {
 
 namespace cpu {
 void def_train_step(pybind11::module& mod);  // cpu/train_step.cpp
+void def_train_step_bf16(pybind11::module& mod);  // cpu/train_step_bf16.cpp
 }  // namespace cpu
 
 }  // namespace aecomp
@@ -688,4 +689,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "'' when the CUDA kernels have an image for the current GPU, else the runtime's error");
 #endif
   aecomp::cpu::def_train_step(mod);  // the fused training step and the microkernel entry points
+  aecomp::cpu::def_train_step_bf16(mod);  // the bf16 step on the matrix engine (brgemm)
 }

@@ -65,8 +65,10 @@
 #include <string>
 #include <vector>
 
+#include "brgemm.h"
 #include "epilogue.h"
 #include "microkernel.h"
+#include "packed_brgemm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -190,6 +192,7 @@ struct Layer {
   int64_t kind, n, k, table;  // table: codebook size T (0 for int8)
   int act;                    // 0 none, 1 relu, 2 sigmoid
   bool integer;               // int8 layer computed on the integer path
+  bool bf16;                  // codebook layer: bf16 brgemm at batch (compute 'auto'; AMX)
   const uint8_t* w;
   const float* scale;  // int8: [N]; codebook: the table [T]
   const float* bias;   // [N] or null
@@ -198,6 +201,20 @@ struct Layer {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t k_pad(int64_t k) { return ceil_div(k, 4) * 4; }
+
+// Batches from which the matrix engine (AMX) takes a layer: measured crossovers
+// (benchmarks/bench_packed_crossover.py, one thread, Intel Xeon with AMX): below them the VNNI
+// tiles (int8) and the float microkernels (codebook) are faster. AECOMP_PACKED_BRGEMM_ROWS=n
+// (read once) sets both, for that benchmark.
+int64_t brgemm_rows(int64_t measured) {
+  static const int64_t forced = [] {
+    const char* v = std::getenv("AECOMP_PACKED_BRGEMM_ROWS");
+    return v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(0);
+  }();
+  return forced ? forced : measured;
+}
+const int64_t kInt8BrgemmRows = brgemm_rows(16);
+const int64_t kCodebookBrgemmRows = brgemm_rows(16);
 
 // ---------------------------------------------------------------------------- ISA choice
 bool use_avx512() {
@@ -307,6 +324,57 @@ AECOMP_PK_CLONES void int_layer_portable(const uint8_t* __restrict xq, int64_t m
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2")
 
+// The integer path's epilogue for the 16 columns j0.. of a group: y = act(float(acc - zp colsum)
+// * (s sx) + b). Shared by the VNNI tiles below and the brgemm path (packed_brgemm.h), so both
+// round alike.
+struct IntEpi {
+  __mmask16 mk;
+  int nr;
+  __m512i zcs;
+  __m512 mul, bias;
+};
+
+__attribute__((always_inline)) inline IntEpi int_epi_avx512(const Layer& L, int64_t j0, QParams qp) {
+  IntEpi e;
+  e.nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - j0));
+  e.mk = e.nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << e.nr) - 1u);
+  const __m512i cs = _mm512_maskz_loadu_epi32(e.mk, L.colsum + j0);
+  e.mul = _mm512_mul_ps(_mm512_maskz_loadu_ps(e.mk, L.scale + j0), _mm512_set1_ps(qp.scale));
+  e.bias = L.bias ? _mm512_maskz_loadu_ps(e.mk, L.bias + j0) : _mm512_setzero_ps();
+  e.zcs = _mm512_mullo_epi32(_mm512_set1_epi32(qp.zp), cs);
+  return e;
+}
+
+__attribute__((always_inline)) inline void int_store_avx512(const IntEpi& e, __m512i acc, int act, float* o) {
+  __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, e.zcs));
+  y = _mm512_add_ps(_mm512_mul_ps(y, e.mul), e.bias);
+  if (act == 1) {
+    // max(y, 0) keeping NaN: max returns its second operand when either is NaN
+    _mm512_mask_storeu_ps(o, e.mk, _mm512_max_ps(_mm512_setzero_ps(), y));
+  } else if (act == 0) {
+    _mm512_mask_storeu_ps(o, e.mk, y);
+  } else {
+    alignas(64) float tmp[kGroup];
+    _mm512_store_ps(tmp, y);
+    store_row(o, tmp, nullptr, 1.0f, nullptr, e.nr, act);
+  }
+}
+
+// The brgemm path's tiles (int32 [mr][16] per group) through the same epilogue.
+struct IntBrgemmCtx {
+  const Layer* L;
+  QParams qp;
+  float* out;
+  int64_t ldo;
+};
+
+void int_brgemm_tile(void* ctx, const int32_t* c, int64_t ldc, int64_t i0, int64_t j0, int mr, int) {
+  const IntBrgemmCtx& t = *static_cast<const IntBrgemmCtx*>(ctx);
+  const IntEpi e = int_epi_avx512(*t.L, j0, t.qp);
+  for (int i = 0; i < mr; ++i)
+    int_store_avx512(e, _mm512_loadu_si512(c + i * ldc), t.L->act, t.out + (i0 + i) * t.ldo + j0);
+}
+
 // Integer tile: rows i0..i0+MR (edge rows repeat the last real row), groups g0..g0+NV.
 template <int MR, int NV>
 __attribute__((always_inline)) inline void int_tile_avx512(const uint8_t* xq, int64_t kp, int64_t i0, int mr,
@@ -329,31 +397,10 @@ __attribute__((always_inline)) inline void int_tile_avx512(const uint8_t* xq, in
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a, b[v]);
     }
   }
-  const __m512 sx = _mm512_set1_ps(qp.scale);
-  const __m512i zp = _mm512_set1_epi32(qp.zp);
-  alignas(64) float tmp[kGroup];
   for (int v = 0; v < NV; ++v) {
     const int64_t j0 = (g0 + v) * kGroup;
-    const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - j0));
-    const __mmask16 mk = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1u);
-    const __m512i cs = _mm512_maskz_loadu_epi32(mk, L.colsum + j0);
-    const __m512 mul = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, L.scale + j0), sx);
-    const __m512 bias = L.bias ? _mm512_maskz_loadu_ps(mk, L.bias + j0) : _mm512_setzero_ps();
-    const __m512i zcs = _mm512_mullo_epi32(zp, cs);
-    for (int i = 0; i < mr; ++i) {
-      __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], zcs));
-      y = _mm512_add_ps(_mm512_mul_ps(y, mul), bias);
-      float* o = out + (i0 + i) * ldo + j0;
-      if (L.act == 1) {
-        // max(y, 0) keeping NaN: max returns its second operand when either is NaN
-        _mm512_mask_storeu_ps(o, mk, _mm512_max_ps(_mm512_setzero_ps(), y));
-      } else if (L.act == 0) {
-        _mm512_mask_storeu_ps(o, mk, y);
-      } else {
-        _mm512_store_ps(tmp, y);
-        store_row(o, tmp, nullptr, 1.0f, nullptr, nr, L.act);
-      }
-    }
+    const IntEpi e = int_epi_avx512(L, j0, qp);
+    for (int i = 0; i < mr; ++i) int_store_avx512(e, acc[i][v], L.act, out + (i0 + i) * ldo + j0);
   }
 }
 
@@ -437,6 +484,10 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
       if (qp.finite) {
         xq.resize(static_cast<size_t>(m * kp));
         quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
+        if (m >= kInt8BrgemmRows && cpu::brg::amx_enabled()) {  // AMX-INT8 (packed_brgemm.h)
+          IntBrgemmCtx ctx{&L, qp, out, ldo};
+          return cpu::brg::int8_groups_brgemm(xq.data(), m, kp, L.w, L.n, &int_brgemm_tile, &ctx);
+        }
         return int_layer_avx512(xq.data(), m, kp, L, qp, out, ldo);
       }
     } else
@@ -450,6 +501,9 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
       }
     }
   }
+  if (L.kind == kCodebook && L.bf16 && m >= kCodebookBrgemmRows && cpu::brg::amx_enabled())  // bf16 tiles
+    return cpu::brg::codebook_bf16(x, m, ldx, L.table == 16 ? 1 : 2, L.w, L.scale, static_cast<int>(L.table), L.n,
+                                   L.k, L.bias, L.act, out, ldo);
   // float path: the microkernel framework with the packed loaders (packed_isa.inc)
   cpu::mk::PkLayer P;
   P.kind = L.kind == kInt8 ? 0 : (L.table == 16 ? 1 : 2);
@@ -563,6 +617,7 @@ Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view ac
     L.bias = b.numel() ? b.data_ptr<float>() : nullptr;
     L.colsum = L.kind == kInt8 ? cs.data_ptr<int32_t>() : nullptr;
     L.integer = L.kind == kInt8 && compute != "float";
+    L.bf16 = L.kind == kCodebook && compute == "auto";
     TORCH_CHECK_VALUE(!(L.kind == kCodebook && compute == "int8"), kOp, ": layer ", l,
                       " is a codebook layer, which has no int8 path; use compute='auto' or 'float'");
     c.layers.push_back(L);

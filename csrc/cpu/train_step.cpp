@@ -28,6 +28,7 @@
 #include "dense_gemm.h"
 #include "epilogue.h"
 #include "microkernel.h"
+#include "train_step.h"
 
 namespace aecomp {
 namespace cpu {
@@ -101,13 +102,7 @@ namespace {
 // Per param-group hyper-parameters, as the Python side packs them (aecomp/train/fused.py).
 enum HyperIdx : int { kKind, kLr, kBeta1, kBeta2, kEps, kWd, kDecoupled, kMomentum, kDampening, kNesterov, kH };
 
-struct ParamUpdate {
-  bool active = false;
-  mk::OptimArgs opt;
-  float* p = nullptr;
-  float* m = nullptr;
-  float* s = nullptr;
-};
+}  // namespace
 
 void check_state(const char* what, size_t i, const std::optional<Tensor>& st, const Tensor& p) {
   TORCH_CHECK_VALUE(st.has_value() && st->defined(), "aecomp::mlp_mse_train_step: ", what, "[", i,
@@ -174,22 +169,19 @@ ParamUpdate make_update(size_t i, const Tensor& p, const std::vector<double>& hy
   return u;
 }
 
-Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights,
-                          const std::vector<std::optional<Tensor>>& biases, const std::string& activations,
-                          const Tensor& target_in, const std::string& reduction, const std::vector<double>& hyper,
-                          const std::vector<int64_t>& group_of, const std::vector<std::optional<Tensor>>& state1,
-                          const std::vector<std::optional<Tensor>>& state2,
-                          const std::vector<std::optional<Tensor>>& steps, const std::vector<bool>& first) {
-  const char* op = "aecomp::mlp_mse_train_step";
-  at::NoGradGuard no_grad;
-  at::AutoDispatchBelowADInplaceOrView guard;
+std::tuple<std::vector<Act>, Reduction> check_step_args(
+    const char* op, const Tensor& x_in, const std::vector<Tensor>& weights,
+    const std::vector<std::optional<Tensor>>& biases, const std::string& activations, const Tensor& target_in,
+    const std::string& reduction, const std::vector<int64_t>& group_of, const std::vector<std::optional<Tensor>>& state1,
+    const std::vector<std::optional<Tensor>>& state2, const std::vector<std::optional<Tensor>>& steps,
+    const std::vector<bool>& first) {
   c10::List<std::optional<Tensor>> bl;
   for (const auto& b : biases) bl.push_back(b);
   check_mlp(op, x_in, weights, bl, /*gpu=*/false);
   TORCH_CHECK_VALUE(target_in.scalar_type() == at::kFloat && target_in.device().is_cpu(), op,
                     ": target must be a float32 CPU tensor; got ", target_in.scalar_type(), " on ", target_in.device());
   const size_t L = weights.size();
-  const std::vector<Act> acts = parse_activations(op, activations, L);
+  std::vector<Act> acts = parse_activations(op, activations, L);
   const Reduction red = parse_reduction(op, reduction);
   TORCH_CHECK_VALUE(red != Reduction::None, op, ": reduction must be 'mean' or 'sum'");
   TORCH_CHECK_VALUE(group_of.size() == 2 * L && state1.size() == 2 * L && state2.size() == 2 * L &&
@@ -199,6 +191,23 @@ Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights
                     x_in.scalar_type());
   for (size_t i = 0; i < L; ++i)
     TORCH_CHECK_VALUE(weights[i].scalar_type() == at::kFloat, op, ": weights[", i, "] is not float32");
+  return {std::move(acts), red};
+}
+
+namespace {
+
+Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights,
+                          const std::vector<std::optional<Tensor>>& biases, const std::string& activations,
+                          const Tensor& target_in, const std::string& reduction, const std::vector<double>& hyper,
+                          const std::vector<int64_t>& group_of, const std::vector<std::optional<Tensor>>& state1,
+                          const std::vector<std::optional<Tensor>>& state2,
+                          const std::vector<std::optional<Tensor>>& steps, const std::vector<bool>& first) {
+  const char* op = "aecomp::mlp_mse_train_step";
+  at::NoGradGuard no_grad;
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const size_t L = weights.size();
+  const auto [acts, red] = check_step_args(op, x_in, weights, biases, activations, target_in, reduction, group_of,
+                                           state1, state2, steps, first);
 
   const Tensor x = rows_contig(flatten_rows(x_in));
   const Tensor t = flatten_rows(target_in).contiguous();
