@@ -522,7 +522,7 @@ def inference_md(rows: List[Dict[str, Any]], src: str) -> str:
     where = f"load average {first.get('load_avg')}" if first.get("load_avg") else ""
     return ("**Packed inference** (`python -m benchmarks.run --only inference`, one thread, interleaved): "
             "the packed model of each compressed file (`load_packed_model`; int8 on u8 x s8 brgemm — AMX-INT8 — "
-            "at batch >= 16 where the CPU has AMX, AVX-512 VNNI tiles below; shared-weight codes decoded "
+            "at batch >= 64 where the CPU has AMX, AVX-512 VNNI tiles below; shared-weight codes decoded "
             "into bf16 tiles for the bf16 brgemm at batch >= 16 with AMX, float microkernels otherwise) "
             "against torch eager float32 and onnxruntime float32 / int8 (1 thread), in microseconds"
             + (f" ({where})" if where else "") + f". Data: [`{src}`]({src}).\n\n"

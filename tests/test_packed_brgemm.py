@@ -1,6 +1,6 @@
 """Packed-weight inference at batch on the matrix engine (csrc/cpu/packed_brgemm.cpp): where AMX
-runs and the batch is at or above the crossover (packed_mlp.cpp: kInt8BrgemmRows,
-kCodebookBrgemmRows),
+runs and the batch is at or above the crossover (packed_mlp.cpp: kInt8BrgemmRows = 64,
+kCodebookBrgemmRows = 16),
 
 * int8 layers take u8 x s8 brgemm on the packed layout: the result equals the AVX-512 VNNI
   path's bit for bit (the integer sums are exact and the epilogue is the same code). The VNNI
@@ -69,7 +69,7 @@ def _act(z, a):
     return torch.relu(z) if a == "relu" else torch.sigmoid(z) if a == "sigmoid" else z
 
 
-@pytest.mark.parametrize("batch", [16, 37, 256])
+@pytest.mark.parametrize("batch", [16, 64, 93, 256])
 @pytest.mark.parametrize("dims,acts", [([784, 128, 64, 32, 10], ["relu", "relu", "none", "none"]),
                                        ([33, 7, 19], ["sigmoid", "relu"])])
 def test_int8_brgemm_equals_the_vnni_path_bit_for_bit(dims, acts, batch):
@@ -119,3 +119,30 @@ def test_compute_float_stays_float32_at_batch():
     with mkldnn_off():
         want = f(x)
     assert torch.equal(f(x), want)
+
+
+def test_int8_quantization_ties_round_like_the_division():
+    """The AVX-512 quantizer multiplies by 1 / scale and divides only near half-integers
+    (packed_mlp.cpp): inputs placed exactly on and one ulp around ties give the reference's
+    integers (torch.round(x / scale), round half to even), so the outputs match it."""
+    from aecomp.compress.quantize import quantize_per_channel
+
+    q, s = quantize_per_channel(torch.randn(16, 64) / 8)
+    chain = PackedChain([int8_layer(q, s, None, "none")])
+    lo, hi = -1.0, 1.5
+    sx = torch.tensor((hi - lo) / 255.0)
+    zp = torch.round(-torch.tensor(lo) / sx)
+    k = torch.arange(-100, 150, dtype=torch.float32) + 0.5
+    ties = (k * sx).float()  # x / sx lands on (or within an ulp of) a half-integer
+    vals = torch.cat([ties, torch.nextafter(ties, torch.full_like(ties, 1e9)),
+                      torch.nextafter(ties, torch.full_like(ties, -1e9))])
+    x = torch.zeros(vals.numel() // 64 + 2, 64)
+    x.view(-1)[: vals.numel()] = vals
+    x[-1, 0], x[-1, 1] = lo, hi  # pins min and max, so sx and zp are the ones above
+    for xb in (x, torch.cat([x] * 6)):  # below 64 rows the VNNI GEMM, from 64 the AMX one
+        lo_b, hi_b = min(float(xb.min()), 0.0), max(float(xb.max()), 0.0)
+        sx_b = torch.tensor((hi_b - lo_b) / 255.0)
+        zp_b = torch.clamp(torch.round(-torch.tensor(lo_b) / sx_b), 0, 255)
+        hq = torch.clamp(torch.round(xb / sx_b) + zp_b, 0, 255).long()
+        want = ((hq - zp_b.long()) @ q.long().T).float() * (s.float() * sx_b)
+        assert torch.equal(chain(xb), want)

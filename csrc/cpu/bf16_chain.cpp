@@ -43,17 +43,19 @@ T* grow(std::vector<T>& v, int64_t n) {
 }
 
 // C [M, N] = A [M, K] B, tile by tile into a float32 [mr][nr] buffer, then epi(c, i0, j0, mr, nr, rb).
-// nb: the tile width (kNb; the weight gradient takes whole rows, so its epilogue sees contiguous
-// rows of W and the optimizer streams through them).
+// nb: the tile width (kNb; a weight gradient may take whole rows, so its epilogue sees contiguous
+// rows of W and the optimizer streams through them). Tiles go row block by row block (A read
+// once), or with by_column column block by column block (B read once: when B is the big one).
 template <class Epi>
 void gemm_tiles(int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B, int64_t ldb, Epi& epi,
-                int64_t nb = kNb) {
+                int64_t nb = kNb, bool by_column = false) {
   const int64_t nrb = mk::ceil_div(M, kMb), ncb = mk::ceil_div(N, nb);
   auto body = [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> cbuf;
     float* c = grow(cbuf, kMb * nb);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t rb = t / ncb, i0 = rb * kMb, j0 = (t % ncb) * nb;
+      const int64_t rb = by_column ? t % nrb : t / ncb, cb = by_column ? t / nrb : t % ncb;
+      const int64_t i0 = rb * kMb, j0 = cb * nb;
       const int64_t mr = std::min(kMb, M - i0), nr = std::min(nb, N - j0);
       brg::gemm_bf16(mr, nr, K, lda, ldb, nr, A + i0 * lda, B + 2 * j0, c);
       epi(c, i0, j0, mr, nr, rb);
@@ -376,7 +378,12 @@ void backward(const Chain& c, std::vector<float> db_cur, const std::vector<bool>
       auto epi = [&](float* t, int64_t n0, int64_t j0, int64_t rows, int64_t cols, int64_t) {
         sink.weight_tile(k, t, n0, j0, rows, cols);
       };
-      gemm_tiles(N, K, Mp, c.GZT[k], Mp, c.HV[k], K, epi, K <= kWgradRow ? K : kNb);
+      // dW [N, K] = GZT [N][Mp] HV [Mp/2][K][2]: when HV is the larger operand (a wide input, e.g.
+      // 784 pixels), one pass over it column block by column block; else whole rows of W.
+      if (K > N || K > kWgradRow)
+        gemm_tiles(N, K, Mp, c.GZT[k], Mp, c.HV[k], K, epi, kNb, /*by_column=*/true);
+      else
+        gemm_tiles(N, K, Mp, c.GZT[k], Mp, c.HV[k], K, epi, K);
     }
     sink.bias(k, c.b[k] ? db_cur.data() : nullptr, N);
     if (k == 0 || !need_below[k]) break;
