@@ -122,9 +122,9 @@ def test_compute_float_stays_float32_at_batch():
 
 
 def test_int8_quantization_ties_round_like_the_division():
-    """The AVX-512 quantizer multiplies by 1 / scale and divides only near half-integers
-    (packed_mlp.cpp): inputs placed exactly on and one ulp around ties give the reference's
-    integers (torch.round(x / scale), round half to even), so the outputs match it."""
+    """The AVX-512 quantizer (packed_mlp.cpp) on inputs placed exactly on and one ulp around
+    half-integers of x / scale gives the reference's integers (torch.round(x / scale), round half
+    to even), on the VNNI and the AMX GEMM alike, so the outputs match it exactly."""
     from aecomp.compress.quantize import quantize_per_channel
 
     q, s = quantize_per_channel(torch.randn(16, 64) / 8)

@@ -455,12 +455,8 @@ QParams dynamic_qparams_avx512(const float* x, int64_t m, int64_t k, int64_t ld)
   return p;
 }
 
-// x / scale as x * (1 / scale): within 2 ulp of the quotient, so it rounds to the same integer
-// except within a few ulp of a half-integer; those lanes (rare) take the division itself. The
-// division of every lane cost more than the whole integer GEMM at batch 256 (AMX).
 void quantize_rows_avx512(const float* x, int64_t m, int64_t k, int64_t ld, QParams p, uint8_t* xq, int64_t kp) {
   const __m512 sc = _mm512_set1_ps(p.scale), zp = _mm512_set1_ps(static_cast<float>(p.zp));
-  const __m512 rc = _mm512_set1_ps(1.0f / p.scale), half = _mm512_set1_ps(0.5f), near = _mm512_set1_ps(0x1p-20f);
   const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
   for (int64_t i = 0; i < m; ++i) {
     const float* r = x + i * ld;
@@ -468,19 +464,10 @@ void quantize_rows_avx512(const float* x, int64_t m, int64_t k, int64_t ld, QPar
     int64_t j = 0;
     for (; j < k; j += 16) {
       const __mmask16 mk = k - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - j)) - 1u);
-      const __m512 xv = _mm512_maskz_loadu_ps(mk, r + j);
-      __m512 y = _mm512_mul_ps(xv, rc);
-      const __m512 frac = _mm512_sub_ps(y, _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-      const __mmask16 tie = _mm512_mask_cmp_ps_mask(mk, _mm512_abs_ps(_mm512_sub_ps(frac, half)),
-                                                    _mm512_mul_ps(_mm512_abs_ps(y), near), _CMP_LE_OQ);
-      if (tie) y = _mm512_mask_div_ps(y, tie, xv, sc);
-      __m512 q = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mk, r + j), sc),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       q = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(q, zp)));
-      const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
-      if (mk == 0xFFFF)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), b);  // a masked byte store per vector was slow
-      else
-        _mm_mask_storeu_epi8(o + j, mk, b);
+      _mm_mask_storeu_epi8(o + j, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
     }
     for (j = k; j < kp; ++j) o[j] = static_cast<uint8_t>(p.zp);
   }
