@@ -29,7 +29,7 @@
 // (|v| < 2^-126) round to 0. tests/test_train_bf16.py checks the loss, every gradient (through
 // SGD lr=1, which writes p - g) and the Adam state against the float64 reference with these
 // bounds (the ambiguous ReLUs bounded by interval propagation), and a training curve against
-// float32 (bf16 reaches the float32 final loss within 3%).
+// float32 (bf16 reaches the float32 final loss within 5%; seeds 0-3 gave 0.97-1.03 of it).
 //
 // The chain itself (tiles, epilogues, buffers) is bf16_chain.{h,cpp}; this file is the step:
 // argument checks, the optimizer as the weight-gradient sink, and the buffers, thread_local
