@@ -38,13 +38,35 @@ def collect() -> dict:
         info["mlp_fusion"] = mlp_fusion_info()
     except ImportError:
         pass
+    info["cpu_isa"] = _cpu_isa()
     mod = _ext.load()[0]
     if mod is not None and hasattr(mod, "_brgemm_describe"):  # the CPU's matrix engine (csrc/cpu/brgemm.h)
-        info["matrix_engine"] = mod._brgemm_describe()
+        try:
+            info["matrix_engine"] = mod._brgemm_describe()
+        except ValueError as exc:  # a refused AECOMP_CPU_ISA (shown on the CPU kernels' line)
+            info["matrix_engine"] = f"none: {str(exc).splitlines()[0]}"
     # packed-weight inference (aecomp.ops.packed_mlp): which backend runs a packed chain
     info["packed_mlp"] = {"cpu": auto_backend_name("cpu", torch.float32, "packed_mlp")}
     if torch.cuda.is_available():
         info["packed_mlp"]["cuda"] = auto_backend_name("cuda", torch.float32, "packed_mlp")
+    return info
+
+
+def _cpu_isa() -> dict:
+    """The CPU kernels' instruction-set level (csrc/cpu/isa.h), what capped it, and the CPU's own."""
+    import os
+
+    from . import _ext
+
+    mod = _ext.load()[0]
+    if mod is None or not hasattr(mod, "_cpu_isa_info"):
+        return {"level": None, "error": "the C++ extension is not built"}
+    cap = os.environ.get("AECOMP_CPU_ISA")
+    try:
+        info = dict(mod._cpu_isa_info())
+    except ValueError as exc:  # a refused AECOMP_CPU_ISA: every CPU kernel call raises the same
+        return {"level": None, "error": str(exc).splitlines()[0], "capped_by": f"AECOMP_CPU_ISA={cap}"}
+    info["capped_by"] = f"AECOMP_CPU_ISA={cap}" if cap is not None else None
     return info
 
 
@@ -73,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"automatic selection: {auto}")
     if "mlp_fusion" in info:
         print(f"fused chains: {info['mlp_fusion']}")
+    isa = info["cpu_isa"]
+    if isa.get("level") is None:
+        print(f"CPU kernels: {isa['error']}")
+    else:
+        feats = [name for name, ok in isa["hardware_features"].items() if ok]
+        cap = f"{isa['capped_by']}; " if isa["capped_by"] else ""
+        print(f"CPU kernels: {isa['level']} ({cap}this CPU: {isa['hardware']}"
+              f"{', ' + ' '.join(feats) if feats else ''})")
     if "matrix_engine" in info:
         print(f"CPU matrix engine (bf16 training, int8 inference at batch): {info['matrix_engine']}")
     if "packed_mlp" in info:

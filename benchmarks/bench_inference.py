@@ -19,9 +19,10 @@ times one pruned layer (784 -> 300) at 70% and 90% sparsity: torch's CSR float32
 (``torch.sparse.mm``) against the dense packed int8 layer, to decide whether pruned layers run
 sparse.
 
-Rows are JSON lines (``kind: "inference"``) appended to the runner's results file; run alone::
+Rows are JSON lines (``kind: "inference"``) appended to the runner's results file; run alone,
+from anywhere (``python -m benchmarks.bench_inference`` needs the checkout as the current folder)::
 
-    python -m benchmarks.bench_inference [--quick] [--out FILE]
+    python <checkout>/benchmarks/bench_inference.py [--quick] [--out FILE]
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
+
+if __package__ in (None, ""):  # `python path/to/benchmarks/bench_inference.py`: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
 
 import torch
 from torch import nn

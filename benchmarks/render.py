@@ -44,7 +44,7 @@ START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 BASELINES = ("eager", "compile", "compile-max-autotune")
 MODE_ORDER = {"fwd": 0, "fwd+bwd": 1, "step": 2, "job": 3, "infer": 4}
 WORKLOAD_ORDER = {"train_step": 0, "usual_loop": 1, "train_job": 2, "linear_act": 3, "mse_loss": 4, "mlp": 5,
-                  "mlp_mse_loss": 6, "latency": 7}
+                  "mlp_mse_loss": 6, "latency": 7, "packed_mlp": 8}
 
 CaseKey = Tuple[str, str, str, int, str]
 
@@ -473,7 +473,7 @@ def key_tables_md(res: Results, src: str) -> str:
                    "computes the gradients of x, W and b." + data + "\n\n"
                    + md_table(header, rows, "lrll" + "r" * (len(header) - 4)))
     # chain + mse + latency: one compact table
-    keys = res.keys(["mlp", "mlp_mse_loss", "mse_loss", "latency"])
+    keys = res.keys(["mlp", "mlp_mse_loss", "mse_loss", "latency", "packed_mlp"])
     if keys:
         rows = []
         for k in keys:
@@ -488,7 +488,9 @@ def key_tables_md(res: Results, src: str) -> str:
                   "vs eager", *[f"vs {b}" for b in vs], "% of ceiling"]
         out.append("**Chain, loss and inference latency**: `mlp` / `mlp_mse_loss` over the whole autoencoder, "
                    "`mse_loss` on `[batch, 784]` (memory-bound: its fraction is of the copy ceiling), and the "
-                   "inference latency of a `CompressedNet` (encoder 784-128-64-32 + head 32 -> 10)." + data + "\n\n"
+                   "inference latency of a `CompressedNet` (encoder 784-128-64-32 + head 32 -> 10; `packed_mlp`: "
+                   "its packed int8 / 4-bit shared weights on the GPU, against the dequantized float net)." + data
+                   + "\n\n"
                    + md_table(header, rows, "lllrll" + "r" * (len(header) - 6)))
     return "\n\n".join(out)
 

@@ -18,8 +18,10 @@ It measures, in one process and on random data:
 * then the matrix (workload x backend x dtype x shape x batch; see ``benchmarks/_workloads.py``
   for what each workload times): ``op`` (linear_act at the six reference layers, mse_loss;
   forward and forward+backward), ``chain`` (mlp, mlp_mse_loss on 784-128-64-32-64-128-784),
-  ``train_step`` (FusedStep vs eager vs torch.compile), ``train_job`` (DataLoader loop vs
-  Trainer), ``latency`` (CompressedNet inference at batch 1 and 256).
+  ``train_step`` (FusedStep vs eager vs torch.compile; on the GPU at batch 64, 4096 and 65536),
+  ``train_job`` (DataLoader loop vs Trainer), ``latency`` (CompressedNet inference at batch 1
+  and 256), ``inference`` (GPU: the packed CompressedNet, int8 and 4-bit shared weights, at
+  batch 1, 256 and 65536; on the CPU ``--only inference`` runs ``benchmarks/bench_inference.py``).
 
 Timing (``benchmarks/_timing.py``): CPU with ``time.perf_counter``, single-threaded by default,
 every implementation of a case warmed up and then sampled round-robin (the medians of
@@ -31,7 +33,9 @@ passes -- eager and aecomp, then ``torch.compile``, then max-autotune -- and all
 cases run in one priority order (bfloat16 before float32; the training step and the chain
 before single ops; large batches first; a later pass of a case some way behind its first), so a
 time budget (``--budget-s``) ends the run with the most useful numbers. Before each measurement
-the runner checks the budget against a rough cost estimate. CPU runs measure every
+the runner checks the budget against a cost estimate: the implementation's guess until the same
+implementation of the same workload has run, then what that took (``--plan`` prints the
+selection without running anything). CPU runs measure every
 implementation of a case together, in alternation.
 
 Results: JSON Lines APPENDED to ``./runs/bench/<machine>.jsonl`` (``--results-dir``), or with
@@ -54,11 +58,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -107,7 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on cuda also compile-max-autotune)")
     p.add_argument("--batches", default=None,
                    help="comma list of batch sizes for op, chain and train_step (default cpu: 64,1024; "
-                        "cuda: 64,1024,65536; train_job is batch 64, latency 1 and 256)")
+                        "cuda: 64,1024,65536, the train step 64,4096,65536; train_job is batch 64, latency 1 and "
+                        "256, inference on cuda 1,256,65536)")
     p.add_argument("--dtypes", default=None, help="comma list (default cpu: float32; cuda: bfloat16,float32)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and epochs: minutes, noisier numbers")
     p.add_argument("--smoke", action="store_true",
@@ -136,6 +142,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machine", default=None, help="the machine tag naming the results file")
     p.add_argument("--no-save", action="store_true", help="write no results file")
     p.add_argument("--quiet", action="store_true", help="no per-case lines, only the table at the end")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="build and time nothing: write to FILE (JSON) and print what the run would measure "
+                        "within --budget-s by the runner's cost estimates, in its order; --device cuda needs no "
+                        "GPU then (backends default to triton,cuda). gpu_check.sh --dry-run rehearses its bench "
+                        "stage with it")
 
 
 def _resolve_backends(names: Optional[List[str]], device: str) -> List[str]:
@@ -177,7 +188,7 @@ def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available() and not getattr(args, "plan", None):
         raise RunnerError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
     groups = _csv(args.only) or list(GROUPS)
     for g in groups:
@@ -208,7 +219,7 @@ def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     elif args.smoke:
         batches = step_batches = [8]
     elif device == "cuda":
-        batches = step_batches = [64, 1024, 65536]
+        batches, step_batches = [64, 1024, 65536], [64, 4096, 65536]
     else:
         batches = step_batches = [64, 1024]  # batch 65536 of the train step is GPU-only
     profile = dict(PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"])
@@ -231,21 +242,24 @@ def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, cfg: Dict[str, Any], out: Optional[Path]) -> None:
+    def __init__(self, args: argparse.Namespace, cfg: Dict[str, Any], out: Optional[Path],
+                 env: Optional[Dict[str, Any]] = None) -> None:
         self.args = args
         self.cfg = cfg
         self.device = cfg["device"]
         self.profile = cfg["profile"]
         self.out = out
-        self.t0 = time.monotonic()
+        self.clock = time.monotonic  # a fake one under --plan
+        self.t0 = self.clock()
         self.deadline = self.t0 + cfg["budget_s"] if cfg["budget_s"] > 0 else math.inf
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.tag = _machine.machine_tag(self.device, args.machine)
-        self.env = _machine.describe(self.device, self.tag)
+        self.env = env if env is not None else _machine.describe(self.device, self.tag)
         self.ceilings: Dict[str, float] = {}
         self.medians: Dict[tuple, Dict[str, float]] = {}
         self.rows: List[Dict[str, Any]] = []
         self.skipped: List[str] = []
+        self.observed: Dict[tuple, float] = {}  # (workload, impl) -> seconds it took (GPU; see estimate)
         self._sgemm_by_dtype: Dict[Any, tuple] = {}  # dtype -> (callable, inner loop count) of the per-case mm
         self.round = 0
         self.common = {k: self.env[k] for k in ("machine", "node", "device", "cpu", "gpu", "torch", "triton",
@@ -256,7 +270,7 @@ class Runner:
 
     # ------------------------------------------------------------------------------ output
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - self.clock()
 
     def emit(self, row: Dict[str, Any]) -> None:
         row = {**self.common, **row}
@@ -337,13 +351,25 @@ class Runner:
     def _mkey(self, case: Case) -> tuple:
         return (*case.key, self.round)
 
-    def measure(self, case: Case, impls: List[Impl], settings: Settings) -> None:
-        fits = []
+    def estimate(self, case: Case, impl: Impl) -> float:
+        """Seconds ``impl`` of ``case`` should take: what the same implementation of the same
+        workload took last in this run (its first, cold compile included), else its ``est_s``."""
+        return self.observed.get((case.workload, impl.name), impl.est_s)
+
+    def select(self, case: Case, impls: List[Impl]) -> List[Impl]:
+        """The implementations that still fit the budget together (the others are recorded as
+        skipped for time)."""
+        fits, need = [], 0.0
         for impl in impls:
-            if self.left() < impl.est_s:
+            if self.left() < need + self.estimate(case, impl):
                 self.skipped.append(f"{impl.name} {_label(case)}")
                 continue
+            need += self.estimate(case, impl)
             fits.append(impl)
+        return fits
+
+    def measure(self, case: Case, impls: List[Impl], settings: Settings) -> None:
+        fits = self.select(case, impls)
         if not fits:
             return
         if any(i.name.startswith("compile") for i in fits):
@@ -357,7 +383,7 @@ class Runner:
                 except Exception as exc:  # e.g. the data set cannot be read: the other cases still run
                     results = {impl.name: {"error": _err(exc)} for impl in fits}
             else:
-                results = self._time_impls(fits, case.dtype)
+                results = self._time_impls(fits, case)
         case.cache.clear()
         for impl in fits:  # every median first: the ratios of this case-phase are formed between them
             r = results.get(impl.name, {})
@@ -369,9 +395,11 @@ class Runner:
             torch.cuda.empty_cache()
         self.say(self._line(case, fits, time.monotonic() - t_case))
 
-    def _time_impls(self, impls: List[Impl], dtype: str = "float32") -> Dict[str, Dict[str, Any]]:
-        fns, inner, results = {}, {}, {}
+    def _time_impls(self, impls: List[Impl], case: Case) -> Dict[str, Dict[str, Any]]:
+        fns, inner, results, spent = {}, {}, {}, {}
+        dtype = case.dtype
         for impl in impls:
+            t0 = time.monotonic()
             try:
                 fn = impl.make()
                 if self.device == "cuda":
@@ -381,12 +409,17 @@ class Runner:
                     fns[impl.name] = fn
             except Exception as exc:  # one broken implementation must not lose the others
                 results[impl.name] = {"error": _err(exc)}
+            spent[impl.name] = time.monotonic() - t0
         if self.device == "cuda":
             for name, fn in fns.items():
+                t0 = time.monotonic()
                 try:
                     results[name] = _timing.time_cuda(fn, self.profile["rep_ms"])
                 except Exception as exc:
                     results[name] = {"error": _err(exc)}
+                spent[name] += time.monotonic() - t0
+            # the GPU budget estimates from now on (compile times are guesses until measured)
+            self.observed.update({(case.workload, name): secs for name, secs in spent.items()})
         elif fns:
             # the matmul ceiling of the case's dtype (float32 sgemm, or bfloat16 on the matrix
             # engine) takes its turn in the alternation too: the fraction of the ceiling is then
@@ -528,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
     # inference group (issue 15, benchmarks/bench_inference.py): `--only inference` (alone or with
     # other groups) times the packed path vs torch eager and onnxruntime, rows in the same JSONL
     only = _csv(args.only)
-    if only and "inference" in only and cfg_device(args) == "cpu":
+    if only and "inference" in only and cfg_device(args) == "cpu" and not args.plan:
         from benchmarks import bench_inference
 
         rest = [g for g in only if g != "inference"]
@@ -562,7 +595,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = settings_from_args(args)
         if cfg["device"] == "cpu":
             torch.set_num_threads(args.threads)
-        backends = _resolve_backends(_csv(args.backends), cfg["device"])
+        if args.plan:  # nothing runs: the GPU's backends need no GPU here
+            backends = _csv(args.backends) or (["triton", "cuda"] if cfg["device"] == "cuda"
+                                               else _resolve_backends(None, "cpu"))
+        else:
+            backends = _resolve_backends(_csv(args.backends), cfg["device"])
         target_dir = results_dir(args)
     except RunnerError as exc:
         print(f"benchmarks.run: error: {exc}", file=sys.stderr)
@@ -570,9 +607,12 @@ def run(args: argparse.Namespace) -> int:
     prof = cfg["profile"]
     settings = Settings(device=cfg["device"], backends=backends, baselines=cfg["baselines"], dtypes=cfg["dtypes"],
                         batches=cfg["batches"], compile_backend=args.compile_backend,
-                        latency_batches=(1,) if args.smoke else (1, 256), job_epochs=prof["job_epochs"],
+                        latency_batches=(1,) if args.smoke else (1, 256),
+                        packed_batches=(8,) if args.smoke else (1, 256, 65536), job_epochs=prof["job_epochs"],
                         job_repeats=prof["job_repeats"], job_samples=128 if args.smoke else None,
                         layers=(0, 5) if args.smoke else None)
+    if args.plan:
+        return plan_run(args, cfg, settings)
     out = None
     if not args.no_save:
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -585,6 +625,8 @@ def run(args: argparse.Namespace) -> int:
                  "batches": cfg["batches"], "train_step_batches": cfg["step_batches"],
                  "profile": prof, "budget_s": cfg["budget_s"], "phased": cfg["phased"], "rounds": args.rounds,
                  "compile_backend": args.compile_backend, "load_avg": load_start,
+                 # off: one pinned Triton tile per kernel and shape (the GPU check), not the autotuned best
+                 "triton_autotune": os.environ.get("AECOMP_TRITON_AUTOTUNE", "on"),
                  "memory_methods": {"cpu": _timing.CPU_MEMORY_METHOD, "cuda": _timing.GPU_MEMORY_METHOD}})
     where = (runner.env["gpu"] if cfg["device"] == "cuda"
              else f"{runner.env['cpu']}, {torch.get_num_threads()} thread(s)")
@@ -599,13 +641,7 @@ def run(args: argparse.Namespace) -> int:
         if args.rounds > 1:
             runner.say(f"== round {rnd + 1} of {args.rounds}")
         if cfg["phased"]:
-            # (case, phase) in one order: a case's priority (bfloat16, the train step and the chain,
-            # large batches first) plus PHASE_WEIGHT per phase, so the compile baselines of the
-            # important cases come before eager/aecomp of the unimportant ones, and phase 0 of a
-            # case always comes first
-            plan = sorted(((c, ph) for c in cases for ph in sorted({i.phase for i in c.impls})),
-                          key=lambda cp: cp[0].priority + PHASE_WEIGHT * cp[1])
-            for case, phase in plan:
+            for case, phase in phased_order(cases):
                 runner.measure(case, [i for i in case.impls if i.phase == phase], settings)
         else:
             for case in cases:
@@ -628,6 +664,58 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(runner.rows)} rows in {time.monotonic() - runner.t0:.0f} s"
           + (f"; appended to {out}" if out else ""))
     return 1 if errors else 0
+
+
+CEILING_EST_S = 2.0  # one ceiling measurement (make + timing), for --plan
+
+
+def plan_run(args: argparse.Namespace, cfg: Dict[str, Any], settings: Settings) -> int:
+    """``--plan``: the measurements the run would make within its budget, by the same selection
+    as a real run (:meth:`Runner.select`) on a fake clock advanced by each estimate; nothing is
+    built or timed. Estimates are the implementations' ``est_s`` (guesses until a real run
+    replaces them by what it observes, see :meth:`Runner.estimate`) and CEILING_EST_S."""
+    runner = Runner(args, cfg, None, env=dict.fromkeys(("machine", "node", "device", "cpu", "gpu", "torch", "triton",
+                                                         "commit", "dirty", "threads", "date")))
+    now = [0.0]
+    runner.clock = lambda: now[0]
+    runner.t0 = 0.0
+    runner.deadline = cfg["budget_s"] if cfg["budget_s"] > 0 else math.inf
+    n_ceilings = len(runner._ceiling_specs())
+    steps: List[Dict[str, Any]] = [{"what": "ceilings (start)", "est_s": CEILING_EST_S * n_ceilings}]
+    now[0] += steps[0]["est_s"]
+    cases = build_cases(cfg["groups"], settings, cfg["step_batches"])
+    for _ in range(args.rounds):
+        order = phased_order(cases) if cfg["phased"] else [(c, None) for c in cases]
+        for case, phase in order:
+            impls = [i for i in case.impls if phase is None or i.phase == phase]
+            for impl in runner.select(case, impls):
+                est = runner.estimate(case, impl)
+                steps.append({"what": f"{impl.name} {_label(case)}", "est_s": est, "at_s": round(now[0], 1)})
+                now[0] += est
+    if runner.left() > 30:  # as run(): the ceilings again at the end
+        steps.append({"what": "ceilings (end)", "est_s": CEILING_EST_S * n_ceilings, "at_s": round(now[0], 1)})
+        now[0] += steps[-1]["est_s"]
+    plan = {"device": cfg["device"], "budget_s": cfg["budget_s"], "planned_s": round(now[0], 1),
+            "groups": cfg["groups"], "baselines": cfg["baselines"], "dtypes": cfg["dtypes"],
+            "backends": list(settings.backends), "measurements": steps, "skipped_for_time": runner.skipped,
+            "note": "estimates, not measurements: each implementation's est_s (a real run replaces it by the "
+                    "time the same implementation of the same workload took before)"}
+    Path(args.plan).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.plan).write_text(json.dumps(plan, indent=1) + "\n")
+    for st in steps:
+        print(f"{st.get('at_s', 0.0):7.1f}s  +{st['est_s']:5.1f}s  {st['what']}")
+    print(f"plan: {len(steps)} steps in {plan['planned_s']:.0f} s of a {cfg['budget_s']:.0f} s budget; "
+          f"{len(runner.skipped)} measurements skipped for time -> {args.plan}")
+    return 0
+
+
+def phased_order(cases: Sequence[Case]) -> List[Tuple[Case, int]]:
+    """(case, phase) in the order a phased (GPU) run measures them: a case's priority (bfloat16,
+    the train step and the chain, large batches first) plus PHASE_WEIGHT per phase, so the
+    compile baselines of the important cases come before eager/aecomp of the unimportant ones,
+    and phase 0 of a case always comes first."""
+    return sorted(((c, ph) for c in cases for ph in sorted({i.phase for i in c.impls})),
+                  key=lambda cp: cp[0].priority + PHASE_WEIGHT * cp[1])
 
 
 def cfg_device(args: argparse.Namespace) -> str:

@@ -5,6 +5,7 @@
 // torch::autograd::Function per op registered for the Autograd key, so it serves every
 // device. Fake (meta) implementations for torch.compile live in aecomp/ops/_fake.py.
 #include "aecomp.h"
+#include "cpu/isa.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -169,8 +170,116 @@ void check_mlp(const char* op, const Tensor& x, at::TensorList weights,
   }
 }
 
+// x, weight as linear_act; y (the saved output) and grad_y shaped like the op's output, with
+// x's dtype and device.
+void check_linear_act_backward(const char* op, const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                               const Tensor& y, bool gpu) {
+  check_linear_act(op, x, weight, std::nullopt, gpu);
+  const std::vector<int64_t> y_shape = out_shape(x, weight.size(0));
+  TORCH_CHECK_VALUE(y.sizes() == at::IntArrayRef(y_shape), op, ": y has shape ", shape_str(y), " but x ",
+                    shape_str(x), " and weight ", shape_str(weight), " give outputs of shape ",
+                    at::IntArrayRef(y_shape));
+  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y has shape ", shape_str(grad_y), " but y has shape ",
+                    shape_str(y));
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(), op,
+                   ": grad_y (", dtype_str(grad_y), ") and y (", dtype_str(y), ") must have x's dtype ",
+                   dtype_str(x), " (x: ", shape_str(x), ")");
+  TORCH_CHECK_VALUE(grad_y.device() == x.device() && y.device() == x.device(), op, ": grad_y is on ",
+                    grad_y.device(), " and y on ", y.device(), " but x is on ", x.device());
+}
+
+// input, target as mse_loss; grad: one value (mean, sum) or input's shape (none), input's dtype
+// and device.
+void check_mse_backward(const char* op, const Tensor& grad, const Tensor& input, const Tensor& target,
+                        Reduction red, bool gpu) {
+  check_mse(op, input, target, gpu);
+  if (red == Reduction::None) {
+    TORCH_CHECK_VALUE(grad.sizes() == input.sizes(), op, ": grad has shape ", shape_str(grad),
+                      " but input has shape ", shape_str(input), " (reduction='none')");
+  } else {
+    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad of a reduced loss must hold one value, got shape ",
+                      shape_str(grad), " (input: ", shape_str(input), ")");
+  }
+  TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(), op, ": grad has dtype ", dtype_str(grad),
+                   " but input has dtype ", dtype_str(input), " (shape ", shape_str(input), ")");
+  TORCH_CHECK_VALUE(grad.device() == input.device(), op, ": grad is on ", grad.device(), " but input is on ",
+                    input.device(), " (shape ", shape_str(input), ")");
+}
+
+int64_t leading_rows(const Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return rows;
+}
+
+// A tensor the shape of the chain's output, [..., d_L] after x's leading dims (or, with
+// allow_flat, flattened [M, d_L], M = the rows of x), with x's dtype and device.
+static void check_like_chain_output(const char* op, const char* arg, const Tensor& t, const Tensor& x,
+                                    at::TensorList weights, bool allow_flat) {
+  const int64_t n = weights.back().size(0);
+  const std::vector<int64_t> full = out_shape(x, n);
+  const bool flat = allow_flat && t.dim() == 2 && t.size(0) == leading_rows(x) && t.size(1) == n;
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(full) || flat, op, ": ", arg, " has shape ", shape_str(t),
+                    " but the chain's output is ", at::IntArrayRef(full), " (x: ", shape_str(x), ", weights[",
+                    weights.size() - 1, "]: ", shape_str(weights.back()), ")");
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", arg, " has dtype ", dtype_str(t),
+                   " but x has dtype ", dtype_str(x), " (", arg, ": ", shape_str(t), ")");
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", arg, " is on ", t.device(), " but x is on ", x.device(),
+                    " (", arg, ": ", shape_str(t), ")");
+}
+
+void check_mlp_target(const char* op, const Tensor& x, at::TensorList weights, const Tensor& target) {
+  check_like_chain_output(op, "target", target, x, weights, /*allow_flat=*/false);
+}
+
+// x, weights as mlp (no biases); outputs[i] the saved output of layer i, [M, d_{i+1}] (rows of
+// x); one need_bias flag per layer.
+static void check_chain_saved(const char* op, const Tensor& x, at::TensorList weights, at::TensorList outputs,
+                              at::IntArrayRef need_bias, bool gpu) {
+  TORCH_CHECK_VALUE(outputs.size() == weights.size() && need_bias.size() == weights.size(), op, ": got ",
+                    weights.size(), " weights, ", outputs.size(), " saved outputs and ", need_bias.size(),
+                    " need_bias flags; they must match");
+  c10::List<std::optional<Tensor>> none;
+  for (size_t i = 0; i < weights.size(); ++i) none.push_back(std::nullopt);
+  check_mlp(op, x, weights, none, gpu);
+  const int64_t rows = leading_rows(x);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Tensor& y = outputs[i];
+    TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == rows && y.size(1) == weights[i].size(0), op, ": outputs[", i,
+                      "] has shape ", shape_str(y), " but x ", shape_str(x), " and weights[", i, "] ",
+                      shape_str(weights[i]), " give [", rows, ", ", weights[i].size(0), "]");
+    TORCH_CHECK_TYPE(y.scalar_type() == x.scalar_type(), op, ": outputs[", i, "] has dtype ", dtype_str(y),
+                     " but x has dtype ", dtype_str(x));
+    TORCH_CHECK_VALUE(y.device() == x.device(), op, ": outputs[", i, "] is on ", y.device(), " but x is on ",
+                      x.device());
+  }
+}
+
+void check_mlp_backward(const char* op, const Tensor& grad, const Tensor& x, at::TensorList weights,
+                        at::TensorList outputs, at::IntArrayRef need_bias, bool gpu) {
+  check_chain_saved(op, x, weights, outputs, need_bias, gpu);
+  check_like_chain_output(op, "grad", grad, x, weights, /*allow_flat=*/true);
+}
+
+void check_mlp_mse_backward(const char* op, const Tensor& grad, const Tensor& x, at::TensorList weights,
+                            at::TensorList outputs, const Tensor& target, Reduction red, at::IntArrayRef need_bias,
+                            bool gpu) {
+  check_chain_saved(op, x, weights, outputs, need_bias, gpu);
+  check_like_chain_output(op, "target", target, x, weights, /*allow_flat=*/false);
+  if (red == Reduction::None) {
+    TORCH_CHECK_VALUE(grad.sizes() == target.sizes(), op, ": grad has shape ", shape_str(grad),
+                      " but reduction='none' needs target's shape ", shape_str(target));
+  } else {
+    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad of a reduced loss must hold one value, got shape ",
+                      shape_str(grad));
+  }
+  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), op, ": grad has dtype ", dtype_str(grad),
+                   " but x has dtype ", dtype_str(x));
+  TORCH_CHECK_VALUE(grad.device() == x.device(), op, ": grad is on ", grad.device(), " but x is on ", x.device());
+}
+
 Tensor flatten_rows(const Tensor& x) {
-  return x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});
+  return x.dim() == 2 ? x : x.reshape({leading_rows(x), x.size(-1)});  // (-1 cannot infer rows when K = 0)
 }
 
 std::vector<int64_t> out_shape(const Tensor& x, int64_t n) {
@@ -289,7 +398,8 @@ static Tensor chain_aten(const variable_list& slots, size_t L, const std::vector
 }
 
 // y = act(x @ weight^T + bias). Saves x, weight and the output y (not the pre-activation):
-// act'(.) is a function of y for all three activations (relu: y > 0; sigmoid: y (1 - y)).
+// act'(.) is a function of y for all three activations (relu: 0 where y <= 0, so a NaN y passes
+// the gradient as in torch; sigmoid: y (1 - y)).
 class LinearActFunction : public torch::autograd::Function<LinearActFunction> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
@@ -494,6 +604,10 @@ class MlpMseFunction : public torch::autograd::Function<MlpMseFunction> {
                         std::vector<int64_t> has_bias, c10::string_view activations, const Tensor& target,
                         c10::string_view reduction) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    const char* op = "aecomp::mlp_mse_loss";
+    parse_reduction(op, reduction);
+    // the target before the chain runs (mlp_forward checks x and the weights themselves)
+    if (!weights.empty() && weights.back().dim() == 2 && x.dim() >= 1) check_mlp_target(op, x, weights, target);
     std::vector<Tensor> outs = mlp_forward_op().call(x, weights, unpack_biases(biases, has_bias), activations);
     Tensor y = outs.back().view(out_shape(x, weights.back().size(0)));
     Tensor loss = mse_op().call(y, target, reduction);
@@ -624,6 +738,41 @@ static pybind11::dict build_info() {
 namespace cpu {
 void def_train_step(pybind11::module& mod);  // cpu/train_step.cpp
 void def_train_step_bf16(pybind11::module& mod);  // cpu/train_step_bf16.cpp
+
+// The CPU kernels' instruction-set level (cpu/isa.h), for `aecomp info` and the tests.
+static pybind11::dict isa_runs_dict() {
+  pybind11::dict runs;
+  for (int l = 0; l < kIsaLevels; ++l) runs[isa_level_name(static_cast<IsaLevel>(l))] = isa_runs(static_cast<IsaLevel>(l));
+  return runs;
+}
+
+static pybind11::dict isa_info() {
+  pybind11::dict d, features;
+  const IsaFeature all[] = {IsaFeature::Avx512Vnni, IsaFeature::Avx512Bf16, IsaFeature::AmxTile, IsaFeature::AmxInt8,
+                            IsaFeature::AmxBf16};
+  const char* names[] = {"avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"};
+  for (size_t i = 0; i < 5; ++i) features[names[i]] = isa_hardware_has(all[i]);
+  d["hardware"] = std::string(isa_level_name(hardware_isa_level()));
+  d["level"] = std::string(isa_level_name(isa_level()));  // raises for a refused AECOMP_CPU_ISA
+  d["hardware_features"] = features;
+  d["runs"] = isa_runs_dict();
+  return d;
+}
+
+static void def_isa(pybind11::module& mod) {
+  mod.def("_cpu_isa_info", &isa_info,
+          "{'level', 'hardware', 'hardware_features', 'runs'}: the CPU kernels' instruction-set level "
+          "(capped by AECOMP_CPU_ISA) and how many dispatched calls ran each level's code");
+  mod.def("_cpu_isa_level", [] { return std::string(isa_level_name(isa_level())); },
+          "the instruction-set level the CPU kernels run (generic | avx2 | avx512 | amx)");
+  mod.def("_cpu_isa_runs", &isa_runs_dict, "{level name: dispatched calls that ran that level's code}");
+  mod.def("_cpu_isa_reset", &isa_reset_counts, "zero the per-level run counters");
+  mod.def("_cpu_isa_parse", [](const std::string& text) -> std::optional<std::string> {
+    IsaLevel level;
+    if (!parse_isa_level(text.c_str(), &level)) return std::nullopt;
+    return std::string(isa_level_name(level));
+  }, "the level an AECOMP_CPU_ISA value names (case-insensitive), or None when it names none");
+}
 }  // namespace cpu
 
 }  // namespace aecomp
@@ -690,4 +839,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
 #endif
   aecomp::cpu::def_train_step(mod);  // the fused training step and the microkernel entry points
   aecomp::cpu::def_train_step_bf16(mod);  // the bf16 step on the matrix engine (brgemm)
+  aecomp::cpu::def_isa(mod);
 }

@@ -11,7 +11,7 @@ Math. A chain of ``L`` layers, ``h_0 = x`` (``[M, D_0]``), ``W_i: [D_{i+1}, D_i]
                gz_{i-1} = g_i act_{i-1}'(y_{i-1})            (act' from the saved OUTPUT y)
                dW_i     = gz_i^T h_i,  db_i = sum_rows gz_i  (wgrad: a reduction over rows)
                dx       = g_0
-    act' as in linear_act: none 1, relu (y > 0), sigmoid y (1 - y).
+    act' as in linear_act: none 1, relu 0 where y <= 0 (a NaN y passes), sigmoid y (1 - y).
     MSE: loss = mean/sum/none of (y_{L-1} - t)^2, formed in the forward kernel's epilogue.
 
 Kernels (generated per number of layers, see below):

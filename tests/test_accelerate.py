@@ -13,6 +13,7 @@ branch; 1e-3 is still two orders of magnitude below the change of the loss over 
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
@@ -74,11 +75,19 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
+def _independent(plain, **kw):
+    """accelerate() shares the parameters (like torch.compile); a test that compares gradients or
+    training of the two models needs a fused model of its own."""
+    return accelerate(copy.deepcopy(plain), **kw)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_accelerate_reference_autoencoder_same_outputs_and_grads(backend, digits784):
     torch.manual_seed(0)
     plain = PlainAutoencoder()
-    fast = accelerate(plain, backend=backend)
+    shared = accelerate(plain, backend=backend)
+    assert all(p is q for p, q in zip(plain.parameters(), shared.parameters()))  # like torch.compile
+    fast = _independent(plain, backend=backend)
     report = fast.aecomp_report
     assert isinstance(report, AccelerateReport)
     # the original is untouched (inplace=False), the copy is rewritten
@@ -114,7 +123,7 @@ def test_accelerate_reference_autoencoder_same_outputs_and_grads(backend, digits
 def test_accelerate_same_loss_curve_over_50_adam_steps(backend, digits784):
     torch.manual_seed(1)
     plain = PlainAutoencoder()
-    fast = accelerate(plain, backend=backend)
+    fast = _independent(plain, backend=backend)
     curves = []
     for model in (plain, fast):
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -147,6 +156,31 @@ def test_accelerate_inplace_keeps_the_parameter_objects_and_the_optimizer():
     assert not torch.equal(model.encoder[0].weight, before)
 
 
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_an_optimizer_built_before_accelerate_trains_the_returned_model(opt_cls, digits784):
+    """The README's order (issue 23 item 9; before: accelerate copied the model, so 50 steps left the
+    loss unchanged, silently): the optimizer built first trains the accelerated model, exactly as
+    it trains the plain one."""
+    torch.manual_seed(11)
+    model = PlainAutoencoder()
+    twin = copy.deepcopy(model)
+    opt = opt_cls(model.parameters(), lr=2.0 if opt_cls is torch.optim.SGD else 3e-3)
+    model = aecomp.accelerate(model)
+    opt_twin = opt_cls(twin.parameters(), lr=opt.param_groups[0]["lr"])
+    x = digits784[:128]
+    first = model.loss(x).item()
+    for m, o in ((model, opt), (twin, opt_twin)):
+        for _ in range(50):
+            o.zero_grad()
+            m.loss(x).backward()
+            o.step()
+    assert model.loss(x).item() < first - 0.005  # it learned (before: exactly unchanged)
+    torch.testing.assert_close(model.loss(x), twin.loss(x), rtol=1e-3, atol=0)
+    # with share_parameters=False the old, independent copy
+    other = aecomp.accelerate(twin, share_parameters=False)
+    assert all(p is not q and torch.equal(p, q) for p, q in zip(twin.parameters(), other.parameters()))
+
+
 def test_accelerate_keeps_dtype_requires_grad_and_training_flag():
     model = PlainAutoencoder().double().eval()
     model.encoder[0].weight.requires_grad_(False)
@@ -163,7 +197,7 @@ def test_accelerate_classifier(backend):
     torch.manual_seed(3)
     enc = PlainAutoencoder().encoder
     clf = Classifier(enc)
-    fast = accelerate(clf, backend=backend)
+    fast = _independent(clf, backend=backend)
     report = fast.aecomp_report
     assert isinstance(fast.head, FusedLinear) and fast.head.activation == "none"
     assert [r.path for r in report.replaced] == ["encoder.0", "encoder.2", "encoder.4", "encoder", "head"]
@@ -273,7 +307,7 @@ def test_accelerated_model_compiles_fullgraph_aot_eager(backend):
     torch._dynamo.reset()
     torch.manual_seed(5)
     model = PlainAutoencoder()
-    fast = accelerate(model, backend=backend)
+    fast = _independent(model, backend=backend)
     _compiled_matches(model, fast, torch.rand(8, 784), "aot_eager")
 
 
@@ -283,7 +317,7 @@ def test_accelerated_model_compiles_fullgraph_inductor():
     torch._dynamo.reset()
     torch.manual_seed(6)
     model = PlainAutoencoder()
-    fast = accelerate(model)
+    fast = _independent(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _compiled_matches(model, fast, torch.rand(8, 784), "inductor")

@@ -135,12 +135,11 @@ def test_quantile_matches_numpy_linear():
 
 @requires_cpu_ext
 def test_aecomp_bench_subcommand_with_compile_baseline(tmp_path):
-    """The CLI path, and the torch.compile baseline's plumbing (dynamo with its 'eager' backend)."""
-    from aecomp.cli import main
-
-    rc = main(["bench", "--smoke", "--device", "cpu", "--only", "latency", "--baselines", "eager,compile",
-               "--compile-backend", "eager", "--phased", "--rounds", "2", "--results-dir", str(tmp_path),
-               "--machine", "cli"])
+    """The torch.compile baseline's plumbing (dynamo with its 'eager' backend), in this process
+    (``aecomp bench`` passes the same arguments to the runner in a child: tests/test_bench_cli.py)."""
+    rc = bench_run.main(["--smoke", "--device", "cpu", "--only", "latency", "--baselines", "eager,compile",
+                         "--compile-backend", "eager", "--phased", "--rounds", "2", "--results-dir", str(tmp_path),
+                         "--machine", "cli"])
     assert rc == 0
     path, rows = _rows(tmp_path)
     results = [r for r in rows if r["kind"] == "result"]
@@ -240,12 +239,10 @@ def test_render_keeps_cpu_and_gpu_apart(tmp_path):
 def test_default_results_go_to_a_user_folder_and_publish_is_asked_for(tmp_path, monkeypatch, capsys):
     """Without --results-dir the rows go to ./runs/bench (the user's folder), never to the tracked
     benchmarks/results/; --publish is refused with --smoke, and alone points at the tracked folder."""
-    from aecomp.cli import main
-
     monkeypatch.chdir(tmp_path)
     before = _listing(RESULTS_DIR)
-    assert main(["bench", "--smoke", "--device", "cpu", "--only", "latency", "--baselines", "eager",
-                 "--machine", "user"]) == 0
+    assert bench_run.main(["--smoke", "--device", "cpu", "--only", "latency", "--baselines", "eager",
+                           "--machine", "user"]) == 0
     assert _listing(RESULTS_DIR) == before
     path, rows = _rows(tmp_path / "runs" / "bench")
     assert path.name == "user.jsonl" and rows[0]["kind"] == "run"

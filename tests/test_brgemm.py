@@ -147,6 +147,15 @@ def test_aecomp_cap_below_avx512_turns_brgemm_off(cap):
     assert _level_in({"AECOMP_CPU_ISA": cap}) == "none"
 
 
+@pytest.mark.skipif(not {"amx_bf16", "amx_int8", "avx512_bf16"} <= FLAGS, reason="needs an AMX CPU")
+def test_aecomp_cap_avx512_rules_out_amx_and_stays_consistent_with_onednn():
+    # oneDNN would run AMX kernels: brgemm is off under aecomp's avx512 cap ...
+    assert _level_in({"AECOMP_CPU_ISA": "avx512", "ONEDNN_MAX_CPU_ISA": None}) == "none"
+    # ... unless oneDNN is capped below AMX too; and the amx cap (any case) allows AMX
+    assert _level_in({"AECOMP_CPU_ISA": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == "avx512_bf16"
+    assert _level_in({"AECOMP_CPU_ISA": "AMX", "ONEDNN_MAX_CPU_ISA": None}) == "amx"
+
+
 def test_aecomp_info_shows_the_level_and_the_cap():
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-m", "aecomp", "info"], env=env, capture_output=True, text=True,

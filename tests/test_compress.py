@@ -80,6 +80,40 @@ def test_frozen_training_leaves_the_encoder_unchanged_and_learns(digits, trained
     assert accuracy(net, te.x, te.y) > 60
 
 
+def test_frozen_stays_frozen_through_pruning_and_weight_sharing(digits, trained_ae):
+    """Issue 24: a ``frozen`` row's encoder is the autoencoder's, less the pruned weights and the
+    k-means rounding; only the head retrains (pruning used to retrain every parameter)."""
+    from aecomp.compress.prune import prune_and_retrain
+    from aecomp.compress.share import finetune_codebooks, share_model, trainable_layers
+
+    tr, va, _ = digits
+    net = CompressedNet.from_autoencoder(trained_ae, 10, mode="frozen")
+    train_compressed(net, tr.x, tr.y, epochs=1, lr=1e-2)
+    enc = [m.weight.detach().clone() for m in net.encoder.layers]
+    head = net.head.layers[0].weight.detach().clone()
+    pruned = prune_and_retrain(net, 0.7, tr.x, tr.y, x_val=va.x, y_val=va.y, epochs=2, lr=1e-2)
+    for m, w in zip(pruned.encoder.layers, enc):
+        kept = m.weight != 0
+        assert 0.25 < float(kept.float().mean()) < 0.35
+        assert torch.equal(m.weight[kept], w[kept])  # kept weights: exactly the autoencoder's
+        assert all(not p.requires_grad for p in pruned.encoder.parameters())
+    assert not torch.equal(pruned.head.layers[0].weight, head * (pruned.head.layers[0].weight != 0))  # head retrained
+    assert trainable_layers(pruned) == [False, False, True]
+    shared = share_model(pruned, 4, pruned=True)
+    tuned = finetune_codebooks(shared, tr.x, tr.y, epochs=2, lr=1e-2, trainable=trainable_layers(pruned))
+    for before, after in zip(shared.layers[:2], tuned.layers[:2]):  # encoder codebooks fixed (float16-rounded)
+        assert torch.equal(after.codebook, before.codebook.half().float())
+        assert torch.equal(after.bias, before.bias.half().float())
+    assert not torch.equal(tuned.layers[2].codebook, shared.layers[2].codebook.half().float())
+    # the other modes still retrain every weight
+    ft = CompressedNet.from_autoencoder(trained_ae, 10, mode="finetune")
+    w0 = ft.encoder.layers[0].weight.detach().clone()
+    again = prune_and_retrain(ft, 0.7, tr.x, tr.y, epochs=1, lr=1e-2)
+    kept = again.encoder.layers[0].weight != 0
+    assert not torch.equal(again.encoder.layers[0].weight[kept], w0[kept])
+    assert torch.equal(ft.encoder.layers[0].weight, w0)  # the source model is not modified
+
+
 def test_finetune_and_replace_move_the_encoder(digits, trained_ae):
     tr, va, _ = digits
     for mode in ("finetune", "replace"):
@@ -171,25 +205,38 @@ def test_pca_baseline_reconstruction_and_classifier_module(digits):
 
 
 # ---------------------------------------------------------------------------------------- report
-def _rows():
-    return [
-        {"name": "baseline", "params": 100, "bytes": 4000, "accuracy": 97.0, "recon_mse": None,
-         "latency_ms_b1": 0.1, "latency_ms_b256": 1.0, "macs": 90, "float32_bytes": 400, "int8_bytes": 140},
-        {"name": "compressed-frozen-int8", "params": 10, "bytes": 100, "accuracy": 96.0, "recon_mse": None,
-         "latency_ms_b1": 0.05, "latency_ms_b256": 0.2},
-        {"name": "pca-8", "params": 20, "bytes": 200, "accuracy": 90.0, "recon_mse": 0.01,
-         "latency_ms_b1": 0.01, "latency_ms_b256": 0.1},
-        {"name": "autoencoder", "params": 30, "bytes": 300, "accuracy": None, "recon_mse": float("nan")},
-    ]
+def _report_inputs(accs=None, repeats=2):
+    """Rows of the shipped files and their protocol summary (made-up per-image outcomes)."""
+    import numpy as np
+
+    from aecomp.compress import protocol
+
+    accs = accs or {"baseline": (97.0, 4000), "compressed-frozen-int8": (96.5, 100), "pca-8": (90.0, 200),
+                    "baseline-pruned90-int8": (96.8, 900)}
+    rng = np.random.default_rng(0)
+    ev = [protocol.Evaluation(n, r, b, rng.random(300) < a / 100, rng.random(600) < a / 100)
+          for r in range(repeats) for n, (a, b) in accs.items()]
+    stats = protocol.summarize(ev, "baseline")
+    rows = [{"name": n, "params": 10, "bytes": b, "accuracy": stats[n].test.mean, "val_accuracy": stats[n].val.mean,
+             "recon_mse": None, "latency_ms_b1": 0.1, "latency_ms_b256": 1.0, "over_repeats": stats[n].to_dict(),
+             "file": f"/x/models/{n}.aecc"} for n, (a, b) in accs.items()]
+    rows.append({"name": "autoencoder", "params": 30, "bytes": 300, "accuracy": None, "recon_mse": float("nan")})
+    return rows, stats, ev
 
 
 def test_compress_report_writes_json_markdown_and_plot(tmp_path):
-    paths = compress_report(_rows(), tmp_path, dataset="digits", latent=8, published=[DEEP_COMPRESSION_LENET_300_100],
-                            notes=["a note"])
-    doc = json.loads(paths["json"].read_text())
-    assert doc["dataset"] == "digits" and doc["latent"] == 8
-    names = [m["name"] for m in doc["models"]]
-    assert names == ["baseline", "compressed-frozen-int8", "pca-8", "autoencoder"]
+    from aecomp.compress import protocol
+    from aecomp.compress.report import _family_variant
+
+    rows, stats, _ = _report_inputs()
+    rec = protocol.smallest_within(stats.values(), "baseline", 1.0)
+    front = protocol.frontier(stats.values(), lambda n: _family_variant(n)[0])
+    paths, doc = compress_report(rows, stats, tmp_path, dataset="mnist", latent=8, recommendation=rec, frontier=front,
+                                 published=[DEEP_COMPRESSION_LENET_300_100], notes=["a note"])
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(doc))
+    assert doc["dataset"] == "mnist" and doc["latent"] == 8 and doc["protocol"]["repeats"] == 2
+    assert [m["name"] for m in doc["models"]] == ["baseline", "compressed-frozen-int8", "pca-8",
+                                                  "baseline-pruned90-int8", "autoencoder"]
     for m in doc["models"]:
         for key in ("name", "params", "bytes", "accuracy", "recon_mse", "latency_ms_b1", "latency_ms_b256", "ratio"):
             assert key in m, (m["name"], key)
@@ -197,10 +244,10 @@ def test_compress_report_writes_json_markdown_and_plot(tmp_path):
     assert by["baseline"]["ratio"] == 1.0
     assert by["compressed-frozen-int8"]["ratio"] == pytest.approx(40.0)
     assert by["autoencoder"]["recon_mse"] is None  # NaN is not JSON: null
-    assert by["autoencoder"]["latency_ms_b1"] is None
+    assert doc["recommendation"]["name"] == rec.name and doc["protocol"]["compared"] == 4
     md = paths["md"].read_text()
-    assert "| baseline |" in md and "MACs/sample" in md and "float32 KB" in md and "int8 KB" in md
-    assert "40.0x" in md and "1070 KB" in md and "a note" in md
+    assert "## Answer" in md and "a note" in md and "1070 KB" in md and "val gap [95% CI]" in md
+    assert md.index("## Answer") < md.index("## Frontier") < md.index("## All models")
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -222,29 +269,24 @@ def test_family_and_variant_of_new_row_names():
     assert _family_variant("compressed-frozen-kd-pruned70-int8-coded") == ("compressed-frozen-kd", "pruned + int8")
     assert _family_variant("compressed-frozen-pruned70-int8") == ("compressed-frozen", "pruned + int8")
     assert _family_variant("compressed-replace-kd") == ("compressed-replace-kd", "float32")
+    assert _family_variant("scratch-pruned70-shared3") == ("scratch", "pruned + shared")
 
 
-def test_frontier_keeps_only_rows_no_smaller_file_beats(tmp_path):
-    from aecomp.compress.report import frontier, smallest_within
+def test_the_published_point_is_drawn_only_for_mnist(tmp_path):
+    """Issue 24: Deep Compression's MNIST point beside digits results compares other data at other
+    bit widths; the report says why it is not drawn, and the rows beside it are chosen on validation."""
+    from aecomp.compress import protocol
 
-    rows = [{"name": "baseline", "bytes": 8000, "accuracy": 97.0},
-            {"name": "baseline-int8", "bytes": 2000, "accuracy": 97.0},
-            {"name": "baseline-pruned90", "bytes": 3000, "accuracy": 96.0},  # bigger and worse: dropped
-            {"name": "baseline-pruned90-shared3", "bytes": 500, "accuracy": 95.0},
-            {"name": "compressed-frozen", "bytes": 900, "accuracy": 96.5},
-            {"name": "compressed-frozen-pruned70-shared4", "bytes": 90, "accuracy": 96.0}]
-    f = frontier(rows)
-    assert [m["name"] for m in f["baseline"]] == ["baseline-pruned90-shared3", "baseline-int8"]
-    assert [m["name"] for m in f["compressed-frozen"]] == ["compressed-frozen-pruned70-shared4", "compressed-frozen"]
-    assert smallest_within(rows)["name"] == "compressed-frozen-pruned70-shared4"
-    assert smallest_within(rows, points=0.1)["name"] == "baseline-int8"
-    paths = compress_report(rows, tmp_path, dataset="digits", latent=8, published=[DEEP_COMPRESSION_LENET_300_100])
-    md = paths["md"].read_text()
-    assert "Frontier" in md and "| compressed-frozen | compressed-frozen-pruned70-shared4 |" in md
-    assert "**compressed-frozen-pruned70-shared4**, 90 bytes, 88.9x" in md
-    doc = json.loads(paths["json"].read_text())
-    assert doc["smallest_within_1pt"] == "compressed-frozen-pruned70-shared4"
-    assert doc["frontier"]["baseline"] == ["baseline-pruned90-shared3", "baseline-int8"]
+    rows, stats, _ = _report_inputs()
+    rec = protocol.smallest_within(stats.values(), "baseline", 1.0)
+    _, doc = compress_report(rows, stats, tmp_path / "d", dataset="digits", latent=8, recommendation=rec,
+                             published=[], published_note="not drawn: digits is not MNIST")
+    assert doc["published"] == [] and doc["ours_beside_published"] == []
+    assert "not drawn: digits is not MNIST" in (tmp_path / "d" / "report.md").read_text()
+    _, doc = compress_report(rows, stats, tmp_path / "m", dataset="mnist", latent=8, recommendation=rec,
+                             published=[DEEP_COMPRESSION_LENET_300_100])
+    beside = [o["name"] for o in doc["ours_beside_published"]]
+    assert beside[0] == "baseline-pruned90-int8" and "compressed-frozen-int8" in beside
 
 
 # ---------------------------------------------------------------------------------------- distillation

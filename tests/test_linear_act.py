@@ -115,6 +115,25 @@ def test_zero_batch_returns_empty_and_zero_grads():
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("shape", [(4, 6), (2, 3, 6)], ids=["2d", "3d"])
+def test_zero_out_features_gives_zero_dx_like_torch(backend, shape):
+    """out_features = 0: the output is empty and dx is zeros, as torch's (the CPU backward once
+    failed reshaping its [M, 0] gradient with -1); in_features = 0 too: dW [N, 0], dx empty."""
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(0, 6, requires_grad=True)
+    b = torch.randn(0, requires_grad=True)
+    y = ops.linear_act(x, w, b, "relu", backend=backend)
+    assert y.shape == (*shape[:-1], 0)
+    gx, gw, gb = torch.autograd.grad(y.sum(), (x, w, b))
+    assert torch.equal(gx, torch.zeros_like(x)) and gw.shape == (0, 6) and gb.shape == (0,)
+    x0 = torch.randn(*shape[:-1], 0, requires_grad=True)
+    w0 = torch.randn(5, 0, requires_grad=True)
+    y0 = ops.linear_act(x0, w0, None, "sigmoid", backend=backend)
+    gx0, gw0 = torch.autograd.grad(y0.sum(), (x0, w0))
+    assert gx0.shape == x0.shape and torch.equal(gw0, torch.zeros(5, 0))
+
+
 def test_linear_relu_and_linear_sigmoid_helpers():
     x, w, b = torch.randn(6, 4), torch.randn(3, 4), torch.randn(3)
     torch.testing.assert_close(ops.linear_relu(x, w, b), torch.relu(F.linear(x, w, b)), **TOL[torch.float32])

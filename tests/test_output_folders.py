@@ -21,7 +21,7 @@ from .test_compress_cli import _one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--ae-epochs", "2", "--epochs", "1", "--prune-epochs", "1", "--latency-repeats", "1", "--no-export",
-        "--share-epochs", "1", "--bits", "4", "--no-distill"]
+        "--share-epochs", "1", "--bits", "4", "--no-distill", "--repeats", "1"]
 
 
 def _labeled(tmp_path: Path, n: int = 120) -> Path:
@@ -144,7 +144,7 @@ def test_compress_folder_holds_exactly_one_runs_outputs_and_one_file_mode(tmp_pa
         second = _files(out)
         assert json.loads((out / "outputs.json").read_text())["files"] == second
         assert not [f for f in second if "replace" in f or "finetune" in f], second
-        assert [n for n, _ in compress_models(out)] == ["autoencoder", "baseline", "compressed-frozen"]
+        assert [n for n, _ in compress_models(out)] == ["autoencoder", "baseline", "compressed-frozen", "logreg", "scratch"]
         assert all(len(list((out / "checkpoints" / n).iterdir())) == 1 for n, _ in compress_models(out))
         # files of both commands get the same mode: what open() gives under the umask
         train_out = tmp_path / "t"
@@ -170,12 +170,13 @@ def test_compress_folder_holds_exactly_one_runs_outputs_and_one_file_mode(tmp_pa
 
 def test_an_interrupted_run_can_be_overwritten(tmp_path):
     from aecomp.compress import pipeline
+    from aecomp.train.output import clear_folder
 
     out = tmp_path / "c"
     (out / "models").mkdir(parents=True)
     (out / "models" / "baseline.safetensors").write_bytes(b"partial")
     (out / "outputs.json").write_text(json.dumps({"complete": False, "files": ["outputs.json"]}))
-    pipeline.clear_folder(out, overwrite=True)
+    clear_folder(out, True, pipeline.LAYOUT, "aecomp compress", "report.json")
     assert list(out.iterdir()) == []
 
 
@@ -225,14 +226,19 @@ def test_an_implausible_class_count_is_refused_unless_allowed(labeled, tmp_path,
         check_labels(s, splits)
     s.max_classes = 1_000_001
     assert check_labels(s, splits) == 1_000_001
-    # through the command line: one line, exit 2, before anything is trained or written
+    # from a file, sparse labels are remapped to 0..k-1 (the model file keeps the map), so a stray
+    # 1,000,000 becomes a class of its own with one sample: trained, but named in a warning
+    from aecomp import data as data_mod
+
     g = np.random.default_rng(1)
     y = np.arange(60) % 2
     y[5] = 1_000_000
     np.savez(tmp_path / "stray.npz", x=g.random((60, 6)).astype(np.float32), y=y)
-    _one_line_error(capsys, ["compress", "--data", str(tmp_path / "stray.npz"), "--latent", "2", "--test-fraction",
-                             "0.1", "--out", str(tmp_path / "o")], "--max-classes 1000", "pass --max-classes")
-    assert not (tmp_path / "o").exists()
+    s.data = str(tmp_path / "stray.npz")
+    stray = data_mod.load(s.data, val_fraction=0.1, test_fraction=0.1, stratify=True)
+    assert stray.label_map == (0, 1, 1_000_000)
+    with pytest.warns(UserWarning, match=r"label 1000000 has 1 training sample\(s\) where the median class has"):
+        assert check_labels(s, stray) == 3
 
 
 # ------------------------------------------------------------------------------ item 2: --scale

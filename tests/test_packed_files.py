@@ -159,3 +159,59 @@ def test_aecomp_export_int8_cli(tmp_path, trained, capsys):
     assert main(["export", str(f32), "--int8", "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds float32 weights" in err[0]
+
+
+# ---------------------------------------------------------------------- raw inputs (issue 23 item 8, 24 item 4)
+def _saved_kinds(tmp_path, model, scaling, labels=None):
+    from aecomp.compress.coding import save_coded
+    from aecomp.compress.share import finalize, share_model
+
+    int8 = tmp_path / "m.safetensors"
+    save_packed(model, int8, values="int8", scaling=scaling, labels=labels)
+    shared = tmp_path / "m.aecc"
+    save_coded(finalize(share_model(model, 4)), shared, scaling=scaling, labels=labels)
+    return [int8, shared]
+
+
+def test_integer_pixels_run_through_the_files_own_scaling(tmp_path, trained):
+    """Before: uint8 / int32 / int64 inputs gave an all-zero tensor of the input dtype, silently."""
+    from aecomp.data import Preprocessing
+
+    scaling = Preprocessing("global", torch.tensor(0.0), torch.tensor(255.0))
+    x = torch.randint(0, 256, (33, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    for path in _saved_kinds(tmp_path, trained, scaling):
+        model = load_packed_model(path)
+        want = model.forward_scaled(x.float() / 255)
+        assert want.abs().max() > 0
+        for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64, torch.float32, torch.float64):
+            got = model(x.to(dtype))
+            assert got.dtype == torch.float32 and torch.equal(got, want), (path.name, dtype)
+        with pytest.raises(TypeError, match="complex"):
+            model(torch.complex(x.float(), x.float()))
+        with pytest.raises(ValueError, match=r"expected \[\.\.\., 64\]"):
+            model(x[:, :60])
+        with pytest.raises(TypeError, match="forward_scaled: x has dtype torch.uint8"):
+            model.forward_scaled(x)
+    # a file that records no scaling cannot turn integers into what the model was trained on
+    none = tmp_path / "none.safetensors"
+    save_packed(trained, none, values="int8")
+    with pytest.raises(TypeError, match="records no input scaling") as info:
+        load_packed_model(none)(x)
+    assert "\n" not in str(info.value)
+
+
+def test_raw_pixels_give_the_accuracy_of_the_scaled_data(tmp_path, trained, digits):
+    """Issue 24 item 4: a user with the raw digits (0..16, as float or as uint8 pixels) gets exactly
+    the accuracy measured on the scaled test split, from the file alone; predict() gives labels."""
+    raw = data.load("digits", test_fraction=0.2, seed=0, scale="none").test
+    assert raw.x.max() == 16 and digits.test.x.max() <= 1
+    scaling = digits.train.preprocessing
+    labels = tuple(range(100, 1100, 100))
+    for path in _saved_kinds(tmp_path, trained, scaling, labels):
+        model = load_packed_model(path)
+        scaled = model.forward_scaled(digits.test.x).argmax(1)
+        acc = (scaled == digits.test.y).float().mean()
+        assert acc > 0.8
+        for x in (raw.x, raw.x.to(torch.uint8)):
+            assert torch.equal(model(x).argmax(1), scaled)
+            assert torch.equal(model.predict(x), torch.tensor(labels)[scaled])

@@ -244,3 +244,17 @@ def test_cuda_tensors_run_the_triton_kernels(m):
     # bfloat16 inputs and intermediates over K = 784: a coarse bound (not derived; catches a broken
     # kernel, not a precision regression)
     assert (y16 - want).abs().max() <= 1e-1 * (1 + want.abs().max())
+
+
+def test_packed_layouts_do_not_import_the_triton_backend():
+    """aecomp/ops/_triton.py imports _packed (the layouts and the op's checks); _packed reaches the
+    triton op through the backend registry and its torch op name, so there is no import circle."""
+    import ast
+    from pathlib import Path
+
+    from aecomp.ops import _packed
+
+    tree = ast.parse(Path(_packed.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported + modules if "_triton" in m or m == "triton"], imported + modules

@@ -220,3 +220,33 @@ def test_lenet_pruned_and_int8_on_digits_end_to_end(tmp_path, digits):
     base_bytes = save_packed(base, tmp_path / "b.safetensors")
     assert base_bytes / nbytes > 10
     assert accuracy(load_packed(path), te.x, te.y) >= acc - 4
+
+
+def test_fold_inputs_keeps_the_spanning_columns_and_the_same_outputs():
+    """Inputs that are linear combinations of others (here: 8 pixels upsampled to 20, plus two
+    columns never nonzero) fold into the spanning columns: the first layer reads k columns and
+    computes the same outputs on any input of that span, unseen ones included."""
+    from aecomp.compress.prune import fold_inputs, input_basis, prune_and_retrain
+    from aecomp.nn import FusedMLP
+
+    g = torch.Generator().manual_seed(0)
+    up = torch.rand(8, 20, generator=g)
+    up[:, [3, 11]] = 0
+    z = torch.rand(200, 8, generator=g)
+    x, x_new = z @ up, torch.rand(50, 8, generator=g) @ up
+    cols, fold = input_basis(x)
+    assert cols.numel() == 8 and not {3, 11} & set(cols.tolist())
+    torch.testing.assert_close(x[:, cols].double() @ fold, x.double(), rtol=0, atol=1e-5)
+    model = FusedMLP([20, 16, 4], ["relu", "none"])
+    folded, mask = fold_inputs(model, x)
+    w = folded.layers[0].weight
+    assert torch.equal((w != 0).any(0), mask[0].bool()) and int(mask[0].sum()) == 8
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x_new), model(x_new), rtol=1e-4, atol=1e-4)  # float32 on both sides
+    assert torch.equal(model.layers[1].weight, folded.layers[1].weight)
+    y = torch.randint(0, 4, (200,), generator=g)
+    pruned = prune_and_retrain(model, 0.5, x, y, epochs=1, lr=1e-3, fold=True)
+    w0 = pruned.layers[0].weight
+    assert int((w0 != 0).any(0).sum()) <= 8 and int((w0 != 0).sum()) <= 8 * 16  # only kept columns, never regrown
+    with pytest.raises(ValueError, match="all zero"):
+        input_basis(torch.zeros(5, 3))

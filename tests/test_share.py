@@ -134,3 +134,26 @@ def test_int8_packed_equals_quantize_model(digits_small):
     for a, b in zip(linear_layers(rebuilt), linear_layers(quantize_model(model))):
         assert torch.equal(a.weight, b.weight)
     assert packed.nnz() == sum(int((m.weight != 0).sum()) for m in linear_layers(model))
+
+
+def test_choose_bits_gives_each_layer_its_fewest_bits_within_the_tolerance():
+    """A layer whose weights take two values needs 2 bits; a layer of spread-out weights needs more;
+    per-layer widths reach share_model, and a wrong count is refused."""
+    from aecomp.compress.share import choose_bits, share_model
+    from aecomp.nn import FusedMLP
+
+    g = torch.Generator().manual_seed(0)
+    model = FusedMLP([12, 40, 3], ["relu", "none"])
+    with torch.no_grad():
+        model.layers[0].weight.copy_(torch.randn(40, 12, generator=g))
+        model.layers[1].weight.copy_(torch.where(torch.rand(3, 40, generator=g) < 0.5, -0.3, 0.3))
+    x = torch.randn(500, 12, generator=g)
+    y = model(x).argmax(1)  # the float net is right on every sample
+    widths = choose_bits(model, x, y, points=0.5)
+    assert widths[1] == 2 and widths[0] > 2, widths
+    w0 = model.layers[0].weight.clone()
+    assert torch.equal(model.layers[0].weight, w0)  # measured on the side, nothing changed
+    packed = share_model(model, widths)
+    assert [layer.bits for layer in packed.layers] == widths
+    with pytest.raises(ValueError, match="3 bit widths for 2 layers"):
+        share_model(model, [4, 4, 4])

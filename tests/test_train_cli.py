@@ -256,3 +256,25 @@ def test_main_cli_prints_one_line_and_exits_2(tmp_path, capsys):
 
     assert main(["train", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"aecomp: error: {tmp_path / 'none.csv'}: no such file"]
+
+
+def test_the_scaling_is_printed_recorded_and_kept_on_resume(tmp_path, capsys):
+    """Issue 23 item 10: flat float 0..255 images get one global scaling, printed and recorded in the
+    checkpoint and summary.json; --resume applies the recorded scaling, not one refitted to data
+    that changed since."""
+    g = np.random.default_rng(0)
+    x = np.round(g.random((300, 64)) * 200.0)  # flat 8x8 "pixels", integer values, max <= 200
+    np.save(tmp_path / "px.npy", x)
+    out = tmp_path / "run"
+    argv = ("--data", str(tmp_path / "px.npy"), "--dims", "64,16", "--batch-size", "128", "--out", str(out))
+    assert _run(*argv, "--epochs", "1") == 0
+    err = capsys.readouterr().err
+    assert "input scaling global: x' = (x - 0) / 200 [auto: flat 8x8 images" in err
+    recorded = ck.latest_checkpoint(out / "checkpoints").state["run"]["input_scaling"]
+    assert recorded["kind"] == "global" and recorded["scale"] == 200.0
+    assert json.loads((out / "summary.json").read_text())["input_scaling"]["scale"] == 200.0
+    x[:, 0] = 255.0  # the data changes: a refit would divide by 255
+    np.save(tmp_path / "px.npy", x)
+    assert _run(*argv, "--epochs", "2", "--resume", "--allow-data-change") == 0
+    assert "input scaling global: x' = (x - 0) / 200" in capsys.readouterr().err
+    assert ck.latest_checkpoint(out / "checkpoints").state["run"]["input_scaling"]["scale"] == 200.0

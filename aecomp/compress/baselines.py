@@ -108,12 +108,15 @@ class PCABaseline:
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: Optional[torch.Tensor], latent: int, seed: int = 0,
-            max_iter: int = 1000) -> "PCABaseline":
+            max_iter: int = 1000, x_fit: Optional[torch.Tensor] = None) -> "PCABaseline":
+        """``x_fit``: the (unlabelled) samples the components are fitted on (default ``x``); the
+        classifier is fitted on ``x``, ``y``."""
         from sklearn.decomposition import PCA
         from sklearn.linear_model import LogisticRegression
 
         xn = x.detach().cpu().double().numpy()
-        pca = PCA(n_components=int(latent), random_state=seed).fit(xn)
+        fit_on = xn if x_fit is None else x_fit.detach().cpu().double().numpy()
+        pca = PCA(n_components=int(latent), random_state=seed).fit(fit_on)
         clf = None
         if y is not None:
             z = pca.transform(xn)

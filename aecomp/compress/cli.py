@@ -6,10 +6,14 @@ Examples::
     aecomp compress --data mnist:/data/mnist --latent 32 --mode replace --epochs 10 --out runs/mnist
     aecomp compress --data samples.npz --latent 8 --mode frozen --out runs/mine   # .npz with x and y
 
-Runs ``aecomp.compress.pipeline.run_compression`` (baseline LeNet-300-100, PCA, linear and
-nonlinear autoencoders, CompressedNet in each mode, int8 and pruned variants), writes
+Runs ``aecomp.compress.pipeline.run_compression`` ``--repeats`` times (each a new stratified
+split and new seeds; baseline LeNet-300-100, logistic regression, PCA, linear and nonlinear
+autoencoders, CompressedNet in each mode and the same architecture from random
+initialisation, each through int8, pruning, weight sharing and coding), writes
 ``report.json``, ``report.md``, ``accuracy_vs_bytes.png``, the model files, checkpoints and
-ONNX files into ``--out``, and prints the table. Mistakes (unknown mode, data without labels,
+ONNX files into ``--out``, and prints a progress bar, then the short answer: the recommended
+file (chosen on validation), its bytes, ratio and test accuracy with its interval, and one
+frontier line per family; the full table is in report.md. Mistakes (unknown mode, data without labels,
 a latent not smaller than the input, labels that make no sense, an unusable ``--out``, widths
 too large for memory) print one line and exit with 2.
 
@@ -85,19 +89,41 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> N
            "0 = torch's default)")
     from ..data import SCALES
 
-    a("--scale", choices=SCALES, default=d.scale,
+    a("--scale", default=None, metavar="|".join(SCALES),
       help="input scaling fitted on the training split (default: auto: uint8 /255, [0, 1] data as is, other "
-           "images one global min-max, tables per-feature min-max)")
+           "images one global min-max, tables per-feature min-max); with --model also a declared one: K, "
+           "SHIFT,SCALE or FILE.npz")
     a("--overwrite", action="store_true", default=d.overwrite,
       help="replace the outputs of an earlier run in --out (default: refuse a folder that is not empty)")
     a("--max-classes", type=int, default=d.max_classes, dest="max_classes",
       help=f"refuse labels that imply more classes than this (default: {d.max_classes})")
+    a("--repeats", type=int, default=d.repeats,
+      help=f"runs of the whole job, each with a new stratified split and new seeds (--seed + r); accuracies "
+           f"are reported as mean and spread over them (default: {d.repeats})")
+    a("--points", type=float, default=d.points,
+      help=f"the recommendation: the smallest file whose mean validation accuracy is within this many points "
+           f"of the baseline's (default: {d.points:g})")
+    a("--early-stopping", type=float, default=d.early_stopping, dest="early_stopping",
+      help=f"share of the training split held out to pick each classifier's best epoch, so that the validation "
+           f"split only ranks models (0: train on all of it, keep the last epoch; default: {d.early_stopping:g})")
+    a("--fold-inputs", action=argparse.BooleanOptionalAction, default=d.fold_inputs, dest="fold_inputs",
+      help="pruning first keeps only the input columns that span the training inputs (pivoted QR), folding the "
+           "others' weights into them (default: on)")
+    a("--mixed-bits", action=argparse.BooleanOptionalAction, default=d.mixed_bits, dest="mixed_bits",
+      help="also a -sharedmix row per family: per-layer bit widths, each layer's fewest bits within "
+           f"{d.bits_tolerance:g} points of the float32 net on the training split (default: on)")
+    a("--baselines", action=argparse.BooleanOptionalAction, default=d.baselines,
+      help="also train the right-sized baselines: logistic regression on the inputs, and the CompressedNet "
+           "architecture from random initialisation (default: on)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits",
                         help="digits (default) | digits28 | mnist:DIR | FILE.npz/.csv with labels")
     add_common_arguments(parser, "aecomp-compress")
+    from . import own_cli
+
+    own_cli.add_arguments(parser)  # --model, --encoder, --unlabeled, --labels, --study (bring your own)
 
 
 def _parse_hidden(text: Optional[str]) -> Optional[List[int]]:
@@ -139,6 +165,14 @@ def settings_from_args(args: argparse.Namespace):
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if args.latency_repeats < 1:
         raise UsageError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    from ..data import SCALES
+
+    scale = args.scale if args.scale is not None else CompressSettings().scale
+    if scale not in SCALES:  # a declared scaling (K, SHIFT,SCALE, FILE.npz) belongs to --model
+        raise UsageError(f"unknown --scale {scale!r}; expected one of {', '.join(SCALES)} (a declared scaling such as "
+                         f"255 or SHIFT,SCALE describes a model brought with --model)")
     return CompressSettings(
         data=args.data, latent=args.latent, mode=args.mode, out=args.out, hidden=_parse_hidden(args.hidden),
         ae_epochs=args.ae_epochs, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -148,7 +182,9 @@ def settings_from_args(args: argparse.Namespace):
         latency_repeats=args.latency_repeats, export=not args.no_export, backend=args.backend,
         bits=_parse_bits(args.bits), share_epochs=args.share_epochs, share_lr=args.share_lr, distill=args.distill,
         temperature=args.temperature, alpha=args.alpha,
-        scale=args.scale, overwrite=args.overwrite, max_classes=args.max_classes)
+        scale=scale, overwrite=args.overwrite, max_classes=args.max_classes, repeats=args.repeats,
+        points=args.points, baselines=args.baselines, early_stopping=args.early_stopping,
+        fold_inputs=args.fold_inputs, mixed_bits=args.mixed_bits)
 
 
 def apply_threads(n: int) -> int:
@@ -160,19 +196,61 @@ def apply_threads(n: int) -> int:
     return torch.get_num_threads()
 
 
+def files_summary(out, files) -> List[str]:
+    """What a run wrote, one line per top-level entry: files by name, folders with their counts by
+    kind (``models/: 40 .safetensors, 36 .aecc``); ``outputs.json`` lists every file."""
+    from collections import Counter
+    from pathlib import Path
+
+    out = Path(out)
+    groups = {}
+    for f in files:
+        rel = Path(f).relative_to(out)
+        groups.setdefault(rel.parts[0] if len(rel.parts) > 1 else "", []).append(rel)
+    lines = [f"  {out / rel}" for rel in groups.pop("", [])]
+    for folder, rels in sorted(groups.items()):
+        if folder == "checkpoints":
+            kinds = f"{len({r.parts[1] for r in rels})} models"
+        else:
+            kinds = ", ".join(f"{n} {ext or 'other'}" for ext, n in sorted(Counter(r.suffix for r in rels).items()))
+        lines.append(f"  {out / folder}/ ({kinds})")
+    return lines
+
+
+def _scaling_line(doc) -> str:
+    """The input scaling the run fitted and every model file applies (issue 23 item 10), and the label map."""
+    from ..data import Preprocessing
+
+    if not isinstance(doc.get("input_scaling"), dict):
+        return ""
+    line = f"input scaling (in every model file): {Preprocessing.from_dict(doc['input_scaling']).describe()}"
+    if doc.get("labels"):
+        line += f"; labels {', '.join(map(str, doc['labels']))} are the classes 0..{len(doc['labels']) - 1}"
+    return line
+
+
 def print_result(result, stream=None) -> None:
+    """The short answer (``report.answer_lines``), then what was written, on ``stream`` (stdout)."""
     stream = stream or sys.stdout
-    print(result["table"], file=stream)
-    print(file=stream)
-    print(f"wrote ({result['seconds']:.1f} s, {result['report']['torch_threads']} torch thread(s) for training):",
-          file=stream)
-    for p in result["files"]:
-        print(f"  {p}", file=stream)
+    for line in result["answer"]:
+        print(line, file=stream)
+    out = result["paths"]["json"].parent
+    scaling = _scaling_line(result["report"])
+    if scaling:
+        print(scaling, file=stream)
+    print(f"full table: {result['paths']['md']}", file=stream)
+    print(f"wrote ({result['seconds']:.1f} s, {result['report']['torch_threads']} torch thread(s) for training; "
+          f"every file is listed in {out / 'outputs.json'}):", file=stream)
+    for line in files_summary(out, result["files"]):
+        print(line, file=stream)
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import own_cli
     from .pipeline import CompressError, run_compression
 
+    if own_cli.wanted(args):
+        return own_cli.run(args)
     settings = settings_from_args(args)
     apply_threads(args.threads)
     try:

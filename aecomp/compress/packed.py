@@ -17,9 +17,20 @@ int8 layers), or an in-memory ``PackedNet``     more table entry); int8 layers a
 
 No float32 copy of any weight matrix is made: a sparse int8 layer is decoded straight into its
 int8 matrix, then into the kernel layout. A float32 file is refused (it has nothing packed:
-quantize it first). ``model(x)`` runs the whole chain in one ``aecomp.ops.packed_mlp`` call;
-``compute="auto"`` (default) runs int8 layers on the integer path (dynamic activation
-quantization, VNNI) and shared layers in float; ``compute="float"`` gives
+quantize it first). Files are read by their format's one reader
+(``aecomp.compress.modelfile.read_model``), which verifies the checksum.
+
+**Inputs are raw.** ``model(x)`` takes the values the user's data holds -- uint8 / int pixels or
+float values, ``[..., features]`` -- and applies the file's own input scaling
+``x' = (x - shift) / scale`` (``model.input_scaling``, fitted on the training split by
+``aecomp.data``) in float32, exactly as ``aecomp.data.load`` scaled the data the model was
+evaluated on; then the whole chain runs in one ``aecomp.ops.packed_mlp`` call. A file without a
+recorded scaling (format version 1) takes float inputs as they are and refuses integer ones.
+``model.forward_scaled(x)`` takes already-scaled float32 inputs (what ``aecomp.data`` splits
+hold). Complex inputs are refused. Logits column ``i`` is class ``i``, whose original label is
+``model.labels[i]`` (the file's label map; ``None``: the label is ``i``); ``model.predict(x)``
+returns the original labels. ``compute="auto"`` (default) runs int8 layers on the integer path
+(dynamic activation quantization, VNNI) and shared layers in float; ``compute="float"`` gives
 dequantize-then-float-GEMM results (no activation rounding).
 
 :attr:`PackedModel.resident_bytes` counts the bytes of every tensor the model holds (packed
@@ -35,12 +46,13 @@ and at 90% sparsity (7x at batch 1, 2x at 256); no hand-written sparse kernel wa
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from .. import ops
 from ..ops import PackedChain, codebook_layer, int8_layer
+from .modelfile import FileMeta, StorageError, prepare_input, read_model
 
 __all__ = ["PackedModel", "load_packed_model", "from_packed_net"]
 
@@ -48,24 +60,52 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class PackedModel:
-    """A classifier whose weights are held packed; ``model(x)`` gives logits ``[..., classes]``."""
+    """A classifier whose weights are held packed; ``model(x)`` gives logits ``[..., classes]``
+    from raw inputs (see the module docstring)."""
 
     def __init__(self, config: Dict[str, Any], chain: PackedChain, source: str = "", file_bytes: Optional[int] = None,
-                 kinds: Optional[List[str]] = None) -> None:
+                 kinds: Optional[List[str]] = None, meta: Optional[FileMeta] = None) -> None:
         self.config = config
         self.chain = chain
         self.source = source
         self.file_bytes = file_bytes
         self.kinds = kinds or [layer.kind for layer in chain.layers]
+        self.meta = meta
+
+    @property
+    def input_scaling(self):
+        """The file's ``aecomp.data.Preprocessing`` (None: not recorded)."""
+        return self.meta.scaling if self.meta is not None else None
+
+    @property
+    def labels(self) -> Optional[Tuple[int, ...]]:
+        """The original label of each class (None: class ``i`` is label ``i``)."""
+        return self.meta.labels if self.meta is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.packed_mlp(x, self.chain)
+        where = f"PackedModel({os.path.basename(self.source) or 'in memory'})"
+        return ops.packed_mlp(prepare_input(x, self.input_scaling, self.in_features, where), self.chain)
 
     forward = __call__
 
+    def forward_scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of inputs already scaled as in training (float32, ``[..., features]``)."""
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+            raise TypeError(f"PackedModel.forward_scaled: x has dtype {x.dtype}; it takes float32 inputs already "
+                            f"scaled as in training (raw integer pixels go to model(x), which scales them)")
+        return ops.packed_mlp(x, self.chain)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The original label (int64) of the most likely class of each raw input."""
+        idx = self(x).argmax(-1)
+        if self.labels is None:
+            return idx
+        return torch.tensor(self.labels, dtype=torch.int64, device=idx.device)[idx]
+
     def with_compute(self, compute: str) -> "PackedModel":
         """The same packed weights run with ``compute`` ("auto", "int8" or "float")."""
-        return PackedModel(self.config, self.chain.with_compute(compute), self.source, self.file_bytes, self.kinds)
+        return PackedModel(self.config, self.chain.with_compute(compute), self.source, self.file_bytes, self.kinds,
+                           self.meta)
 
     @property
     def compute(self) -> str:
@@ -90,17 +130,10 @@ class PackedModel:
                 f"resident_bytes={self.resident_bytes:,}, file_bytes={self.file_bytes})")
 
 
-def _activations(config: Dict[str, Any]) -> List[str]:
-    if config.get("type") == "compressed":
-        return list(config["encoder"]["activations"]) + list(config["head"]["activations"])
-    if config.get("type") == "classifier":
-        return list(config["activations"])
-    raise ValueError(f"a packed model needs a classifier config (compressed or classifier), got type "
-                     f"{config.get('type')!r}")
-
-
-def from_packed_net(net, compute: str = "auto", source: str = "", file_bytes: Optional[int] = None) -> PackedModel:
-    """A :class:`PackedModel` from an ``aecomp.compress.share.PackedNet`` (shared and/or int8 layers)."""
+def from_packed_net(net, compute: str = "auto", source: str = "", file_bytes: Optional[int] = None,
+                    meta: Optional[FileMeta] = None) -> PackedModel:
+    """A :class:`PackedModel` from an ``aecomp.compress.share.PackedNet`` (shared and/or int8 layers);
+    ``meta`` (a ``modelfile.FileMeta``) gives its input scaling and labels."""
     from .share import Int8Linear, SharedLinear
 
     layers = []
@@ -112,78 +145,23 @@ def from_packed_net(net, compute: str = "auto", source: str = "", file_bytes: Op
         else:
             raise TypeError(f"from_packed_net: layer {i} is a {type(layer).__name__}, expected SharedLinear or "
                             f"Int8Linear")
-    return PackedModel(dict(net.config), PackedChain(layers, compute), source, file_bytes)
-
-
-def _int8_from_storage(path: str, compute: str) -> PackedModel:
-    from safetensors import safe_open
-
-    from .storage import StorageError, decode_bitmask, decode_csr, read_header
-
-    header = read_header(path)
-    config = header["config"]
-    metas = header["layers"]
-    try:
-        acts = _activations(config)
-    except (ValueError, KeyError) as exc:
-        raise StorageError(f"{path}: {exc}") from None
-    if len(acts) != len(metas):
-        raise StorageError(f"{path}: {len(metas)} stored layers but the config describes {len(acts)}")
-    layers = []
-    with safe_open(path, framework="pt") as fh:
-        names = set(fh.keys())
-
-        def get(name: str) -> torch.Tensor:
-            if name not in names:
-                raise StorageError(f"{path}: tensor '{name}' is missing")
-            return fh.get_tensor(name)
-
-        for i, (meta, act) in enumerate(zip(metas, acts)):
-            if meta.get("values") != "int8":
-                raise StorageError(f"{path}: layer {i} holds {meta.get('values')} weights; the packed path runs int8 "
-                                   f"or shared-weight files (quantize the model first: aecomp compress ... int8)")
-            shape = meta["shape"]
-            enc = meta["encoding"]
-            if enc == "dense":
-                q = get(f"{i}.q")
-            elif enc == "csr":
-                q = decode_csr(get(f"{i}.v"), get(f"{i}.c"), get(f"{i}.n"), shape)
-            elif enc == "bitmask":
-                q = decode_bitmask(get(f"{i}.m"), get(f"{i}.v"), shape)
-            else:
-                raise StorageError(f"{path}: layer {i} has unknown encoding {enc!r}")
-            if q.dtype != torch.int8 or list(q.shape) != list(shape):
-                raise StorageError(f"{path}: layer {i} stores {q.dtype} {list(q.shape)}, expected int8 {list(shape)}")
-            if i > 0 and shape[1] != metas[i - 1]["shape"][0]:
-                raise StorageError(f"{path}: layer {i} takes {shape[1]} inputs but layer {i - 1} gives "
-                                   f"{metas[i - 1]['shape'][0]}")
-            scale = get(f"{i}.s")
-            bias = get(f"{i}.b") if f"{i}.b" in names else None
-            try:
-                layers.append(int8_layer(q, scale, bias, act))
-            except ValueError as exc:
-                raise StorageError(f"{path}: layer {i}: {exc}") from None
-    return PackedModel(config, PackedChain(layers, compute), path, os.path.getsize(path))
+    return PackedModel(dict(net.config), PackedChain(layers, compute), source, file_bytes, meta=meta)
 
 
 def load_packed_model(path: PathLike, compute: str = "auto") -> PackedModel:
     """Load a model file (``aecomp-packed`` int8 safetensors, or an ``aecomp-coded`` file) packed.
 
-    Raises ``aecomp.compress.storage.StorageError`` / ``aecomp.compress.coding.CodedFileError``
-    (both ``ValueError``) naming the file for anything unreadable or inconsistent.
+    Raises a ``aecomp.compress.modelfile.ModelFileError`` (``StorageError`` / ``CodedFileError``,
+    all ``ValueError``) naming the file and its format for anything unreadable, damaged or
+    inconsistent.
     """
     path = os.fspath(path)
+    stored = read_model(path)
+    if not hasattr(stored, "packed_net"):
+        raise StorageError(f"{path}: an {stored.meta.name} file (an autoencoder's or PCA's tensors), not a classifier "
+                           f"the packed path runs")
+    net = stored.packed_net()
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        from .storage import StorageError
-
-        raise StorageError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        from .coding import MAGIC, load_coded
-    except ImportError:  # pragma: no cover - the coded format is optional
-        MAGIC, load_coded = None, None
-    if MAGIC is not None and magic == MAGIC:
-        return from_packed_net(load_coded(path), compute, path, os.path.getsize(path))
-    return _int8_from_storage(path, compute)
+        return from_packed_net(net, compute, path, stored.file_bytes, stored.meta)
+    except ValueError as exc:
+        raise StorageError(f"{path} ({stored.meta.name}): {str(exc).splitlines()[0]}") from None

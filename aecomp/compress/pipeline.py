@@ -1,36 +1,68 @@
-"""The compression pipeline behind ``aecomp compress`` and ``aecomp demo``.
+"""The compression pipeline behind ``aecomp compress`` and ``aecomp demo``, on the evaluation protocol.
 
-On one dataset and one seeded train / val / test split:
+**Repeats.** The whole job runs ``repeats`` times (``aecomp.compress.protocol``): repeat ``r``
+draws a new stratified train / validation / test split and new initialisations with the seed
+``seed + r`` (a fixed test set, MNIST's, stays). Every model is trained in every repeat, written
+to its file, loaded back the way a user runs it (int8 and shared-weight files on the packed
+path, float32 files in float) and scored once on the validation split and once on the test
+split. Repeat 0 writes the shipped files (``models/``, ``checkpoints/``, ``onnx/``) and times
+them; the other repeats write into a temporary folder that is removed.
 
-1. **baseline**: LeNet-300-100 (``in-300-100-C``) trained with Adam on the cross-entropy;
-2. **pca-K**: PCA with ``K`` components (reconstruction MSE) + logistic regression on them;
-3. **autoencoder-linear**: the purely linear autoencoder ``in -> K -> in`` (should match PCA's
-   reconstruction error), and **autoencoder**: the nonlinear one ``in -relu-> h -> K -relu-> h -> in``
-   (sigmoid output for data in [0, 1]) whose encoder is reused below;
-4. **compressed-<mode>** for each mode (replace / frozen / finetune, see
-   ``aecomp.compress.net``): the encoder plus a head;
-5. for the baseline and each compressed net: **-int8** (post-training per-channel int8
-   weights), **-pruned<S>** (magnitude pruning to sparsity ``S`` and a few epochs of retraining
-   under the mask, stored sparse) and **-pruned<S>-int8** (both);
-4b. with ``distill`` (default on), **compressed-<mode>-kd**: each mode trained on the
-   distillation loss with the baseline as teacher (``aecomp.compress.distill``); its pruning
-   and codebook steps train distilled too;
-5b. (trained weight sharing and entropy coding, ``aecomp.compress.share`` / ``coding``) for the
-   baseline and each compressed net: **-int8-coded** and **-shared8** (per-channel int8 vs an
-   8-bit k-means codebook per layer, both post-training, both entropy-coded: equal bits),
-   **-pruned<S>-int8-coded**, and **-pruned<S>-shared<b>** for each ``b`` in ``bits`` (k-means
-   over the surviving weights, codebooks fine-tuned with the masks kept, entropy-coded);
-6. the report (``aecomp.compress.report``) and, when onnx is installed, ONNX files of the
-   compressed nets and of the autoencoder's encoder and decoder, each checked in onnxruntime.
+**Choices use validation only**: the frontier, the recommendation (the smallest file whose
+mean validation accuracy over the repeats is within ``points`` of the baseline's, see
+``protocol.smallest_within``), which mode and which distillation setting is best, the row beside
+the published point. The validation split is never used to fit a model or pick its epochs: each
+classifier fits on the training split less a stratified ``early_stopping`` share of it, which
+picks the best epoch (so validation accuracy is not inflated by that pick). Test accuracy is
+only reported: per row its mean and spread over repeats and its gap to the baseline with a
+paired interval. A baseline near chance gets a warning and no recommendation.
 
-Every classifier's accuracy is measured on the model loaded back from the file that holds it,
-so ``bytes`` and ``accuracy`` describe the same thing. Autoencoders train with
-``aecomp.train.Trainer`` (Adam, then a tenth of the learning rate for a third as many epochs).
+**Families** (each a trained classifier that then goes through the same steps):
+
+==========================  ===================================================================
+family                      what is trained
+==========================  ===================================================================
+``baseline``                LeNet-300-100 (``in-300-100-C``), from random initialisation
+``logreg``                  logistic regression on the raw (scaled) inputs: one linear layer
+                            ``in -> C``, from random initialisation (right-sized baseline)
+``scratch``                 the exact CompressedNet architecture of ``frozen``/``finetune``
+                            (encoder ``in-...-K`` + head ``K -> C``), every weight trained from
+                            random initialisation -- no autoencoder (right-sized baseline)
+``compressed-replace``      the autoencoder's encoder + head ``K-100-C``, all trained
+``compressed-frozen``       the autoencoder's encoder, never trained on labels (pruning and
+                            weight sharing change it only by the fixed prune/cluster steps);
+                            only the head ``K -> C`` trains, in every step
+``compressed-finetune``     the frozen net, then encoder and head trained together
+``<family>-kd``             the same, trained on the distillation loss (teacher: the baseline)
+``pca-K``                   PCA + logistic regression (a float file, no further steps)
+==========================  ===================================================================
+
+**Steps** (:func:`compression_steps`), each a row ``<family><suffix>``: float32 file;
+``-int8`` (per-channel int8); ``-int8-coded`` and ``-shared8`` (post-training 8-bit codes,
+entropy-coded: equal bits); ``-pruned<S>`` (with ``fold_inputs``, the first layer first keeps
+only the input columns that span the training inputs, the others' weights folded into them:
+``aecomp.compress.prune.fold_inputs``; then magnitude pruning to sparsity ``S``, retraining
+what the family trains under the mask; sparse file), ``-pruned<S>-int8``,
+``-pruned<S>-int8-coded``, and ``-pruned<S>-shared<b>`` for each ``b`` in ``bits`` (k-means
+codebooks over the surviving weights, fine-tuned with the masks kept, entropy-coded ``.aecc``),
+and ``-pruned<S>-sharedmix`` (per layer the fewest bits, 2..8, whose sharing alone costs at most
+``bits_tolerance`` points of accuracy on the training split: ``share.choose_bits``).
+The autoencoders themselves (``autoencoder``, ``autoencoder-linear``) get reconstruction rows.
+
+Reuse on another classifier (a user's model, a pretrained encoder): :func:`run_repeats` runs
+any per-repeat function with a :class:`Recorder`, and :func:`compression_steps` takes any
+``CompressedNet`` / ``FusedMLP`` through the steps, so the report, the repeats and the choices
+are the same as for ``aecomp compress``::
+
+    def one_repeat(rec):                      # rec.splits: this repeat's train / val / test
+        model = train_or_copy_my_model(rec.splits.train)
+        compression_steps(rec, "mine", model, description="my model", sparsity=0.9)
+    result = run_repeats(CompressSettings(data="digits", out="runs/mine"), one_repeat)
 
 Layout of the output folder::
 
     report.json  report.md  accuracy_vs_bytes.png
-    models/<name>.safetensors         the file behind each row's ``bytes``
+    models/<name>.safetensors         the file behind each float32 / int8 row's ``bytes`` (repeat 0)
     models/<name>.aecc                (coded rows) the entropy-coded file behind ``bytes``
     checkpoints/<name>/ckpt-*/        trained float32 models (``aecomp export`` reads these)
     onnx/<name>.onnx, onnx/autoencoder.encoder.onnx, onnx/autoencoder.decoder.onnx
@@ -42,32 +74,37 @@ The folder holds exactly one run's outputs: a run refuses a folder that is not e
 ``outputs.json`` lists, or the layout above for a folder written before that file existed)
 and refuses a folder that holds anything else. So ``aecomp export`` never picks up a stale file.
 
-Labels are checked on every split: integers >= 0, every validation and test label seen in
-training, and at most ``max_classes`` classes (``max + 1``; a stray label of 1,000,000 would
-otherwise build a head of a million outputs).
+Labels are checked on every split of every repeat: integers >= 0, every validation and test
+label seen in training, and at most ``max_classes`` classes (``max + 1``; a stray label of
+1,000,000 would otherwise build a head of a million outputs).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
-import os
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import data as data_mod
-from . import storage
+from . import protocol, storage
 from .baselines import DEEP_COMPRESSION_LENET_300_100, PCABaseline, lenet_300_100, linear_autoencoder
-from .net import MODES, CompressedNet, accuracy, classifier_config, fit_classifier, linear_layers, train_compressed
+from .net import MODES, CompressedNet, classifier_config, fit_classifier, linear_layers, train_compressed
 from .prune import prune_and_retrain
-from .report import compress_report, format_table, measure_latency
+from .report import compress_report, measure_latency
 
-__all__ = ["CompressError", "CompressSettings", "fit_autoencoder", "run_compression"]
+__all__ = ["CompressError", "CompressSettings", "Recorder", "compression_steps", "fit_autoencoder",
+           "run_compression", "run_repeats"]
 
 
 class CompressError(ValueError):
@@ -85,13 +122,13 @@ class CompressSettings:
     hidden: Optional[List[int]] = None  # encoder hidden widths; None: (2 * latent,) when that is < the input
     ae_epochs: int = 60
     ae_lr: float = 1e-2
-    epochs: int = 30  # classifier epochs (baseline, replace, frozen head, finetune)
-    lr: float = 1e-3  # baseline and replace
-    head_lr: float = 1e-2  # the head on a frozen encoder
+    epochs: int = 30  # classifier epochs (baseline, replace, frozen head, finetune, logreg; scratch: twice)
+    lr: float = 1e-3  # baseline, replace and scratch
+    head_lr: float = 1e-2  # the head on a frozen encoder, and logistic regression
     finetune_lr: float = 1e-3  # encoder + head together, after the frozen head
     batch_size: int = 64
     sparsity: float = 0.9  # pruning of the baseline
-    sparsity_compressed: float = 0.7  # pruning of the (already small) compressed nets
+    sparsity_compressed: float = 0.7  # pruning of the (already small) nets: compressed, scratch, logreg
     prune_epochs: int = 30
     prune_lr: float = 3e-3  # retraining after pruning
     seed: int = 0
@@ -110,6 +147,14 @@ class CompressSettings:
     scale: str = "auto"  # aecomp.data.SCALES
     overwrite: bool = False  # replace an earlier run's outputs in `out`
     max_classes: int = 1000  # more classes than this is taken for a mistake in the labels
+    # issue 24: the protocol
+    repeats: int = 3  # each a new split and new seeds (protocol.repeat_seed)
+    early_stopping: float = 0.1  # share of the training split that picks each classifier's best epoch
+    fold_inputs: bool = True  # pruning keeps only the input columns that span the training inputs (prune.py)
+    mixed_bits: bool = True  # also a -sharedmix row: per-layer bit widths (share.choose_bits)
+    bits_tolerance: float = 0.5  # points of training-split accuracy a layer's sharing may cost (-sharedmix)
+    points: float = 1.0  # the recommendation: the smallest file within this many points (validation)
+    baselines: bool = True  # the right-sized baselines: logreg and scratch
 
     def modes(self) -> Tuple[str, ...]:
         return MODES if self.mode == "all" else (self.mode,)
@@ -147,13 +192,20 @@ def _check(s: CompressSettings) -> None:
         raise CompressError(f"unknown --scale {s.scale!r}; expected one of {', '.join(data_mod.SCALES)}")
     if not isinstance(s.max_classes, int) or s.max_classes < 2:
         raise CompressError(f"--max-classes must be an integer >= 2, got {s.max_classes!r}")
+    if not isinstance(s.repeats, int) or isinstance(s.repeats, bool) or s.repeats < 1:
+        raise CompressError(f"--repeats must be an integer >= 1, got {s.repeats!r}")
+    if not (isinstance(s.points, (int, float)) and math.isfinite(s.points) and s.points >= 0):
+        raise CompressError(f"--points must be a number >= 0, got {s.points!r}")
+    if not (isinstance(s.early_stopping, (int, float)) and 0 <= s.early_stopping < 0.5):
+        raise CompressError(f"--early-stopping must be in [0, 0.5), got {s.early_stopping!r}")
 
 
-def load_labeled(s: CompressSettings) -> data_mod.Splits:
-    """The splits of ``s.data``, checked for what the pipeline needs (labels, latent < features)."""
+def load_labeled(s: CompressSettings, repeat: int = 0) -> data_mod.Splits:
+    """The splits of ``s.data`` in repeat ``repeat`` (``protocol.load_repeat``), checked for what
+    the pipeline needs (labels, latent < features)."""
     try:
-        splits = data_mod.load(s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.seed,
-                               scale=s.scale)
+        splits = protocol.load_repeat(s.data, repeat, seed=s.seed, val_fraction=s.val_fraction,
+                                      test_fraction=s.test_fraction, scale=s.scale)
     except data_mod.DataError as exc:
         raise CompressError(str(exc)) from None
     features = splits.train.features
@@ -168,6 +220,23 @@ def load_labeled(s: CompressSettings) -> data_mod.Splits:
                             f"{len(splits.val)} / {len(splits.test)} samples); use more data or larger fractions")
     check_labels(s, splits)
     return splits
+
+
+def _warn_rare_classes(s: CompressSettings, splits: data_mod.Splits) -> None:
+    """A class with one training sample where the median class has many is most likely a stray label
+    (sparse labels are remapped to 0..k-1 by the loader, so a stray 1,000,000 is a class of its own):
+    say so, naming the original label, but train (a rare class can be real)."""
+    counts = torch.bincount(splits.train.y)
+    present = counts[counts > 0]
+    if present.numel() < 2:
+        return
+    median = int(present.median())
+    labels = splits.label_map
+    for c in torch.nonzero((counts > 0) & (counts <= 1)).flatten().tolist():
+        if median >= 10:
+            original = labels[c] if labels is not None else c
+            warnings.warn(f"{s.data}: label {original} has {int(counts[c])} training sample(s) where the median "
+                          f"class has {median}: a mistake in the labels?", stacklevel=3)
 
 
 def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
@@ -186,6 +255,7 @@ def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
             raise CompressError(f"{s.data}: the {d.split} split has label(s) {shown} that the training split never "
                                 f"has ({unseen.numel()} sample(s)); a classifier cannot learn a class it never sees")
     classes = int(seen.max()) + 1
+    _warn_rare_classes(s, splits)
     if classes < 2:
         raise CompressError(f"{s.data}: the labels hold only one class; a classifier needs two or more")
     if classes > s.max_classes:
@@ -196,85 +266,18 @@ def check_labels(s: CompressSettings, splits: data_mod.Splits) -> int:
     return classes
 
 
-OUTPUTS_FILE = "outputs.json"
+from ..train.output import OUTPUTS_FILE  # noqa: E402  (the folder rules live in aecomp.train.output)
+
 # what a run writes at the top of its folder (a folder written before outputs.json existed)
 LAYOUT = ("report.json", "report.md", "accuracy_vs_bytes.png", "models", "checkpoints", "onnx", OUTPUTS_FILE)
 
 
-def _files_under(out: Path, names: Sequence[str]) -> List[Path]:
-    found: List[Path] = []
-    for n in names:
-        p = out / n
-        if p.is_dir() and not p.is_symlink():
-            found += [q for q in p.rglob("*") if not q.is_dir() or q.is_symlink()]
-        elif p.exists() or p.is_symlink():
-            found.append(p)
-    return found
+def output_folder(out, overwrite: bool):
+    """``aecomp.train.output.run_folder`` with this pipeline's layout; a folder that cannot be used
+    is a :class:`CompressError` (one line, before anything runs)."""
+    from ..train.output import run_folder
 
-
-def _previous_outputs(out: Path) -> Optional[List[Path]]:
-    """The files of the earlier run in ``out``: those its ``outputs.json`` lists; the layout's when
-    that run did not finish (or predates outputs.json, but wrote a report.json); None when the
-    folder does not look like a compress output folder at all."""
-    listing = out / OUTPUTS_FILE
-    if listing.is_file():
-        try:
-            doc = json.loads(listing.read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if isinstance(doc, dict) and doc.get("complete") and isinstance(doc.get("files"), list):
-            return [out / n for n in doc["files"] if isinstance(n, str) and ".." not in Path(n).parts]
-        return _files_under(out, LAYOUT)
-    if (out / "report.json").is_file():
-        return _files_under(out, LAYOUT)
-    return None
-
-
-def clear_folder(out: Path, overwrite: bool) -> None:
-    """Leave ``out`` empty (but for the lock), or refuse: see the module docstring. Nothing is
-    removed unless everything in the folder is the earlier run's."""
-    from ..train.output import LOCK_NAME
-
-    top = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
-    if not top:
-        return
-    names = ", ".join(top[:4]) + (", ..." if len(top) > 4 else "")
-    present = [p for p in out.rglob("*") if (not p.is_dir() or p.is_symlink()) and p != out / LOCK_NAME]
-    if not overwrite:
-        raise CompressError(f"--out {out} is not empty ({names}); add --overwrite to replace the outputs of an "
-                            f"earlier run there, or choose another --out")
-    previous = _previous_outputs(out)
-    if previous is None:
-        raise CompressError(f"--overwrite: --out {out} holds {names} but no earlier aecomp compress run (no "
-                            f"{OUTPUTS_FILE} or report.json); nothing is removed: choose another --out")
-    ours = {p.resolve() if not p.is_symlink() else p for p in previous}
-    foreign = sorted(str(p.relative_to(out)) for p in present
-                     if (p.resolve() if not p.is_symlink() else p) not in ours)
-    if foreign:
-        raise CompressError(f"--overwrite: --out {out} also holds {', '.join(foreign[:4])}"
-                            f"{', ...' if len(foreign) > 4 else ''}, which the earlier run did not write; "
-                            f"nothing is removed: move it or choose another --out")
-    for p in present:
-        p.unlink()
-    for d in sorted((q for q in out.rglob("*") if q.is_dir() and not q.is_symlink()),
-                    key=lambda q: len(q.parts), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()
-
-
-def _write_outputs_list(out: Path, complete: bool) -> None:
-    """``outputs.json``: at the start ``complete: false`` (a crash leaves a folder ``--overwrite``
-    may clear), at the end every file the run wrote."""
-    from ..train.checkpoint import atomic_write, default_file_mode
-    from ..train.output import LOCK_NAME
-
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                   if p.is_file() and p.name != LOCK_NAME and p.name != OUTPUTS_FILE) if complete else []
-    mode = default_file_mode()
-    for f in files:  # safetensors' writer creates its files 0600; every other file gets 0666 less the umask
-        os.chmod(out / f, mode)
-    doc = {"written_by": "aecomp compress", "complete": complete, "files": sorted(files + [OUTPUTS_FILE])}
-    atomic_write(out / OUTPUTS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+    return run_folder(out, overwrite, LAYOUT, "aecomp compress", "report.json", error=CompressError)
 
 
 def _check_sizes(s: CompressSettings, features: int, classes: int) -> None:
@@ -317,308 +320,282 @@ def recon_mse(model: nn.Module, x: torch.Tensor) -> float:
         return float(((model(x).double() - x.double()) ** 2).mean())
 
 
-class _Run:
-    def __init__(self, s: CompressSettings, log: Callable[[str], None]) -> None:
-        self.s = s
-        self.out = Path(s.out)
-        self.log_fn = log
-        self.t0 = time.perf_counter()
-        self.rows: List[Dict[str, Any]] = []
-        self.timings: Dict[str, float] = {}
+# ---------------------------------------------------------------------------------------- one repeat
+def early_stopping_split(train: data_mod.Dataset, fraction: float,
+                         seed: int) -> Tuple[data_mod.Dataset, Optional[data_mod.Dataset]]:
+    """``(fit, stop)``: a stratified ``fraction`` of the training split held out to pick each
+    classifier's best epoch (``protocol.holdout``), the rest to fit on; ``fraction = 0``: fit on
+    all of it and keep the last epoch. The validation split is never used to fit or stop a model,
+    so its accuracies rank models without the optimism of a best-epoch pick."""
+    import dataclasses
 
-    def log(self, msg: str) -> None:
-        self.log_fn(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}")
+    if fraction <= 0 or train.y is None:
+        return train, None
+    keep, held = protocol.holdout(train.y, len(train), fraction, seed)
+    if len(held) == 0 or len(keep) == 0:
+        return train, None
+    part = lambda idx, name: dataclasses.replace(train, x=train.x[idx], y=train.y[idx], split=name)  # noqa: E731
+    return part(keep, "train-fit"), part(held, "train-stop")
+
+
+def _predict(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """The predicted class of every row of ``x`` (``argmax`` of the logits), in batches."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            out.append(runner(x[i:i + batch]).argmax(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+class Recorder:
+    """One repeat: its splits, the folder its files go to, and what it measured.
+
+    Every classifier row goes through :meth:`classifier_file` / :meth:`coded_file`: the model is
+    written to its file, loaded back the way a user runs that file (int8 and shared-weight files
+    on the packed path, ``aecomp.compress.packed``; float32 files in float), and scored once on
+    the validation split and once on the test split. The per-image results become a
+    ``protocol.Evaluation`` (``evaluations``), the row a dict (``rows``). ``detailed`` (repeat 0)
+    also times each file, writes checkpoints, and keeps the files where the report names them.
+    """
+
+    def __init__(self, settings: CompressSettings, splits: data_mod.Splits, repeat: int, folder: Path, *,
+                 classes: int, detailed: bool, progress: Callable[[str], None] = lambda name: None) -> None:
+        self.s = settings
+        self.splits = splits
+        self.fit_data, self.stop_data = early_stopping_split(splits.train, settings.early_stopping,
+                                                             protocol.repeat_seed(settings.seed, repeat))
+        self.repeat = repeat
+        self.folder = Path(folder)
+        self.classes = classes
+        self.detailed = detailed
+        self.progress = progress
+        self.rows: List[Dict[str, Any]] = []
+        self.evaluations: List[protocol.Evaluation] = []
+        self.timings: Dict[str, float] = {}
+        self.exports: Dict[str, nn.Module] = {}  # trained classifiers to export as ONNX (repeat 0)
+        self.autoencoder: Optional[nn.Module] = None
+        self.onnx: List[Dict[str, Any]] = []
+        self.onnx_note: Optional[str] = None
+        # what a user brings in place of what default_families trains (aecomp.compress.bring_your_own):
+        self.base: Optional[nn.Module] = None  # a trained classifier: the baseline, not retrained
+        self.pretrained: Optional[nn.Module] = None  # a pretrained autoencoder: not trained here
+        self.pretrain_x: Optional[torch.Tensor] = None  # images for PCA and the autoencoders (default: train's)
+        self.notes: List[str] = []  # lines for the report
+
+    @property
+    def seed(self) -> int:
+        return protocol.repeat_seed(self.s.seed, self.repeat)
+
+    @property
+    def fit_kw(self) -> Dict[str, Any]:
+        """``fit_classifier``'s shared options: the early-stopping part of the training split
+        (best epoch; never the validation split), batch, seed. Classifiers fit on ``fit_data``."""
+        st = self.stop_data
+        return dict(x_val=st.x if st is not None else None, y_val=st.y if st is not None else None,
+                    batch_size=self.s.batch_size, seed=self.seed)
 
     def timed(self, key: str, t: float) -> None:
         self.timings[key] = round(time.perf_counter() - t, 3)
 
-    # --------------------------------------------------------------------- files
-    def checkpoint(self, name: str, model: nn.Module, step: int, metrics: Dict[str, Any],
-                   splits: data_mod.Splits) -> Path:
-        from ..train.checkpoint import save_checkpoint
+    # ------------------------------------------------------------------ measuring
+    def _record(self, row: Dict[str, Any], runner: Callable[[torch.Tensor], torch.Tensor]) -> Dict[str, Any]:
+        va, te = self.splits.val, self.splits.test
+        val = (_predict(runner, va.x) == va.y).numpy()
+        test = (_predict(runner, te.x) == te.y).numpy()  # the one time this model meets the test split
+        row["val_accuracy"] = 100.0 * float(val.mean())
+        row["accuracy"] = 100.0 * float(test.mean())
+        row["repeat"] = self.repeat
+        self.evaluations.append(protocol.Evaluation(row["name"], self.repeat, int(row["bytes"]), val, test))
+        self.rows.append(row)
+        self.progress(row["name"])
+        return row
 
-        state = {"model_config": classifier_config(model), "run": {"settings": asdict(self.s), "data": splits.config},
-                 "metrics": metrics, "written_by": "aecomp compress"}
-        return save_checkpoint(self.out / "checkpoints" / name, step, model_state=model.state_dict(), state=state,
-                               keep=1)
-
-    def latency(self, fn, x_test: torch.Tensor) -> Tuple[float, float]:
-        n = x_test.shape[0]
-        x256 = x_test[torch.arange(256) % n].contiguous()
+    def _latency(self, fn) -> Tuple[Optional[float], Optional[float]]:
+        if not self.detailed:
+            return None, None
+        x = self.splits.test.x
+        x256 = x[torch.arange(256) % x.shape[0]].contiguous()
         reps = self.s.latency_repeats
-        return (measure_latency(fn, x_test[:1].contiguous(), repeats=reps),
+        return (measure_latency(fn, x[:1].contiguous(), repeats=reps),
                 measure_latency(fn, x256, repeats=max(reps // 4, 1)))
 
-    def packed_latency(self, row: Dict[str, Any], path: Path, te) -> None:
-        """Issue 15: an int8 / shared-weight file's latency from the packed path (the file loaded
-        packed, one packed_mlp call), its resident bytes, and its accuracy on that path."""
+    def _runner(self, path: Path, float_model: Callable[[], nn.Module]):
+        """What a user runs from ``path``: the packed model (int8 / shared-weight files), or the
+        float32 model when the packed path does not hold the file's layout."""
         from .packed import load_packed_model
 
         try:
-            packed = load_packed_model(path)
-        except ValueError as exc:  # a layout the packed kernels do not hold (8-bit shared + pruned)
-            row["latency_path"] = "float32"
-            self.log(f"{row['name']}: timed in float32 ({exc})")
-            return
-        row["latency_ms_b1"], row["latency_ms_b256"] = self.latency(packed, te.x)
-        row["resident_bytes"] = packed.resident_bytes
-        row["latency_path"] = "packed"
-        with torch.no_grad():
-            row["accuracy_packed"] = 100.0 * float((packed(te.x).argmax(1) == te.y).float().mean())
+            packed = load_packed_model(path)  # its model(x) takes raw inputs; the splits are already scaled
+            return packed.forward_scaled, "packed", packed.resident_bytes
+        except ValueError:  # float32 files, and layouts the packed kernels do not hold
+            return float_model(), "float32", None
 
-    # --------------------------------------------------------------------- rows
-    def classifier_row(self, name: str, description: str, model: nn.Module, splits: data_mod.Splits,
-                       values: str = "float32", sparse: bool = False) -> Dict[str, Any]:
-        """Write ``model`` packed, load it back, and measure what was loaded."""
-        path = self.out / "models" / f"{name}.safetensors"
-        nbytes = storage.save_packed(model, path, values=values, sparse=sparse)
-        loaded = storage.load_packed(path, backend=self.s.backend)
-        te = splits.test
-        b1, b256 = self.latency(loaded, te.x)
+    def classifier_file(self, name: str, model: nn.Module, *, family: str, description: str,
+                        values: str = "float32", sparse: bool = False) -> Dict[str, Any]:
+        """``model`` as a safetensors file (``storage.save_packed``), loaded back and scored."""
+        path = self.folder / "models" / f"{name}.safetensors"
+        nbytes = storage.save_packed(model, path, values=values, sparse=sparse, **_file_meta(self.splits))
+        runner, runs_on, resident = (self._runner(path, lambda: storage.load_packed(path, backend=self.s.backend))
+                                     if values == "int8" else (storage.load_packed(path, backend=self.s.backend),
+                                                               "float32", None))
         # a dense file stores every parameter; a sparse one the nonzero weights (and all biases)
-        nonzero = sum((int((layer.weight != 0).sum()) if sparse else layer.weight.numel())
-                      + (layer.bias.numel() if layer.bias is not None else 0) for layer in linear_layers(loaded))
-        row = {"name": name, "description": description, "params": nonzero, "bytes": nbytes,
-               "accuracy": accuracy(loaded, te.x, te.y), "recon_mse": None, "latency_ms_b1": b1,
-               "latency_ms_b256": b256, "macs": storage.macs(loaded, sparse=sparse),
-               "float32_bytes": storage.payload_bytes(model, "float32", sparse),
+        layers = linear_layers(model)
+        nonzero = sum((int((m.weight != 0).sum()) if sparse else m.weight.numel())
+                      + (m.bias.numel() if m.bias is not None else 0) for m in layers)
+        b1, b256 = self._latency(runner)
+        row = {"name": name, "family": family, "description": description, "params": nonzero, "bytes": nbytes,
+               "recon_mse": None, "latency_ms_b1": b1, "latency_ms_b256": b256,
+               "macs": storage.macs(model, sparse=sparse), "float32_bytes": storage.payload_bytes(model, "float32", sparse),
                "int8_bytes": storage.payload_bytes(model, "int8", sparse), "values": values,
-               "storage": "sparse" if sparse else "dense", "file": str(path)}
-        if isinstance(model, CompressedNet):
-            row["trainable_params"] = model.num_params(trainable_only=True) if not sparse and values == "float32" else None
-        if values == "int8":
-            self.packed_latency(row, path, te)
-        self.rows.append(row)
-        self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
-        return row
+               "storage": "sparse" if sparse else "dense", "runs_on": runs_on, "resident_bytes": resident,
+               "file": str(path)}
+        return self._record(row, runner)
 
-    def coded_row(self, name: str, description: str, packed, model: nn.Module,
-                  splits: data_mod.Splits) -> Dict[str, Any]:
-        """Write ``packed`` (a ``share.PackedNet``) entropy-coded, load it back, measure what was loaded."""
+    def coded_file(self, name: str, packed, model: nn.Module, *, family: str, description: str) -> Dict[str, Any]:
+        """``packed`` (a ``share.PackedNet``) as an entropy-coded ``.aecc`` file, loaded back and scored."""
         from . import coding
 
-        path = self.out / "models" / f"{name}.aecc"
-        nbytes = coding.save_coded(packed, path)
-        loaded = coding.load_coded(path).to_model(backend=self.s.backend)
-        te = splits.test
-        b1, b256 = self.latency(loaded, te.x)
+        path = self.folder / "models" / f"{name}.aecc"
+        nbytes = coding.save_coded(packed, path, **_file_meta(self.splits))
+        runner, runs_on, resident = self._runner(path, lambda: coding.load_coded(path).to_model(backend=self.s.backend))
         sparse = any(layer.mask is not None for layer in packed.layers)
-        nonzero = packed.nnz() + sum(layer.bias.numel() for layer in packed.layers if layer.bias is not None)
         bits = sorted({getattr(layer, "bits", 8) for layer in packed.layers})
-        row = {"name": name, "description": description, "params": nonzero, "bytes": nbytes,
-               "accuracy": accuracy(loaded, te.x, te.y), "recon_mse": None, "latency_ms_b1": b1,
-               "latency_ms_b256": b256, "macs": storage.macs(loaded, sparse=sparse),
+        b1, b256 = self._latency(runner)
+        row = {"name": name, "family": family, "description": description,
+               "params": packed.nnz() + sum(la.bias.numel() for la in packed.layers if la.bias is not None),
+               "bytes": nbytes, "recon_mse": None, "latency_ms_b1": b1, "latency_ms_b256": b256,
+               "macs": packed.nnz() if sparse else sum(la.shape[0] * la.shape[1] for la in packed.layers),
                "float32_bytes": storage.payload_bytes(model, "float32", sparse),
                "int8_bytes": storage.payload_bytes(model, "int8", sparse),
-               "values": "shared" if hasattr(packed.layers[0], "codebook") else "int8", "bits": bits[-1],
-               "storage": "coded-sparse" if sparse else "coded-dense", "file": str(path)}
-        self.packed_latency(row, path, te)
-        self.rows.append(row)
-        self.log(f"{name}: accuracy {row['accuracy']:.2f}%, {nbytes:,} bytes, {nonzero:,} params")
-        return row
+               "values": "shared" if hasattr(packed.layers[0], "codebook") else "int8", "bits": bits,
+               "storage": "coded-sparse" if sparse else "coded-dense", "runs_on": runs_on,
+               "resident_bytes": resident, "file": str(path)}
+        return self._record(row, runner)
 
-    def autoencoder_row(self, name: str, description: str, ae: nn.Module, splits: data_mod.Splits) -> Dict[str, Any]:
-        path = self.out / "models" / f"{name}.safetensors"
-        nbytes = storage.save_float32(ae.state_dict(), path, metadata={"aecomp": json.dumps({"config": ae.config})})
-        te = splits.test
-        b1, b256 = self.latency(ae, te.x)
+    def float_file(self, name: str, module: nn.Module, tensors: Dict[str, torch.Tensor], *, family: str,
+                   description: str, params: int, macs: int) -> Dict[str, Any]:
+        """A float32 classifier stored as plain tensors (PCA + logistic regression)."""
+        path = self.folder / "models" / f"{name}.safetensors"
+        nbytes = storage.save_float32(tensors, path, **_file_meta(self.splits))
+        b1, b256 = self._latency(module)
+        row = {"name": name, "family": family, "description": description, "params": params, "bytes": nbytes,
+               "recon_mse": None, "latency_ms_b1": b1, "latency_ms_b256": b256, "macs": macs,
+               "float32_bytes": 4 * params, "int8_bytes": None, "values": "float32", "storage": "dense",
+               "runs_on": "float32", "resident_bytes": None, "file": str(path)}
+        return self._record(row, module)
+
+    def autoencoder_row(self, name: str, description: str, ae: nn.Module) -> Dict[str, Any]:
+        """A reconstruction row (no accuracy, so no evaluation): test reconstruction MSE."""
+        path = self.folder / "models" / f"{name}.safetensors"
+        nbytes = storage.save_float32(ae.state_dict(), path, config=ae.config, scaling=self.splits.preprocessing)
+        b1, b256 = self._latency(ae)
         params = sum(p.numel() for p in ae.parameters())
-        row = {"name": name, "description": description, "params": params, "bytes": nbytes, "accuracy": None,
-               "recon_mse": recon_mse(ae, te.x), "latency_ms_b1": b1, "latency_ms_b256": b256,
+        row = {"name": name, "family": "autoencoder", "description": description, "params": params,
+               "bytes": nbytes, "accuracy": None, "val_accuracy": None, "repeat": self.repeat,
+               "recon_mse": recon_mse(ae, self.splits.test.x), "val_recon_mse": recon_mse(ae, self.splits.val.x),
+               "latency_ms_b1": b1, "latency_ms_b256": b256,
                "macs": sum(layer.weight.numel() for layer in ae.encoder.layers + ae.decoder.layers),
                "float32_bytes": 4 * params,
                "int8_bytes": storage.payload_bytes(ae.encoder, "int8") + storage.payload_bytes(ae.decoder, "int8"),
-               "values": "float32", "storage": "dense", "file": str(path)}
+               "values": "float32", "storage": "dense", "runs_on": "float32", "file": str(path)}
         self.rows.append(row)
-        self.log(f"{name}: test reconstruction MSE {row['recon_mse']:.5f}, {nbytes:,} bytes")
+        self.progress(name)
         return row
 
+    def checkpoint(self, name: str, model: nn.Module, step: int, metrics: Dict[str, Any]) -> Optional[Path]:
+        """A training checkpoint (repeat 0 only: ``aecomp export`` reads these)."""
+        from ..train.checkpoint import save_checkpoint
 
-def run_compression(settings: CompressSettings, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Run the whole pipeline; returns ``{"rows", "paths", "report", "table", "files", "seconds"}``."""
-    from ..train.output import FolderLock, OutputError, prepare_folder
-
-    s = settings
-    _check(s)
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    splits = load_labeled(s)
-    classes = check_labels(s, splits)
-    _check_sizes(s, splits.train.features, classes)
-    try:
-        out = prepare_folder(s.out)
-        lock = FolderLock(out).acquire()
-    except OutputError as exc:
-        raise CompressError(str(exc)) from None
-    try:
-        clear_folder(out, s.overwrite)
-        _write_outputs_list(out, complete=False)
-        result = _run_pipeline(s, splits, classes, log)
-        _write_outputs_list(out, complete=True)
-        return result
-    finally:
-        lock.release()
+        if not self.detailed:
+            return None
+        state = {"model_config": classifier_config(model),
+                 "run": {"settings": asdict(self.s), "data": self.splits.config, "repeat": self.repeat},
+                 "metrics": metrics, "written_by": "aecomp compress", **_file_meta(self.splits, json_ready=True)}
+        return save_checkpoint(self.folder / "checkpoints" / name, step, model_state=model.state_dict(), state=state,
+                               keep=1)
 
 
-def _run_pipeline(s: CompressSettings, splits: data_mod.Splits, classes: int,
-                  log: Callable[[str], None]) -> Dict[str, Any]:
-    run = _Run(s, log)
-    tr, va, te = splits
-    features = tr.features
-    run.log(f"data {splits.spec}: {len(tr)} train / {len(va)} val / {len(te)} test, {features} features, "
-            f"{classes} classes; latent {s.latent}; modes {', '.join(s.modes())}")
-    fit_kw = dict(x_val=va.x, y_val=va.y, batch_size=s.batch_size, seed=s.seed)
-    models: Dict[str, nn.Module] = {}
+def _what_trains(model: nn.Module) -> str:
+    if isinstance(model, CompressedNet) and model.mode == "frozen":
+        return "the head only (the encoder stays frozen)"
+    return "every weight"
 
-    # 1. baseline ----------------------------------------------------------------------------
+
+def compression_steps(rec: Recorder, family: str, model: nn.Module, *, description: str, sparsity: float,
+                      distill=None) -> nn.Module:
+    """Take a trained classifier (``CompressedNet`` or ``FusedMLP``) through the steps (module
+    docstring), one row each, named ``<family><suffix>``; returns the pruned model. ``model`` is
+    not modified. What retrains after pruning and in codebook fine-tuning is what ``model``
+    trains (``requires_grad``): a frozen encoder never changes but for the prune/cluster steps."""
+    from .share import choose_bits, finalize, finetune_codebooks, int8_model, share_model, trainable_layers
+
+    s, tr = rec.s, rec.fit_data
+    what = _what_trains(model)
+    rec.classifier_file(family, model, family=family, description=f"{description}; float32 file")
+    rec.classifier_file(f"{family}-int8", model, family=family, description=f"{description}; int8 per channel",
+                        values="int8")
+    rec.coded_file(f"{family}-int8-coded", finalize(int8_model(model)), model, family=family,
+                   description=f"{description}; int8 per channel, entropy-coded")
+    rec.coded_file(f"{family}-shared8", finalize(share_model(model, 8, pruned=False)), model, family=family,
+                   description=f"{description}; 8-bit shared weights (k-means, not fine-tuned), entropy-coded")
+    tag = f"pruned{int(round(sparsity * 100))}"
     t = time.perf_counter()
-    torch.manual_seed(s.seed)
-    base = lenet_300_100(features, classes, backend=s.backend)
-    fit = fit_classifier(base, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
-    run.timed("baseline", t)
-    run.checkpoint("baseline", base, s.epochs, fit, splits)
-    models["baseline"] = base
-    run.classifier_row("baseline", f"uncompressed classifier LeNet-300-100 ({'-'.join(map(str, base.dims))})",
-                       base, splits)
-
-    # 2. PCA ---------------------------------------------------------------------------------
-    t = time.perf_counter()
-    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=s.seed)
-    pca_mod = pca.to_module(classes)
-    run.timed("pca", t)
-    path = run.out / "models" / f"pca-{s.latent}.safetensors"
-    nbytes = storage.save_float32(dict(pca_mod.named_buffers()), path)
-    b1, b256 = run.latency(pca_mod, te.x)
-    k = s.latent
-    pca_row = {"name": f"pca-{k}", "description": f"PCA, {k} components + logistic regression",
-               "params": pca_mod.num_params, "bytes": nbytes, "accuracy": accuracy(pca_mod, te.x, te.y),
-               "recon_mse": pca.recon_mse(te.x), "latency_ms_b1": b1, "latency_ms_b256": b256,
-               "macs": pca_mod.macs, "float32_bytes": 4 * pca_mod.num_params,
-               "int8_bytes": (k * features + classes * k) + 4 * (k + classes) + 4 * (features + classes),
-               "values": "float32", "storage": "dense", "file": str(path)}
-    run.rows.append(pca_row)
-    run.log(f"pca-{k}: accuracy {pca_row['accuracy']:.2f}%, test reconstruction MSE {pca_row['recon_mse']:.5f}")
-
-    # 3. autoencoders -------------------------------------------------------------------------
-    ae_kw = dict(epochs=s.ae_epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=s.seed)
-    t = time.perf_counter()
-    torch.manual_seed(s.seed)
-    lin = linear_autoencoder(features, s.latent, backend=s.backend)
-    fit_autoencoder(lin, tr, va, **ae_kw)
-    run.timed("autoencoder_linear", t)
-    run.autoencoder_row("autoencoder-linear", f"linear autoencoder {features}-{s.latent}-{features} (no activations)",
-                        lin, splits)
-    from ..models import Autoencoder
-
-    t = time.perf_counter()
-    torch.manual_seed(s.seed)
-    dims = encoder_dims(s, features)
-    ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
-    steps = fit_autoencoder(ae, tr, va, **ae_kw)
-    run.timed("autoencoder", t)
-    run.checkpoint("autoencoder", ae, steps, {"test_recon_mse": recon_mse(ae, te.x)}, splits)
-    run.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}", ae, splits)
-
-    # 4. compressed nets -----------------------------------------------------------------------
-    frozen: Optional[CompressedNet] = None
-    for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
+    pruned = prune_and_retrain(model, sparsity, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr, distill=distill,
+                               fold=s.fold_inputs, **rec.fit_kw)
+    rec.timed(f"{family}-{tag}", t)
+    first = linear_layers(pruned)[0].weight
+    inputs = (f"the {int((first != 0).any(0).sum())} of {first.shape[1]} input columns that span the training "
+              f"inputs kept, the others folded into them; " if s.fold_inputs else "")
+    layers = linear_layers(pruned)
+    kept = sum(int((m.weight != 0).sum()) for m in layers)
+    total = sum(m.weight.numel() for m in layers)
+    pdesc = (f"{description}; {inputs}each layer pruned by magnitude to at least {sparsity:.0%} sparsity "
+             f"({kept:,} of {total:,} weights kept), {what} retrained")
+    rec.classifier_file(f"{family}-{tag}", pruned, family=family, description=f"{pdesc}; sparse float32",
+                        sparse=True)
+    rec.classifier_file(f"{family}-{tag}-int8", pruned, family=family, description=f"{pdesc}; sparse int8",
+                        values="int8", sparse=True)
+    rec.coded_file(f"{family}-{tag}-int8-coded", finalize(int8_model(pruned)), pruned, family=family,
+                   description=f"{pdesc}; int8, entropy-coded")
+    trainable = trainable_layers(model)
+    for b in s.bits:
         t = time.perf_counter()
-        net, fit = _train_mode(s, mode, ae, base, classes, frozen, tr, fit_kw)
-        frozen = net if mode == "frozen" else frozen
-        name = f"compressed-{mode}"
-        run.timed(name, t)
-        run.checkpoint(name, net, s.epochs, fit, splits)
-        models[name] = net
-        run.classifier_row(name, f"encoder {'-'.join(map(str, net.encoder.dims))} + head "
-                                 f"{'-'.join(map(str, net.head.dims))}, {mode}", net, splits)
-
-    # 4b. (issue 14) the same compressed nets trained distilled from the baseline: -kd ------------
-    distill_of: Dict[str, Any] = {}
-    if s.distill:
-        distill_of = _distilled_nets(run, s, models, base, ae, splits, classes, fit_kw)
-
-    # 5. pruning and int8 ----------------------------------------------------------------------
-    for name, model in models.items():
-        sp = s.sparsity if name == "baseline" else s.sparsity_compressed
-        tag = f"pruned{int(round(sp * 100))}"
-        run.classifier_row(f"{name}-int8", f"{name}, int8 per-channel weights", model, splits, values="int8")
+        tuned = finetune_codebooks(share_model(pruned, b, pruned=True), tr.x, tr.y, epochs=s.share_epochs,
+                                   lr=s.share_lr, backend=s.backend, distill=distill, trainable=trainable,
+                                   **rec.fit_kw)
+        rec.timed(f"{family}-{tag}-shared{b}", t)
+        rec.coded_file(f"{family}-{tag}-shared{b}", tuned, pruned, family=family,
+                       description=f"{pdesc}; {b}-bit shared weights, codebooks of {what} fine-tuned, entropy-coded")
+    if s.mixed_bits:
+        # per-layer widths: each layer's fewest bits that cost <= bits_tolerance points on the training split
         t = time.perf_counter()
-        pruned = prune_and_retrain(model, sp, tr.x, tr.y, epochs=s.prune_epochs, lr=s.prune_lr,
-                                   distill=distill_of.get(name), progress=f"{name}-{tag}", **fit_kw)
-        run.timed(f"{name}-{tag}", t)
-        run.classifier_row(f"{name}-{tag}", f"{name}, {sp:.0%} of weights pruned, sparse float32", pruned, splits,
-                           sparse=True)
-        run.classifier_row(f"{name}-{tag}-int8", f"{name}, {sp:.0%} pruned, sparse int8", pruned, splits,
-                           values="int8", sparse=True)
-        # 5b. (issue 14) shared weights and entropy-coded files
-        _shared_rows(run, s, name, tag, model, pruned, splits, distill_of.get(name), fit_kw)
-
-    # 6. ONNX ----------------------------------------------------------------------------------
-    onnx_info: List[Dict[str, Any]] = []
-    notes: List[str] = []
-    if s.export:
-        t = time.perf_counter()
-        # the -kd nets have the architecture of their mode's net: one ONNX file per mode is enough
-        onnx_info, note = export_all(run.out / "onnx", {k: v for k, v in models.items() if not k.endswith("-kd")},
-                                     ae, te.x)
-        if note:
-            notes.append(note)
-            run.log(note)
-        run.timed("onnx", t)
-
-    # 7. report --------------------------------------------------------------------------------
-    notes += [
-        f"Data: {splits.spec}, split seed {s.seed}: {len(tr)} train / {len(va)} val / {len(te)} test samples; "
-        f"accuracy is top-1 on the test split in percent (one test sample = {100 / len(te):.2f} points).",
-        "bytes = size of the safetensors file that holds the model (models/<name>.safetensors); ratio = baseline "
-        "bytes / model bytes; int8 files hold int8 weights + per-channel float32 scales; pruned files hold only "
-        "the nonzero weights (CSR or bitmask, whichever is smaller); biases stay float32.",
-        "Every classifier row is measured on the model loaded back from its file: accuracy on the dequantized "
-        "float32 weights; latency of int8 and shared-weight files from the packed path (weights kept packed in "
-        "memory, aecomp.compress.packed: resident bytes; accuracy_packed = the same file on that path, int8 "
-        "layers with dynamic int8 activations); float32 files through the fused float ops; pruned models run dense.",
-        "Latency: median of repeated single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
-        "recon MSE: mean over all test elements of (x_hat - x)^2 for the autoencoders and PCA.",
-        f"-shared<b> files: per layer a k-means codebook of 2^b values (float16) over the surviving weights, "
-        f"b-bit codes, codebooks fine-tuned {s.share_epochs} epochs with the pruning masks kept; *-coded and "
-        f"-shared files (.aecc) entropy-code the codes and the kept positions (per stream the smallest of "
-        f"fixed-width, Huffman, lzma, deflate), biases float16, CRC-32; loaded back bit-identical.",
-        f"-kd: trained on the distillation loss, teacher = the baseline, T = {s.temperature:g}, alpha = "
-        f"{s.alpha:g} on the soft targets (1 - alpha on the labels); their pruning and codebook steps too.",
-        "Pruning retrains every parameter, so -pruned rows of the frozen family have a fine-tuned encoder.",
-        f"Modes: replace = encoder in place of the baseline's first layer, head = the baseline's back layers "
-        f"(latent-100-classes) trained end-to-end at lr {s.lr:g}; frozen = encoder frozen, linear head only (lr "
-        f"{s.head_lr:g}); finetune = the frozen net, then encoder and head together at lr "
-        f"{s.finetune_lr:g}.",
-    ]
-    report_rows = _order(run.rows)
-    extra = {"settings": asdict(s), "classes": classes, "features": features, "samples": {
-        "train": len(tr), "val": len(va), "test": len(te)}, "onnx": onnx_info, "timings_s": run.timings,
-        "torch_threads": torch.get_num_threads()}
-    paths = compress_report(report_rows, run.out, dataset=splits.spec, latent=s.latent,
-                            published=[DEEP_COMPRESSION_LENET_300_100], notes=notes, extra=extra)
-    report = json.loads(paths["json"].read_text())
-    best = next((m for m in report["models"] if m["name"] == report.get("smallest_within_1pt")), None)
-    if best is not None:  # issue 14: the headline of the frontier
-        run.log(f"smallest file within 1 point of the baseline: {best['name']}, {best['bytes']:,} bytes "
-                f"({best['ratio']:.1f}x), accuracy {best['accuracy']:.2f}%")
-    seconds = time.perf_counter() - run.t0
-    run.log(f"done in {seconds:.1f} s")
-    files = [paths["json"], paths["md"], paths["png"]] + sorted((run.out / "models").glob("*.safetensors")) \
-        + sorted((run.out / "checkpoints").iterdir()) + [Path(o["file"]) for o in onnx_info] \
-        + [run.out / OUTPUTS_FILE]
-    return {"rows": report["models"], "paths": paths, "report": report, "table": format_table(report["models"]),
-            "files": files, "seconds": seconds}
+        widths = choose_bits(pruned, rec.splits.train.x, rec.splits.train.y, s.bits_tolerance, pruned=True)
+        tuned = finetune_codebooks(share_model(pruned, widths, pruned=True), tr.x, tr.y, epochs=s.share_epochs,
+                                   lr=s.share_lr, backend=s.backend, distill=distill, trainable=trainable,
+                                   **rec.fit_kw)
+        rec.timed(f"{family}-{tag}-sharedmix", t)
+        row = rec.coded_file(f"{family}-{tag}-sharedmix", tuned, pruned, family=family,
+                             description=f"{pdesc}; per-layer shared weights of {'/'.join(map(str, widths))} bits "
+                                         f"(each layer's fewest bits within {s.bits_tolerance:g} points of the "
+                                         f"float32 net on the training split), codebooks of {what} fine-tuned, "
+                                         f"entropy-coded")
+        row["bits"] = widths
+    return pruned
 
 
-def _train_mode(s: CompressSettings, mode: str, ae: nn.Module, base: nn.Module, classes: int,
+def steps_per_family(s: CompressSettings) -> int:
+    """Rows :func:`compression_steps` adds for one family."""
+    return 7 + len(s.bits) + int(s.mixed_bits)
+
+
+# ---------------------------------------------------------------------------------------- the families
+def _train_mode(s: CompressSettings, seed: int, mode: str, ae: nn.Module, base: nn.Module, classes: int,
                 frozen: Optional[CompressedNet], tr: data_mod.Dataset,
                 fit_kw: Dict[str, Any]) -> Tuple[CompressedNet, Dict[str, Any]]:
     """A CompressedNet trained in ``mode`` (``finetune`` starts from ``frozen`` when given)."""
-    import copy
-
-    torch.manual_seed(s.seed + 1)
+    torch.manual_seed(seed + 1)
     if mode == "replace":
-        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(base.dims[2],),
+        net = CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=tuple(base.dims[2:-1]),
                                              backend=s.backend)
         return net, train_compressed(net, tr.x, tr.y, epochs=s.epochs, lr=s.lr, **fit_kw)
     if mode == "frozen":
@@ -631,86 +608,333 @@ def _train_mode(s: CompressSettings, mode: str, ae: nn.Module, base: nn.Module, 
                                  finetune_factor=s.finetune_lr / s.head_lr, head_ready=ready, **fit_kw)
 
 
-def _distilled_nets(run: "_Run", s: CompressSettings, models: Dict[str, nn.Module], base: nn.Module,
-                    ae: nn.Module, splits: data_mod.Splits, classes: int, fit_kw: Dict[str, Any]) -> Dict[str, Any]:
-    """``compressed-<mode>-kd`` for each mode: trained as ``compressed-<mode>`` but on the
-    distillation loss (teacher: the baseline); adds them to ``models``; returns ``{name: Distill}``
-    for every model whose later steps (pruning, codebooks) train distilled."""
+MODE_TRAINS = {"replace": "encoder and head K-100-C trained together from the autoencoder's encoder",
+               "frozen": "the autoencoder's encoder frozen, only the head K -> C trained",
+               "finetune": "the frozen net's head, then encoder and head trained together"}
+
+
+def default_families(rec: Recorder) -> None:
+    """Everything ``aecomp compress`` trains in one repeat (module docstring)."""
+    s, (tr, va, te), classes = rec.s, rec.splits, rec.classes
+    features = tr.features
+    fit_kw = rec.fit_kw
+    ft = rec.fit_data  # what the classifiers fit on (the training split less its early-stopping part)
+
+    # the uncompressed baseline (or the user's own classifier, rec.base) ------------------------------
+    t = time.perf_counter()
+    torch.manual_seed(rec.seed)
+    if rec.base is not None:
+        base, fit = rec.base, {"epochs": 0, "note": "the user's model, not retrained"}
+        what = f"your model ({'-'.join(map(str, base.dims))}), as given"
+    else:
+        base = lenet_300_100(features, classes, backend=s.backend)
+        fit = fit_classifier(base, ft.x, ft.y, epochs=s.epochs, lr=s.lr, **fit_kw)
+        what = f"LeNet-300-100 ({'-'.join(map(str, base.dims))}), trained from random initialisation"
+    rec.timed("baseline", t)
+    rec.checkpoint("baseline", base, s.epochs, fit)
+    compression_steps(rec, "baseline", base, sparsity=s.sparsity, description=what)
+    unlabeled = rec.pretrain_x if rec.pretrain_x is not None else tr.x  # what the unsupervised steps see
+
+    # PCA + logistic regression ---------------------------------------------------------------
+    t = time.perf_counter()
+    pca = PCABaseline.fit(tr.x, tr.y, s.latent, seed=rec.seed, x_fit=unlabeled)
+    pca_mod = pca.to_module(classes)
+    rec.timed("pca", t)
+    k = s.latent
+    row = rec.float_file(f"pca-{k}", pca_mod, dict(pca_mod.named_buffers()), family="pca",
+                         description=f"PCA, {k} components + logistic regression (scikit-learn); float32 file",
+                         params=pca_mod.num_params, macs=pca_mod.macs)
+    row["recon_mse"] = pca.recon_mse(te.x)
+
+    # the autoencoders ------------------------------------------------------------------------
+    ae_kw = dict(epochs=s.ae_epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=rec.seed)
+    t = time.perf_counter()
+    torch.manual_seed(rec.seed)
+    lin = linear_autoencoder(features, s.latent, backend=s.backend)
+    fit_autoencoder(lin, unlabeled, va, **ae_kw)
+    rec.timed("autoencoder_linear", t)
+    rec.autoencoder_row("autoencoder-linear", f"linear autoencoder {features}-{s.latent}-{features} "
+                                              f"(no activations)", lin)
+    from ..models import Autoencoder
+
+    t = time.perf_counter()
+    torch.manual_seed(rec.seed)
+    if rec.pretrained is not None:
+        ae, steps = rec.pretrained, 0
+        dims = list(ae.encoder.dims)
+    else:
+        dims = encoder_dims(s, features)
+        ae = Autoencoder(dims, output="sigmoid" if tr.unit_range else "none", backend=s.backend)
+        steps = fit_autoencoder(ae, unlabeled, va, **ae_kw)
+    rec.timed("autoencoder", t)
+    rec.checkpoint("autoencoder", ae, steps, {"test_recon_mse": recon_mse(ae, te.x)})
+    rec.autoencoder_row("autoencoder", f"autoencoder {'-'.join(map(str, dims))}-...-{features}"
+                        + (" (pretrained, not trained here)" if rec.pretrained is not None else ""), ae)
+    rec.autoencoder = ae
+    arch = f"encoder {'-'.join(map(str, dims))} + head {s.latent}-{classes}"
+
+    # right-sized baseline: logistic regression on the inputs -----------------------------------
+    if s.baselines:
+        from ..nn import FusedMLP
+
+        t = time.perf_counter()
+        torch.manual_seed(rec.seed + 2)
+        logreg = FusedMLP([features, classes], ["none"], backend=s.backend)
+        fit = fit_classifier(logreg, ft.x, ft.y, epochs=s.epochs, lr=s.head_lr, **fit_kw)
+        rec.timed("logreg", t)
+        rec.checkpoint("logreg", logreg, s.epochs, fit)
+        compression_steps(rec, "logreg", logreg, sparsity=s.sparsity_compressed,
+                          description=f"logistic regression on the {features} inputs ({features}-{classes}), "
+                                      f"trained from random initialisation")
+
+    # the compressed nets, and the same distilled from the baseline ------------------------------
     from .distill import Distill
 
-    tr = splits.train
-    kd = Distill(base, temperature=s.temperature, alpha=s.alpha)
-    out: Dict[str, Any] = {}
-    frozen_kd: Optional[CompressedNet] = None
-    for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
+    kd = Distill(base, temperature=s.temperature, alpha=s.alpha) if s.distill else None
+    for teacher in ([None, kd] if kd is not None else [None]):
+        frozen: Optional[CompressedNet] = None
+        for mode in sorted(s.modes(), key=("frozen", "finetune", "replace").index):
+            name = f"compressed-{mode}" + ("-kd" if teacher is not None else "")
+            t = time.perf_counter()
+            net, fit = _train_mode(s, rec.seed, mode, ae, base, classes, frozen, ft, dict(fit_kw, distill=teacher))
+            frozen = net if mode == "frozen" else frozen
+            rec.timed(name, t)
+            rec.checkpoint(name, net, s.epochs, fit)
+            if teacher is None:
+                rec.exports[name] = net
+            how = MODE_TRAINS[mode] + (f", distilled from the baseline (T={s.temperature:g}, alpha={s.alpha:g})"
+                                       if teacher is not None else "")
+            compression_steps(rec, name, net, sparsity=s.sparsity_compressed, distill=teacher,
+                              description=f"CompressedNet {'-'.join(map(str, net.encoder.dims))} + head "
+                                          f"{'-'.join(map(str, net.head.dims))}: {how}")
+
+    # right-sized baseline: the CompressedNet architecture from random initialisation ------------
+    if s.baselines:
+        from ..nn import FusedMLP
+
         t = time.perf_counter()
-        name = f"compressed-{mode}-kd"
-        net, fit = _train_mode(s, mode, ae, base, classes, frozen_kd, tr, dict(fit_kw, distill=kd, progress=name))
-        frozen_kd = net if mode == "frozen" else frozen_kd
-        run.timed(name, t)
-        run.checkpoint(name, net, s.epochs, fit, splits)
-        models[name] = net
-        out[name] = kd
-        run.classifier_row(name, f"compressed-{mode} distilled from the baseline (T={s.temperature:g}, "
-                                 f"alpha={s.alpha:g})", net, splits)
+        torch.manual_seed(rec.seed + 3)
+        enc = FusedMLP(dims, ["relu"] * (len(dims) - 2) + ["none"], backend=s.backend)
+        scratch = CompressedNet(enc, num_classes=classes, mode="finetune", backend=s.backend)
+        fit = fit_classifier(scratch, ft.x, ft.y, epochs=2 * s.epochs, lr=s.lr, **fit_kw)
+        rec.timed("scratch", t)
+        rec.checkpoint("scratch", scratch, 2 * s.epochs, fit)
+        compression_steps(rec, "scratch", scratch, sparsity=s.sparsity_compressed,
+                          description=f"{arch}, every weight trained from random initialisation ({2 * s.epochs} "
+                                      f"epochs at lr {s.lr:g}; no autoencoder)")
+
+    # ONNX (the shipped files only) ------------------------------------------------------------
+    if s.export and rec.detailed:
+        t = time.perf_counter()
+        rec.onnx, rec.onnx_note = export_all(rec.folder / "onnx", rec.exports, ae, te.x, **_file_meta(rec.splits))
+        rec.timed("onnx", t)
+
+
+def default_rows(s: CompressSettings) -> int:
+    """Rows :func:`default_families` adds per repeat."""
+    nets = 1 + len(s.modes()) * (2 if s.distill else 1) + (2 if s.baselines else 0)
+    return nets * steps_per_family(s) + 1 + 2
+
+
+# ---------------------------------------------------------------------------------------- the run
+def run_repeats(settings: CompressSettings, one_repeat: Callable[[Recorder], None],
+                log: Optional[Callable[[str], None]] = None, *, baseline: str = "baseline",
+                rows_per_repeat: Optional[int] = None) -> Dict[str, Any]:
+    """Run ``one_repeat(recorder)`` once per repeat (module docstring), then write the report.
+
+    ``one_repeat`` trains and records the models of one repeat through the :class:`Recorder`
+    (``rec.splits``, ``rec.seed``, :func:`compression_steps`); one of its rows must be named
+    ``baseline`` (every gap is to it). ``log`` gets one line per finished step (default: none; a
+    progress bar on a terminal). Returns ``{"rows", "stats", "recommendation", "paths", "report",
+    "files", "seconds"}``.
+    """
+    s = settings
+    _check(s)
+    log = log or (lambda msg: None)
+    splits = load_labeled(s)
+    classes = check_labels(s, splits)
+    _check_sizes(s, splits.train.features, classes)
+    with output_folder(s.out, s.overwrite) as out:
+        result = _run(s, out, splits, classes, one_repeat, log, baseline, rows_per_repeat)
+    result["files"] = sorted(p for p in out.rglob("*") if p.is_file() and p.name != ".aecomp.lock")
+    return result
+
+
+def run_compression(settings: CompressSettings, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """The whole job of ``aecomp compress``: :func:`default_families` in every repeat, then the report."""
+    return run_repeats(settings, default_families, log, rows_per_repeat=default_rows(settings))
+
+
+def _progress_bar(total: Optional[int]):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="aecomp compress", unit="model", disable=None, leave=False, file=sys.stderr)
+
+
+def _run(s: CompressSettings, out: Path, splits: data_mod.Splits, classes: int, one_repeat: Callable[[Recorder], None],
+         log: Callable[[str], None], baseline: str, rows_per_repeat: Optional[int]) -> Dict[str, Any]:
+    t0 = time.perf_counter()
+    tr, va, te = splits
+    log(f"data {splits.spec}: {len(tr)} train / {len(va)} val / {len(te)} test, {tr.features} features, "
+        f"{classes} classes; {s.repeats} repeat(s)")
+    log(f"input scaling {splits.preprocessing.describe()}" + ("" if splits.label_map is None else
+        f"; labels {', '.join(map(str, splits.label_map))} are classes 0..{classes - 1}"))
+    bar = _progress_bar(rows_per_repeat * s.repeats if rows_per_repeat else None)
+    recs: List[Recorder] = []
+    try:
+        for r in range(s.repeats):
+            sp = splits if r == 0 else load_labeled(s, r)
+            if r > 0 and check_labels(s, sp) != classes:
+                raise CompressError(f"{s.data}: repeat {r} sees a different number of classes; the labels are too "
+                                    f"few per class for {s.repeats} repeats")
+            folder = out if r == 0 else Path(tempfile.mkdtemp(prefix=f"aecomp-repeat{r}-"))
+
+            def progress(name: str, r: int = r) -> None:
+                bar.set_postfix_str(f"repeat {r + 1}/{s.repeats}: {name}", refresh=False)
+                bar.update()
+                log(f"[{time.perf_counter() - t0:6.1f}s] repeat {r + 1}/{s.repeats}: {name}")
+
+            rec = Recorder(s, sp, r, folder, classes=classes, detailed=r == 0, progress=progress)
+            try:
+                one_repeat(rec)
+            finally:
+                if r > 0:
+                    shutil.rmtree(folder, ignore_errors=True)
+            recs.append(rec)
+    finally:
+        bar.close()
+    evaluations = [e for rec in recs for e in rec.evaluations]
+    stats = protocol.summarize(evaluations, baseline)
+    report = _write_report(s, out, recs, stats, evaluations, baseline, classes, time.perf_counter() - t0)
+    return {"rows": report["doc"]["models"], "stats": stats, "recommendation": report["recommendation"],
+            "paths": report["paths"], "report": report["doc"], "answer": report["answer"],
+            "seconds": time.perf_counter() - t0}
+
+
+def _write_report(s: CompressSettings, out: Path, recs: List[Recorder], stats: Dict[str, protocol.RowStats],
+                  evaluations: List[protocol.Evaluation], baseline: str, classes: int,
+                  seconds: float) -> Dict[str, Any]:
+    """Choose on validation (protocol), then write report.json / report.md / the plot."""
+    from .report import answer_lines
+
+    first = recs[0]
+    tr, va, te = first.splits
+    family = {row["name"]: row.get("family", row["name"]) for row in first.rows}
+    rows = []
+    for row in first.rows:
+        row = dict(row)
+        if row["name"] in stats:
+            row["over_repeats"] = stats[row["name"]].to_dict()
+        elif row.get("recon_mse") is not None:
+            vals = [r2["recon_mse"] for rec in recs for r2 in rec.rows if r2["name"] == row["name"]]
+            row["over_repeats"] = {"recon_mse": protocol.spread(vals).to_dict()}
+        rows.append(row)
+    chance = protocol.chance_accuracy(tr.y)
+    rec = protocol.smallest_within(stats.values(), baseline, s.points, chance=chance, n_val=len(va))
+    front = protocol.frontier(stats.values(), lambda n: family.get(n, n))
+    # which mode / distillation setting is best, on validation (float32 nets of each CompressedNet family)
+    nets = [stats[f] for f in dict.fromkeys(family.values()) if f.startswith("compressed-") and f in stats]
+    best_net = protocol.best_on_validation(nets).name if nets else None
+    comparisons = _ae_vs_random(evaluations, stats)
+    is_mnist = data_mod.resolve_spec(s.data).startswith("mnist")
+    published = [DEEP_COMPRESSION_LENET_300_100] if is_mnist else []
+    published_note = None if is_mnist else (
+        f"The published Deep Compression point (LeNet-300-100 on MNIST, 40x) is not drawn: this run's data is "
+        f"{tr.spec}, not MNIST, so neither its accuracies nor its sizes compare with it.")
+    dup = protocol.shared_rows(tr.x, te.x)
+    notes = [
+        f"Protocol: {s.repeats} repeat(s), seeds {', '.join(str(protocol.repeat_seed(s.seed, r)) for r in range(s.repeats))};"
+        f" each a new stratified split of {tr.spec} ({len(tr)} train / {len(va)} validation / {len(te)} test samples"
+        f"{'; the test set is the data set' + chr(39) + 's own and stays' if tr.spec.startswith('mnist') else ''}) "
+        f"and new initialisations. Every choice (mode, distillation, frontier, recommendation) uses validation "
+        f"accuracy only; test accuracy is measured once per model and only reported. Classifiers fit on the "
+        f"training split less {s.early_stopping:.0%} of it (stratified), which picks each one's best epoch: the "
+        f"validation split never fits or stops a model.",
+        f"{len(stats)} models were compared (one validation image = {100 / len(va):.2f} points, one test image = "
+        f"{100 / len(te):.2f} points); chance (always the most frequent training class) is {chance:.1f}%.",
+        "Gaps to the baseline: paired over the same images within a repeat, combined over the repeats; the 95% "
+        "interval is mean +- t(R-1) * sqrt(max(between-repeat variance, mean within-repeat paired variance) / R) "
+        "(aecomp.compress.protocol).",
+        "Accuracy is that of what each file runs: int8 and shared-weight files on the packed path "
+        "(aecomp.compress.packed: int8 layers with dynamic int8 activations), float32 files in float32 "
+        "(`runs_on`).",
+        "bytes = size of the file that holds the model (models/<name>.safetensors or .aecc, repeat 0); ratio = the "
+        "baseline's bytes / the model's; int8 files hold int8 weights + per-channel float32 scales; sparse files "
+        "the nonzero weights (CSR or bitmask); .aecc files entropy-code codes and kept positions per stream "
+        "(smallest of fixed-width, Huffman, lzma, deflate), biases float16, CRC-32.",
+        f"Test images that equal a training image exactly (repeat 0): {dup} of {len(te)}.",
+        "Latency (repeat 0): median of single-threaded forward passes (torch.set_num_threads(1)) at batch 1 and 256.",
+        f"Input scaling (repeat 0, fitted on its training split, recorded with the label map in every model file, "
+        f"checkpoint and this report; load_packed_model and the ONNX files apply it to raw inputs): "
+        f"{tr.preprocessing.describe()}" + ("" if tr.label_map is None else
+                                            f"; labels {', '.join(map(str, tr.label_map))} are classes 0..k-1") + ".",
+    ]
+    if first.onnx_note:
+        notes.append(first.onnx_note)
+    notes += first.notes
+    extra = {"settings": asdict(s), "classes": classes, "features": tr.features,
+             "samples": {"train": len(tr), "val": len(va), "test": len(te)}, "onnx": first.onnx,
+             "timings_s": first.timings, "torch_threads": torch.get_num_threads(), "seconds": round(seconds, 1),
+             "chance_accuracy": chance, "test_images_equal_to_training": dup,
+             "best_compressed_on_validation": best_net, **_file_meta(first.splits, json_ready=True)}
+    paths, doc = compress_report(rows, stats, out, dataset=tr.spec, latent=s.latent, baseline=baseline,
+                                 recommendation=rec, frontier=front, comparisons=comparisons,
+                                 published=published, published_note=published_note, notes=notes, extra=extra)
+    return {"paths": paths, "doc": doc, "recommendation": rec, "answer": answer_lines(doc)}
+
+
+def _ae_vs_random(evaluations: List[protocol.Evaluation], stats: Dict[str, protocol.RowStats]) -> List[Dict[str, Any]]:
+    """The autoencoder's contribution at equal architecture and step: ``compressed-finetune<X>``
+    (autoencoder-initialised; ``compressed-frozen<X>`` when finetune was not run) minus
+    ``scratch<X>`` (random initialisation), paired per repeat."""
+    fam = next((f"compressed-{m}" for m in ("finetune", "frozen") if f"compressed-{m}" in stats), None)
+    out: List[Dict[str, Any]] = []
+    for name in stats if fam else ():
+        if not name.startswith("scratch"):
+            continue
+        suffix = name[len("scratch"):]
+        ae = f"{fam}{suffix}"
+        if ae not in stats:
+            continue
+        val, test = protocol.paired_comparison(evaluations, ae, name)
+        out.append({"step": suffix or "(float32)", "autoencoder": ae, "random_init": name,
+                    "bytes_autoencoder": stats[ae].bytes.mean, "bytes_random_init": stats[name].bytes.mean,
+                    "val_gap": val.to_dict(), "test_gap": test.to_dict()})
     return out
 
 
-def _shared_rows(run: "_Run", s: CompressSettings, name: str, tag: str, model: nn.Module, pruned: nn.Module,
-                 splits: data_mod.Splits, distill, fit_kw: Dict[str, Any]) -> None:
-    """``<name>-int8-coded`` and ``<name>-shared8`` (equal bits: per-channel int8 vs a 256-value
-    k-means codebook per layer, both post-training, both entropy-coded), then
-    ``<name>-<tag>-int8-coded`` and ``<name>-<tag>-shared<b>`` for each ``b`` in ``s.bits``
-    (k-means over the surviving weights, codebooks fine-tuned with the masks kept)."""
-    from .share import finalize, finetune_codebooks, int8_model, share_model
-
-    tr = splits.train
-    run.coded_row(f"{name}-int8-coded", f"{name}, int8 per-channel, entropy-coded", finalize(int8_model(model)),
-                  model, splits)
-    run.coded_row(f"{name}-shared8", f"{name}, 8-bit shared weights (k-means, no fine-tuning), entropy-coded",
-                  finalize(share_model(model, 8, pruned=False)), model, splits)
-    run.coded_row(f"{name}-{tag}-int8-coded", f"{name}, {tag}, int8 per-channel, entropy-coded",
-                  finalize(int8_model(pruned)), pruned, splits)
-    for b in s.bits:
-        t = time.perf_counter()
-        packed = share_model(pruned, b, pruned=True)
-        tuned = finetune_codebooks(packed, tr.x, tr.y, epochs=s.share_epochs, lr=s.share_lr, backend=s.backend,
-                                   distill=distill, progress=f"{name}-{tag}-shared{b}", **fit_kw)
-        run.timed(f"{name}-{tag}-shared{b}", t)
-        run.coded_row(f"{name}-{tag}-shared{b}", f"{name}, {tag}, {b}-bit shared weights (codebooks fine-tuned), "
-                      f"entropy-coded", tuned, pruned, splits)
+def _file_meta(splits: data_mod.Splits, json_ready: bool = False) -> Dict[str, Any]:
+    """The input scaling and label map every model file, checkpoint and report records (issue 23)."""
+    if json_ready:
+        labels = None if splits.label_map is None else list(splits.label_map)
+        return {"input_scaling": splits.preprocessing.to_dict(), "labels": labels}
+    return {"scaling": splits.preprocessing, "labels": splits.label_map}
 
 
-def _order(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """baseline family, PCA, autoencoders, then each compressed family (replace, frozen, finetune);
-    within a family: float32, int8, pruned, pruned + int8."""
-    def key(r):
-        n = r["name"]
-        fam = 0 if n.startswith("baseline") else 1 if n.startswith("pca") else 2 if n.startswith("autoencoder") else 3
-        mode = next((i for i, m in enumerate(MODES) if n.startswith(f"compressed-{m}")), len(MODES))
-        return (fam, mode, "-kd" in n, "pruned" in n, n.endswith("int8"), n)
-    return sorted(rows, key=key)
-
-
-def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module,
-               x_test: torch.Tensor) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+def export_all(folder: Path, models: Dict[str, nn.Module], ae: nn.Module, x_test: torch.Tensor, scaling=None,
+               labels=None) -> Tuple[List[Dict[str, Any]], Optional[str]]:
     """ONNX files of the compressed nets and of the autoencoder's two halves, each checked in
-    onnxruntime on the test split; returns (one dict per file, a note when skipped)."""
-    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, require_onnx
+    onnxruntime on the test split; returns (one dict per file, a note when skipped). With the
+    input ``scaling`` (and ``labels``) the files take raw inputs (``aecomp.compress.export``)."""
+    from .export import MissingDependencyError, check_onnx, export_autoencoder, export_onnx, raw_input_fn, require_onnx
 
     try:
         require_onnx(runtime=True)
     except MissingDependencyError as exc:
         return [], f"ONNX export skipped: {exc}"
     info = []
+    raw = x_test if scaling is None or scaling.kind == "none" else scaling.invert(x_test)  # what users hold
     for name, model in models.items():
         if not name.startswith("compressed"):
             continue
-        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2])
-        info.append({"name": name, "file": str(path), "max_abs_diff": check_onnx(path, model, x_test)})
-    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2])
+        path = export_onnx(model, folder / f"{name}.onnx", x_test[:2], scaling=scaling, labels=labels)
+        info.append({"name": name, "file": str(path),
+                     "max_abs_diff": check_onnx(path, raw_input_fn(model, scaling), raw)})
+    enc, dec = export_autoencoder(ae, folder / "autoencoder.onnx", x_test[:2], scaling=scaling)
     with torch.no_grad():
         z = ae.encode(x_test)
-    info.append({"name": "autoencoder.encoder", "file": str(enc), "max_abs_diff": check_onnx(enc, ae.encode, x_test)})
-    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(dec, ae.decode, z)})
+    info.append({"name": "autoencoder.encoder", "file": str(enc),
+                 "max_abs_diff": check_onnx(enc, raw_input_fn(ae.encode, scaling), raw)})
+    info.append({"name": "autoencoder.decoder", "file": str(dec), "max_abs_diff": check_onnx(
+        dec, raw_input_fn(ae.decode, scaling, scale_input=False, unscale_output=True), z)})
     return info, None

@@ -61,6 +61,7 @@ from .quantize import dequantize_per_channel, quantize_per_channel
 
 __all__ = [
     "BITS",
+    "choose_bits",
     "Int8Linear",
     "PackedNet",
     "SharedLinear",
@@ -70,6 +71,7 @@ __all__ = [
     "pack_codes",
     "share_model",
     "share_weights",
+    "trainable_layers",
     "unpack_codes",
 ]
 
@@ -254,20 +256,60 @@ def share_weights(weight: torch.Tensor, bits: int, mask: Optional[torch.Tensor] 
     return SharedLinear(codes.contiguous(), cb.contiguous(), bits, m, b, activation)
 
 
-def share_model(model: nn.Module, bits: int, pruned: Optional[bool] = None, iters: int = 30) -> PackedNet:
-    """The :class:`PackedNet` of ``model`` with every layer shared at ``bits``.
+def share_model(model: nn.Module, bits: Union[int, Sequence[int]], pruned: Optional[bool] = None,
+                iters: int = 30) -> PackedNet:
+    """The :class:`PackedNet` of ``model`` with every layer shared at ``bits`` (one width for all
+    layers, or one per layer).
 
     ``pruned`` (default: whether any weight is exactly zero) keeps the zero weights out of the
     clustering and in the mask.
     """
     layers = []
     mods = linear_layers(model)
+    widths = [bits] * len(mods) if isinstance(bits, int) else list(bits)
+    if len(widths) != len(mods):
+        raise ValueError(f"share_model: {len(widths)} bit widths for {len(mods)} layers")
     if pruned is None:
         pruned = any(bool((m.weight == 0).any()) for m in mods)
-    for m in mods:
+    for m, b in zip(mods, widths):
         mask = (m.weight != 0) if pruned else None
-        layers.append(share_weights(m.weight, bits, mask, m.bias, m.activation, iters))
+        layers.append(share_weights(m.weight, b, mask, m.bias, m.activation, iters))
     return PackedNet(classifier_config(model), layers)
+
+
+@torch.no_grad()
+def choose_bits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, points: float = 0.5,
+                bits: Sequence[int] = tuple(BITS), pruned: Optional[bool] = None) -> List[int]:
+    """Per layer, the fewest bits whose k-means sharing of that layer alone (the others float32)
+    costs at most ``points`` of accuracy on ``(x, y)`` against the float32 model -- a sensitivity
+    measurement on the training split (quantization noise, not generalization), so no held-out
+    split is spent. A layer that no width in ``bits`` keeps within ``points`` gets the widest."""
+    from .net import accuracy
+
+    mods = linear_layers(model)
+    if pruned is None:
+        pruned = any(bool((m.weight == 0).any()) for m in mods)
+    ref = accuracy(model, x, y)
+    out = []
+    for m in mods:
+        w0 = m.weight.detach().clone()
+        mask = (w0 != 0) if pruned else None
+        pick = max(bits)
+        for b in sorted(bits):
+            m.weight.copy_(share_weights(w0, b, mask).dense_weight().to(w0.dtype))
+            ok = accuracy(model, x, y) >= ref - points
+            m.weight.copy_(w0)
+            if ok:
+                pick = b
+                break
+        out.append(int(pick))
+    return out
+
+
+def trainable_layers(model: nn.Module) -> List[bool]:
+    """Per linear layer of ``model``, whether its weight trains (``requires_grad``): False for
+    the encoder layers of a frozen CompressedNet."""
+    return [bool(m.weight.requires_grad) for m in linear_layers(model)]
 
 
 def int8_model(model: nn.Module) -> PackedNet:
@@ -298,22 +340,29 @@ class SharedNet(nn.Module):
     """A trainable view of a :class:`PackedNet` of :class:`SharedLinear` layers.
 
     Parameters: ``codebooks.<i>`` (and ``biases.<i>``); buffers: ``codes_<i>``, ``mask_<i>``.
+    ``trainable[i] = False`` keeps layer ``i``'s codebook and bias fixed (a frozen encoder).
     ``forward`` builds ``W_i = codebook_i[codes_i] * mask_i`` and runs the chain as one
     ``aecomp.ops.mlp`` call, so autograd sums each centroid's weights' gradients.
     """
 
-    def __init__(self, packed: PackedNet, backend: Optional[str] = None, train_bias: bool = True) -> None:
+    def __init__(self, packed: PackedNet, backend: Optional[str] = None, train_bias: bool = True,
+                 trainable: Optional[Sequence[bool]] = None) -> None:
         super().__init__()
         if not all(isinstance(layer, SharedLinear) for layer in packed.layers):
             raise TypeError("SharedNet: every layer must be a SharedLinear")
+        n = len(packed.layers)
+        trainable = [True] * n if trainable is None else [bool(t) for t in trainable]
+        if len(trainable) != n:
+            raise ValueError(f"SharedNet: trainable has {len(trainable)} entries for {n} layers")
         self.config = copy.deepcopy(packed.config)
         self.backend = backend
         self.activations = [layer.activation for layer in packed.layers]
         self.bits = [layer.bits for layer in packed.layers]
-        self.codebooks = nn.ParameterList([nn.Parameter(layer.codebook.clone()) for layer in packed.layers])
+        self.codebooks = nn.ParameterList([nn.Parameter(layer.codebook.clone(), requires_grad=t)
+                                           for layer, t in zip(packed.layers, trainable)])
         self.has_bias = packed.layers[0].bias is not None
-        self.biases = nn.ParameterList([nn.Parameter(layer.bias.clone(), requires_grad=train_bias)
-                                        for layer in packed.layers] if self.has_bias else [])
+        self.biases = nn.ParameterList([nn.Parameter(layer.bias.clone(), requires_grad=train_bias and t)
+                                        for layer, t in zip(packed.layers, trainable)] if self.has_bias else [])
         for i, layer in enumerate(packed.layers):
             self.register_buffer(f"codes_{i}", layer.codes.long().clone())
             mask = layer.mask if layer.mask is not None else torch.ones_like(layer.codes, dtype=torch.bool)
@@ -345,13 +394,15 @@ class SharedNet(nn.Module):
 
 
 def finetune_codebooks(packed: PackedNet, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
-                       lr: float = 1e-3, backend: Optional[str] = None, **fit_kw) -> PackedNet:
+                       lr: float = 1e-3, backend: Optional[str] = None,
+                       trainable: Optional[Sequence[bool]] = None, **fit_kw) -> PackedNet:
     """Fine-tune codebooks and biases with codes and masks fixed (``fit_kw``: ``fit_classifier``'s
-    options, e.g. ``x_val``, ``y_val``, ``batch_size``, ``seed``, ``distill``); returns the
-    finalized (float16-rounded) result."""
+    options, e.g. ``x_val``, ``y_val``, ``batch_size``, ``seed``, ``distill``); ``trainable``:
+    per layer, whether it trains (default: all; :func:`trainable_layers` of the source model);
+    returns the finalized (float16-rounded) result."""
     from .net import fit_classifier
 
-    net = SharedNet(packed, backend=backend)
+    net = SharedNet(packed, backend=backend, trainable=trainable)
     if epochs > 0:
         fit_classifier(net, x, y, epochs=epochs, lr=lr, **fit_kw)
     return finalize(net.to_packed())

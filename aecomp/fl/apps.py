@@ -1,44 +1,40 @@
-"""The Flower apps: one ``ClientApp`` and one ``ServerApp`` for the three set-ups.
+"""The Flower apps: one ``ClientApp`` and one ``ServerApp`` for every set-up, repeat and candidate.
 
-Set-ups (same data, same partition, same number of rounds ``R``, same local epochs):
+Set-ups (same data, partition and number of rounds ``R``; the suffix ``+coding`` sends every
+message through the compression Mod, :mod:`aecomp.fl.compression`, with ``settings.coding``):
 
 ``baseline``
     FedAvg on LeNet-300-100 (``in -relu-> 300 -relu-> 100 -> C``) for ``R`` rounds.
 ``compressed``
-    ``A`` rounds of FedAvg on the autoencoder ``in -> latent -> in`` (``in -relu-> hidden ->
-    latent -relu-> hidden -> in`` with ``hidden > 0``; sigmoid output) trained on the clients'
-    pixels only (labels unused; each client step is one ``aecomp.train.FusedStep``, the whole
-    chain forward + MSE + backward in one fused call), then ``R - A`` rounds of FedAvg
-    on a ``CompressedNet``: the federated encoder plus a head ``latent -relu-> head -> C``, both
-    trained ("replace" mode, see ``aecomp.compress.net``). Every round moves the small model.
-``compressed+coded``
-    the same, with every model sent packed (``aecomp.fl.coding``: int8 per channel, deltas on
-    the way up, entropy-coded) by the client Mod ``coded_mod`` and the server's ``CodedGrid``.
+    ``A`` rounds of FedAvg on the autoencoder ``in -> latent -> in`` (sigmoid output; with
+    ``hidden > 0`` one more layer each side) on the clients' pixels (labels unused; each step one
+    fused ``aecomp.train.FusedStep``), then ``R - A`` rounds on a ``CompressedNet``: the federated
+    encoder plus a head ``latent -relu-> head -> C``, all trained ("replace" mode).
+``small``
+    the right-sized baseline: the same CompressedNet architecture from random initialisation,
+    ``R`` rounds, no autoencoder.
 
-Client side (:func:`make_client_app`): ``ClientApp(mods=[coded_mod])`` with one ``@train``
-handler. The message's ConfigRecord says which model (``task``: ``lenet`` / ``autoencoder`` /
-``compressed``) and which round; the client builds that model, loads the arrays, trains for
-``local_epochs`` on its own partition (``context.node_config["partition-id"]``) and replies with
-the arrays and ``num-examples``. A classifier's step is the fused chain op (``aecomp.ops.mlp``)
-under autograd and Adam on the cross-entropy (``aecomp.compress.net.fit_classifier``). A client
-listed in ``settings.drop`` for a round trains for half its epochs and then raises
-:class:`ClientDropout`: Flower turns that into an error reply, and FedAvg averages the replies
-that did arrive.
+Client (:func:`make_client_app`): ``ClientApp(mods=[compression_mod()])``, one ``@train``
+handler. The message's config says what to train (``task``, ``seed``, ``latent``, ``head``,
+the round); the client takes its partition (``node_config["partition-id"]``) of that seed's
+training split, trains ``local_epochs`` seeded by ``(seed, round, partition)`` and replies with
+the arrays and ``num-examples`` / ``partition-id``. Fault injection (``settings.drop``): the client
+raises :class:`ClientDropout` half-way through its round; (``settings.kill``, deployment) it
+writes a marker and waits to be killed by the driver.
 
-Server side (:func:`make_server_app`): for each set-up, Flower's own ``FedAvg`` (message API,
-``strategy.start``) over a ``CountingGrid`` (bytes measured, ``aecomp.fl.grid``), wrapped in a
-``CodedGrid`` for the coded set-up. Failure handling is Flower's: ``min_available_nodes`` (wait
-until every client is connected), error replies and replies missing after ``round_timeout``
-seconds are left out of the average, a round with no reply keeps the previous model. After
-every round the server evaluates the global model on the held-out test split (``evaluate_fn``:
-accuracy, or reconstruction MSE during the autoencoder rounds), takes the byte count of the
-round, and reports a progress line.
+Server (:func:`run_job`): Flower's ``FedAvg`` (``strategy.start``) over a ``CountingGrid`` (bytes
+measured), under a ``CompressionGrid`` for ``+coding``, under an ``OrderedGrid`` that hands the
+replies to the strategy in partition order (so the average does not depend on who answered
+first). Failure handling is Flower's: error replies and replies missing after ``round_timeout``
+are left out of the average. A round in which every client failed raises :class:`RoundFailed`.
+Every round the global model is evaluated on the server's validation split; the test split
+only on the final model (and read only for the final repeats' report, never for a choice).
 """
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -46,7 +42,7 @@ import torch
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from .. import data as data_mod
@@ -55,31 +51,37 @@ from ..compress.net import CompressedNet, accuracy, fit_classifier
 from ..compress.pipeline import recon_mse
 from ..models import Autoencoder
 from ..train import PlainStep
-from .coding import CodedGrid, coded_mod
-from .grid import CountingGrid
+from .codec import parse_codec
+from .compression import CompressionGrid, compression_mod
+from .grid import CountingGrid, OrderedGrid
 from .partition import partition_indices
-from .settings import SETUPS, FLSettings
+from .settings import FLError, FLSettings, Job
 
-__all__ = ["SETUPS", "ClientDropout", "FLSettings", "make_client_app", "make_server_app"]
+__all__ = ["ClientDropout", "RoundFailed", "make_client_app", "run_job"]
 
 
 class ClientDropout(RuntimeError):
     """Raised by a client that drops out in the middle of its round (``FLSettings.drop``)."""
 
 
+class RoundFailed(FLError):
+    """A round in which no client replied with a model."""
+
+
 # ---------------------------------------------------------------------- data (cached per process)
 _DATA: Dict[Tuple, Tuple[data_mod.Splits, List[np.ndarray]]] = {}
 
 
-def load_federated(s: FLSettings) -> Tuple[data_mod.Splits, List[np.ndarray]]:
-    """``(splits, parts)``: the seeded train/test split and each client's indices into ``train``.
-    No validation split: the server evaluates on ``test`` (held out from every client)."""
-    key = (s.data, s.seed, s.test_fraction, s.partition, s.clients)
+def load_federated(s: FLSettings, seed: int) -> Tuple[data_mod.Splits, List[np.ndarray]]:
+    """``(splits, parts)``: the seeded, stratified train/val/test split of the project's protocol
+    (``aecomp.compress.protocol.load_repeat``; ``seed`` is the repeat's) and each client's indices
+    into ``train``. Validation and test stay with the server; no client sees them."""
+    from ..compress.protocol import load_repeat
+
+    key = (s.data, seed, s.val_fraction, s.test_fraction, s.partition, s.clients)
     if key not in _DATA:
-        splits = data_mod.load(s.data, val_fraction=0.0, test_fraction=s.test_fraction, seed=s.seed)
-        if splits.train.y is None:
-            raise data_mod.DataError(f"{s.data} has no labels; federated classification needs them")
-        parts = partition_indices(splits.train.y.numpy(), s.clients, s.partition, seed=s.seed)
+        splits = load_repeat(s.data, 0, seed=seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
+        parts = partition_indices(splits.train.y.numpy(), s.clients, s.partition, seed=seed)
         _DATA[key] = (splits, parts)
     return _DATA[key]
 
@@ -89,18 +91,19 @@ def num_classes(splits: data_mod.Splits) -> int:
 
 
 # ---------------------------------------------------------------------- models
-def build_model(task: str, s: FLSettings, features: int, classes: int) -> torch.nn.Module:
-    """The model a message's ``task`` trains (initialised from the global seed)."""
-    torch.manual_seed(s.seed)
+def build_model(task: str, seed: int, latent: int, head: int, features: int, classes: int, hidden: int = 0,
+                backend: Optional[str] = None) -> torch.nn.Module:
+    """The model a message's ``task`` trains, initialised from ``seed``."""
+    torch.manual_seed(seed)
     if task == "lenet":
-        return lenet_300_100(features, classes, backend=s.backend)
-    dims = (features, s.hidden, s.latent) if s.hidden else (features, s.latent)
-    ae = Autoencoder(dims, output="sigmoid", backend=s.backend)
+        return lenet_300_100(features, classes, backend=backend)
+    dims = (features, hidden, latent) if hidden else (features, latent)
+    ae = Autoencoder(dims, output="sigmoid", backend=backend)
     if task == "autoencoder":
         return ae
     if task == "compressed":
-        return CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(s.head_hidden,),
-                                              backend=s.backend)
+        return CompressedNet.from_autoencoder(ae, classes, mode="replace", head_hidden=(head,) if head else (),
+                                              backend=backend)
     raise ValueError(f"unknown task {task!r}; expected lenet, autoencoder or compressed")
 
 
@@ -139,143 +142,160 @@ def train_autoencoder(model: Autoencoder, x: torch.Tensor, *, epochs: int, lr: f
     return loss_sum / max(seen, 1)
 
 
-def _client_seed(s: FLSettings, round_: int, partition_id: int) -> int:
-    return (s.seed * 1_000_003 + round_ * 1009 + partition_id) % (2**31)
+def client_seed(seed: int, round_: int, partition_id: int) -> int:
+    return (seed * 1_000_003 + round_ * 1009 + partition_id) % (2**31)
+
+
+def _wait_to_be_killed(s: FLSettings, pid: int, round_: int) -> None:
+    """Fault injection (``settings.kill``): say so in the marker folder, then wait for the driver."""
+    folder = os.environ.get("AECOMP_FL_MARKERS")
+    if not folder:
+        return
+    with open(os.path.join(folder, f"kill-{pid}"), "w") as f:
+        f.write(f"{os.getpid()} {round_}\n")
+    time.sleep(120.0)  # the driver kills this SuperNode's processes long before
 
 
 def client_train(msg: Message, context: Context, s: FLSettings) -> Message:
-    """The ClientApp's ``train`` handler (see the module docstring)."""
+    """The ClientApp's ``train`` handler (module docstring)."""
     torch.set_num_threads(1)
     config = msg.content["config"]
-    task = str(config["task"])
+    task, seed = str(config["task"]), int(config["seed"])
     round_ = int(config["server-round"]) + int(config.get("round-offset", 0))
     pid = int(context.node_config["partition-id"])
-    splits, parts = load_federated(s)
+    splits, parts = load_federated(s, seed)
     idx = torch.from_numpy(parts[pid])
     x, y = splits.train.x.index_select(0, idx), splits.train.y.index_select(0, idx)
-    model = load_record(build_model(task, s, splits.train.features, num_classes(splits)), msg.content["arrays"])
-    drops = (round_, pid) in s.drop
+    model = build_model(task, seed, int(config["latent"]), int(config["head"]), splits.train.features,
+                        num_classes(splits), s.hidden, s.backend)
+    load_record(model, msg.content["arrays"])
+    drops = any(r == round_ and c in (pid, -1) for r, c in s.drop)
     epochs = max(1, s.local_epochs // 2) if drops else s.local_epochs
-    seed = _client_seed(s, round_, pid)
+    cs = client_seed(seed, round_, pid)
+    torch.manual_seed(cs)
     if task == "autoencoder":
-        loss = train_autoencoder(model, x, epochs=epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=seed)
+        loss = train_autoencoder(model, x, epochs=epochs, lr=s.ae_lr, batch_size=s.batch_size, seed=cs)
     else:
-        loss = fit_classifier(model, x, y, epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=seed)["train_loss"]
+        loss = fit_classifier(model, x, y, epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=cs)["train_loss"]
+    if (round_, pid) in s.kill and int(config.get("last-job", 0)):
+        _wait_to_be_killed(s, pid, round_)
     if drops:
-        raise ClientDropout(f"client {pid} dropped out in the middle of round {round_}")
-    metrics = MetricRecord({"num-examples": int(x.shape[0]), "train-loss": float(loss)})
+        raise ClientDropout(f"client {pid} dropped out in the middle of round {round_} (fault injection)")
+    metrics = MetricRecord({"num-examples": int(x.shape[0]), "train-loss": float(loss), "partition-id": pid})
     return Message(RecordDict({"arrays": to_record(model), "metrics": metrics}), reply_to=msg)
 
 
-def make_client_app(s: FLSettings) -> ClientApp:
-    """``ClientApp(mods=[coded_mod])`` whose ``train`` handler is :func:`client_train` for ``s``."""
-    app = ClientApp(mods=[coded_mod])
+def make_client_app(s: Optional[FLSettings] = None) -> ClientApp:
+    """``ClientApp(mods=[compression_mod()])`` whose ``train`` handler is :func:`client_train` for
+    ``s`` (None: the deployment's FAB; the settings file named by the run config)."""
+    app = ClientApp(mods=[compression_mod()])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return client_train(msg, context, s)
+        return client_train(msg, context, s if s is not None else _settings_of(context))
 
     return app
 
 
+def _settings_of(context: Context) -> FLSettings:
+    import json
+    from pathlib import Path
+
+    return FLSettings.from_dict(json.loads(Path(str(context.run_config["settings-file"])).read_text()))
+
+
 # ---------------------------------------------------------------------- server
-@dataclass
-class SetupResult:
-    """One set-up's record: a row per round, and what moved."""
-
-    setup: str
-    rounds: List[Dict[str, Any]] = field(default_factory=list)
-    params: Dict[str, int] = field(default_factory=dict)  # task -> parameters per model
-    seconds: float = 0.0
-
-    def to_dict(self) -> Dict[str, Any]:
-        total = sum(r["bytes"] for r in self.rounds)
-        accs = [r["accuracy"] for r in self.rounds if r["accuracy"] is not None]
-        return {
-            "setup": self.setup,
-            "rounds": self.rounds,
-            "params": self.params,
-            "seconds": round(self.seconds, 2),
-            "final_accuracy": accs[-1] if accs else None,
-            "bytes_total": total,
-            "bytes_down": sum(r["bytes_down"] for r in self.rounds),
-            "bytes_up": sum(r["bytes_up"] for r in self.rounds),
-            "bytes_per_round": total / len(self.rounds) if self.rounds else 0.0,
-            "failures": sum(r["failures"] for r in self.rounds),
-        }
-
-
-def _run_phase(setup: str, task: str, grid: Grid, counter: CountingGrid, model: torch.nn.Module, num_rounds: int,
-               offset: int, s: FLSettings, test: data_mod.Dataset, result: SetupResult,
-               log: Callable[[str], None]) -> torch.nn.Module:
-    """``num_rounds`` rounds of Flower's FedAvg on ``model``; rows appended to ``result``."""
+def _phase(job: Job, task: str, grid: Grid, counter: CountingGrid, model: torch.nn.Module, num_rounds: int,
+           offset: int, s: FLSettings, splits: data_mod.Splits, rows: List[Dict[str, Any]], first: bool,
+           last: bool, log: Callable[[str], None]) -> torch.nn.Module:
+    """``num_rounds`` rounds of Flower's FedAvg on ``model``; a row per round appended to ``rows``."""
     t_round = [time.perf_counter()]
+    val = splits.val
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> Optional[MetricRecord]:
         if server_round == 0:
             counter.take()  # nothing has moved yet; start this phase's count clean
             return None
-        load_record(model, arrays)
         count = counter.take()
+        if count.messages_down and count.messages_up == count.failures:
+            first_error = count.errors[0] if count.errors else "no reply before the round timeout"
+            raise RoundFailed(f"{job.name}, round {offset + server_round}: every client failed "
+                              f"({count.failures} error replies of {count.messages_down}; first: {first_error})")
+        load_record(model, arrays)
         if task == "autoencoder":
-            acc, mse = None, recon_mse(model, test.x)
+            acc, mse = None, recon_mse(model, val.x)
         else:
-            acc, mse = accuracy(model, test.x, test.y), None
+            acc, mse = accuracy(model, val.x, val.y), None
         now = time.perf_counter()
-        row = {"round": offset + server_round, "task": task, "accuracy": acc, "recon_mse": mse,
+        row = {"round": offset + server_round, "task": task, "val_accuracy": acc, "val_recon_mse": mse,
                "bytes": count.total, "bytes_down": count.down, "bytes_up": count.up,
                "messages_down": count.messages_down, "messages_up": count.messages_up,
                "failures": count.failures, "failure_bytes": count.failure_bytes, "seconds": round(now - t_round[0], 3)}
         t_round[0] = now
-        result.rounds.append(row)
-        cum = sum(r["bytes"] for r in result.rounds)
-        what = f"recon mse {mse:.5f}" if acc is None else f"accuracy {acc:6.2f}%"
+        rows.append(row)
+        what = f"val mse {mse:.5f}" if acc is None else f"val accuracy {acc:6.2f}%"
         fail = f"  {count.failures} failed" if count.failures else ""
-        log(f"[{setup}] round {row['round']:>3}/{s.rounds} {task:<11} {what}  "
-            f"{count.total:>10,} B this round (down {count.down:,} / up {count.up:,})  "
-            f"cumulative {cum:,} B{fail}")
+        log(f"[{job.name}] round {row['round']:>3}/{s.rounds} {task:<11} {what}  "
+            f"{count.total:>10,} B (down {count.down:,} / up {count.up:,}){fail}")
         return MetricRecord({"accuracy": acc if acc is not None else math.nan,
                              "recon-mse": mse if mse is not None else math.nan})
 
-    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=s.clients,
-                      min_available_nodes=s.clients)
+    # the first phase of a run waits until every client is connected; later ones go on with
+    # whoever is (a killed client does not stall the rest of the run)
+    need = s.clients if first else 1
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=need)
+    config = ConfigRecord({"task": task, "round-offset": offset, "seed": job.seed, "latent": job.latent,
+                           "head": job.head_hidden, "last-job": int(last)})
     res = strategy.start(grid, to_record(model), num_rounds=num_rounds, timeout=s.round_timeout,
-                         train_config=ConfigRecord({"task": task, "round-offset": offset}), evaluate_fn=evaluate)
+                         train_config=config, evaluate_fn=evaluate)
     return load_record(model, res.arrays) if len(res.arrays) else model
 
 
-def run_setup(setup: str, grid: Grid, s: FLSettings, log: Callable[[str], None]) -> SetupResult:
-    """One set-up on ``grid`` (see the module docstring)."""
-    splits, _ = load_federated(s)
+def run_job(job: Job, grid: Grid, s: FLSettings, log: Callable[[str], None], first: bool = False,
+            last: bool = False) -> Dict[str, Any]:
+    """One federated training (a set-up on one repeat); returns its record (rows per round, bytes,
+    validation accuracy, and test accuracy for a final repeat). ``first``: the run's first job
+    (waits for every client to connect); ``last``: its last (where ``settings.kill`` applies, so
+    that no later round waits for a client that is gone)."""
+    splits, _ = load_federated(s, job.seed)
     features, classes = splits.train.features, num_classes(splits)
     counter = CountingGrid(grid)
-    g = CodedGrid(counter) if setup == "compressed+coded" else counter
-    result = SetupResult(setup)
+    inner: Grid = counter
+    if job.coding is not None:
+        codec = parse_codec(job.coding)
+        inner = CompressionGrid(counter, down=codec, up=codec)
+    g = OrderedGrid(inner)
+    rows: List[Dict[str, Any]] = []
+    params: Dict[str, int] = {}
     t0 = time.perf_counter()
-    if setup == "baseline":
-        model = build_model("lenet", s, features, classes)
-        result.params["lenet"] = num_params(model)
-        _run_phase(setup, "lenet", g, counter, model, s.rounds, 0, s, splits.test, result, log)
+    args = (job.seed, job.latent, job.head_hidden, features, classes, s.hidden, s.backend)
+    if job.setup.startswith("baseline"):
+        model = build_model("lenet", *args)
+        params["lenet"] = num_params(model)
+        model = _phase(job, "lenet", g, counter, model, s.rounds, 0, s, splits, rows, first, last, log)
+    elif job.setup.startswith("small"):
+        model = build_model("compressed", *args)
+        params["compressed"] = num_params(model)
+        model = _phase(job, "compressed", g, counter, model, s.rounds, 0, s, splits, rows, first, last, log)
     else:
-        a = s.ae_rounds_for(setup)
-        ae = build_model("autoencoder", s, features, classes)
-        result.params["autoencoder"] = num_params(ae)
-        ae = _run_phase(setup, "autoencoder", g, counter, ae, a, 0, s, splits.test, result, log)
-        net = build_model("compressed", s, features, classes)
-        net.encoder.load_state_dict(ae.encoder.state_dict())
-        result.params["compressed"] = num_params(net)
-        _run_phase(setup, "compressed", g, counter, net, s.rounds - a, a, s, splits.test, result, log)
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def make_server_app(s: FLSettings, sink: Dict[str, Any], log: Callable[[str], None] = print) -> ServerApp:
-    """A ``ServerApp`` that runs ``s.setups`` one after the other; results land in ``sink[setup]``."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        for setup in s.setups:
-            sink[setup] = run_setup(setup, grid, s, log).to_dict()
-
-    return app
+        a = s.ae_rounds_for(job.setup)
+        ae = build_model("autoencoder", *args)
+        params["autoencoder"] = num_params(ae)
+        ae = _phase(job, "autoencoder", g, counter, ae, a, 0, s, splits, rows, first, last, log)
+        model = build_model("compressed", *args)
+        model.encoder.load_state_dict(ae.encoder.state_dict())
+        params["compressed"] = num_params(model)
+        model = _phase(job, "compressed", g, counter, model, s.rounds - a, a, s, splits, rows, False, last, log)
+    total = sum(r["bytes"] for r in rows)
+    out = {"setup": job.setup, "seed": job.seed, "latent": job.latent, "head_hidden": job.head_hidden,
+           "coding": job.coding, "split": job.split, "rounds": rows, "params": params,
+           "seconds": round(time.perf_counter() - t0, 2),
+           "val_accuracy": accuracy(model, splits.val.x, splits.val.y),
+           "test_accuracy": accuracy(model, splits.test.x, splits.test.y),
+           "bytes_total": total, "bytes_down": sum(r["bytes_down"] for r in rows),
+           "bytes_up": sum(r["bytes_up"] for r in rows), "bytes_per_round": total / len(rows) if rows else 0.0,
+           "failures": sum(r["failures"] for r in rows)}
+    with torch.no_grad():  # the paired gaps need each image's outcome (aecomp.compress.protocol)
+        out["val_correct"] = (model(splits.val.x).argmax(1) == splits.val.y).to(torch.uint8).tolist()
+        out["test_correct"] = (model(splits.test.x).argmax(1) == splits.test.y).to(torch.uint8).tolist()
+    return out

@@ -29,6 +29,7 @@ each reply pulled (client -> server, error replies included) with :func:`wire_by
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
@@ -39,7 +40,7 @@ from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 
-__all__ = ["ByteCount", "CountingGrid", "GridWrapper", "wire_bytes"]
+__all__ = ["ByteCount", "CountingGrid", "GridWrapper", "OrderedGrid", "wire_bytes"]
 
 
 def wire_bytes(message: Message) -> int:
@@ -123,6 +124,7 @@ class ByteCount:
     failure_bytes: int = 0  # their bytes (in ``up`` too)
     per_node_down: Dict[int, int] = field(default_factory=dict)
     per_node_up: Dict[int, int] = field(default_factory=dict)
+    errors: List[str] = field(default_factory=list)  # the error replies' reasons, in arrival order
 
     @property
     def total(self) -> int:
@@ -166,9 +168,41 @@ class CountingGrid(GridWrapper):
                 c.messages_up += 1
                 c.failures += int(msg.has_error())
                 c.failure_bytes += n if msg.has_error() else 0
+                if msg.has_error():
+                    c.errors.append(f"node {node}: {error_line(msg.error.reason)}")
                 c.per_node_up[node] = c.per_node_up.get(node, 0) + n
 
     def take(self) -> ByteCount:
         """The count since the last ``take`` (then start a new one)."""
         out, self.count = self.count, ByteCount()
         return out
+
+
+def error_line(reason: str) -> str:
+    """The line of an error reply that says what went wrong: Flower's own "Exception ... occurred.
+    Message: ..." line (Ray wraps it in pages of its own), else the last ``SomethingError: ...``
+    line of a traceback, else the first line."""
+    lines = [ln.strip(" '>") for ln in str(reason).splitlines() if ln.strip(" '>")]
+    flower = [ln for ln in lines if " occurred. Message: " in ln]
+    if flower:
+        return flower[0].split(" occurred. Message: ", 1)[1][:300] or flower[0][:300]
+    found = [ln for ln in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Dropout|Exit|Interrupt)\b[^:]*: ", ln)]
+    return (found[-1] if found else lines[0] if lines else "(no reason)")[:300]
+
+
+def _reply_order(reply: Message):
+    """Partition order: the ``partition-id`` a reply's metrics carry, else its node id (errors last)."""
+    if reply.has_content():
+        for rec in reply.content.metric_records.values():
+            if "partition-id" in rec:
+                return (0, int(rec["partition-id"]), reply.metadata.src_node_id)
+    return (1, 0, reply.metadata.src_node_id)
+
+
+class OrderedGrid(GridWrapper):
+    """Hands the replies of a round to the strategy in partition order, not arrival order: FedAvg
+    sums in the order it is given, and float32 addition is not associative, so the same run must
+    not depend on which client answered first."""
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: Optional[float] = None) -> Iterable[Message]:
+        return sorted(self.inner.send_and_receive(messages, timeout=timeout), key=_reply_order)

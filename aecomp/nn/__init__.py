@@ -8,7 +8,8 @@
   (``FusedMLP.from_sequential`` / ``.to_sequential``).
 - ``FusedMSELoss(reduction="mean", backend=None)``: ``nn.MSELoss`` over ``aecomp.ops.mse_loss``.
 - ``FusedSequential``: an ``nn.Sequential`` running each run of fused layers as one chain op.
-- ``accelerate(model, backend=None, inplace=False) -> model``: rewrites any module; the report
+- ``accelerate(model, backend=None, inplace=False, share_parameters=True) -> model``: rewrites any
+  module, sharing its parameters (like torch.compile); the report
   is ``model.aecomp_report`` (or ``accelerate_report(model)``).
 """
 from __future__ import annotations

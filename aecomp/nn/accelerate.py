@@ -32,10 +32,18 @@ see a different tensor); layers that are already fused. A Linear held in several
 still replaced (by one FusedLinear, so the sharing survives) but not fused with an activation,
 which would be wrong at its other uses.
 
-Weights: with ``inplace=True`` the new modules hold the very same Parameter objects (an
-optimizer built before the call keeps working); otherwise the model is deep-copied first and
-the copy is rewritten (the original is untouched). Device, dtype, requires_grad and the
-training flag are kept. Applying ``accelerate`` to its own result changes nothing.
+Weights are shared, as ``torch.compile`` shares them: the returned model holds the very same
+Parameter (and buffer) objects as ``model``, so an optimizer built before the call trains the
+returned model, and the two always hold the same values::
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model = aecomp.accelerate(model)      # opt still steps model's weights
+
+By default the module tree is copied (the new modules are new objects holding the old
+parameters) and ``model``'s own structure is left as it was (its Linear layers stay Linear);
+``inplace=True`` rewrites ``model`` itself; ``share_parameters=False`` deep-copies the
+parameters too (an independent model). Device, dtype, requires_grad and the training flag are
+kept. Applying ``accelerate`` to its own result changes nothing.
 """
 from __future__ import annotations
 
@@ -202,15 +210,17 @@ class _Rewriter:
 
 
 def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = False,
-               precision: str = "fp32") -> nn.Module:
+               share_parameters: bool = True, precision: str = "fp32") -> nn.Module:
     """Swap ``nn.Linear`` (+ ``ReLU``/``Sigmoid``) and ``nn.MSELoss`` for fused modules, and run
     each Sequential's runs of them as one chain op.
 
     Returns the model (``model = aecomp.accelerate(model)``, like ``torch.compile``);
-    ``print(model.aecomp_report)`` lists what was replaced and what was left alone and why. ``backend`` pins the new modules to a backend (``None``: automatic). With
-    ``inplace=False`` (default) ``model`` is deep-copied first and left unchanged. See the
-    module docstring for the exact rules. Warns once if it skipped Linear subclasses it does
-    not know.
+    ``print(model.aecomp_report)`` lists what was replaced and what was left alone and why.
+    ``backend`` pins the new modules to a backend (``None``: automatic). The result shares
+    ``model``'s parameters and buffers (an optimizer built before the call trains it); with
+    ``inplace=False`` (default) ``model``'s module tree is copied and left unchanged, with
+    ``share_parameters=False`` the parameters are copied too. See the module docstring for the
+    exact rules. Warns once if it skipped Linear subclasses it does not know.
 
     ``precision="bf16"`` (an opt-in, like ``torch.autocast``; fp32 is the default): the fused
     layers run their GEMMs in bfloat16 on the CPU's matrix engine (AMX or AVX512-BF16) for float32
@@ -223,7 +233,9 @@ def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = copy.deepcopy(model)
+        # deepcopy's memo: every parameter and buffer maps to itself, so only the modules are new
+        memo = {} if not share_parameters else {id(t): t for t in (*model.parameters(), *model.buffers())}
+        model = copy.deepcopy(model, memo)
     uses: Counter = Counter()
     for parent in model.modules():  # each module once; count every slot that holds a child
         for child in parent._modules.values():

@@ -4,7 +4,7 @@
 op            computes                                        backward
 ============  ==============================================  =====================================
 linear_act    ``act(x @ weight.T + bias)``                    from the saved output ``y``:
-              act in {none, relu, sigmoid};                   ``gz = g * act'(y)`` (relu: ``y > 0``;
+              act in {none, relu, sigmoid};                   ``gz = g * act'(y)`` (relu: 0 at ``y <= 0``;
               ``weight`` is ``[out, in]`` like nn.Linear      sigmoid: ``y (1 - y)``), ``db = sum_rows
                                                               gz``, ``dx = gz @ W``, ``dW = gz^T x``
 mse_loss      mean / sum / none of ``(input - target)^2``     ``d input = 2 (input - target) g / n``

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .. import _ext
-from .._backend import _STATE, _env_backend, get_backend, resolve, resolve_fast
+from .._backend import _STATE, BackendUnavailableError, _env_backend, get_backend, resolve, resolve_fast
 
 __all__ = ["GROUP", "PackedChain", "PackedLayer", "codebook_layer", "int8_layer", "load_module", "packed_mlp"]
 
@@ -207,9 +207,15 @@ def _gpu_data(layers: Sequence[PackedLayer], device) -> Tuple[List[torch.Tensor]
 def _cuda_impl(x, data, meta, activations, compute):
     """``torch.ops.aecomp.packed_mlp`` on CUDA tensors: the CPU-layout arguments unpacked (on every
     call: the cached route is ``aecomp.ops.packed_mlp``) and run by ``aecomp_triton::packed_mlp``.
-    ``compute`` is ignored there: the Triton kernels always have the float (dequantize) semantics."""
-    from . import _triton
+    ``compute`` is ignored there: the Triton kernels always have the float (dequantize) semantics.
 
+    The triton op is reached through the backend registry and its torch op name, not by importing
+    ``_triton`` (which imports this module: the dependency runs one way, triton -> packed)."""
+    triton_backend = get_backend("triton")  # registers torch.ops.aecomp_triton.* on first use
+    ok, reason = triton_backend.status()
+    if not ok:
+        raise BackendUnavailableError(f"aecomp::packed_mlp: CUDA tensors run on the triton backend, which is not "
+                                      f"available: {reason}. {triton_backend.how_to_get}".rstrip())
     if len(meta) < 4 or len(meta) % 4 or len(data) != len(meta):
         raise ValueError(f"aecomp::packed_mlp: expected 4 tensors and 4 meta ints per layer, got {len(data)} "
                          f"tensors and {len(meta)} ints")
@@ -225,7 +231,7 @@ def _cuda_impl(x, data, meta, activations, compute):
             raise ValueError(f"aecomp::packed_mlp: layer {i} has kind code {kind}; expected 0 (int8) or 1 (codebook)")
         layers.append(PackedLayer(kinds[kind], n, k, w, s, b if b.numel() else None, act, table=table))
     gdata, gmeta = _gpu_data(layers, x.device)
-    return _triton.packed_mlp_op(x, gdata, gmeta, activations)
+    return torch.ops.aecomp_triton.packed_mlp(x, gdata, gmeta, activations)
 
 
 def unpack_weight(layer: PackedLayer) -> torch.Tensor:
@@ -336,6 +342,9 @@ def _register_backends() -> None:
     get_backend("reference").ops["packed_mlp"] = _reference
 
 
+_DATA_NAMES = ("packed weights", "scale/table", "bias", "colsum")
+
+
 def register_fake() -> None:
     try:
         torch.ops.aecomp.packed_mlp
@@ -349,6 +358,10 @@ def register_fake() -> None:
         if len(meta) < 4 or len(meta) % 4 or len(data) != len(meta):
             raise ValueError(f"aecomp::packed_mlp: expected 4 tensors and 4 meta ints per layer, got {len(data)} "
                              f"tensors and {len(meta)} ints")
+        for i, t in enumerate(data):  # the CPU layout: on the CPU (a CUDA x unpacks it) or on x's device
+            if t.device != x.device and t.device.type != "cpu":
+                raise ValueError(f"aecomp::packed_mlp: layer {i // 4} {_DATA_NAMES[i % 4]} is on {t.device} but x is "
+                                 f"on {x.device}")
         k, n = meta[2], meta[-3]
         if x.dim() < 1 or x.shape[-1] != k:
             raise ValueError(f"aecomp::packed_mlp: x must be [..., {k}], got {list(x.shape)}")

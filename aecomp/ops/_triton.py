@@ -100,17 +100,7 @@ def _linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
 
 def _check_backward(op: str, grad_y, x, weight, y, activation) -> None:
-    _checks.check_linear_act(op, x, weight, None, activation, DTYPES)
-    out_shape = (*x.shape[:-1], weight.shape[0])
-    for arg, t in (("grad_y", grad_y), ("y", y)):
-        _checks.check_tensor(op, arg, t)
-        if tuple(t.shape) != out_shape:
-            raise ValueError(
-                f"{op}: {arg} must have the output's shape [{', '.join(map(str, out_shape))}], "
-                f"got {_checks.shape_str(t)} (x: {_checks.shape_str(x)}, weight: {_checks.shape_str(weight)})"
-            )
-        if t.dtype != x.dtype or t.device != x.device:
-            raise TypeError(f"{op}: {arg} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}")
+    _checks.check_linear_act_backward(op, grad_y, x, weight, y, activation, DTYPES)
     _check_device(op, "x", x)
 
 
@@ -130,14 +120,7 @@ def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torc
 
 
 def _check_mse_backward(op: str, grad, input, target, reduction) -> None:
-    _checks.check_mse(op, input, target, reduction, DTYPES)
-    _checks.check_tensor(op, "grad", grad)
-    want = tuple(input.shape) if reduction == "none" else ()
-    if tuple(grad.shape) != want:
-        raise ValueError(f"{op}: grad must have shape [{', '.join(map(str, want))}] for reduction {reduction!r}, "
-                         f"got {_checks.shape_str(grad)} (input: {_checks.shape_str(input)})")
-    if grad.dtype != input.dtype or grad.device != input.device:
-        raise TypeError(f"{op}: grad is {grad.dtype} on {grad.device} but input is {input.dtype} on {input.device}")
+    _checks.check_mse_backward(op, grad, input, target, reduction, DTYPES)
     _check_device(op, "input", input)
 
 
@@ -150,116 +133,24 @@ def _mse_loss_backward(grad: torch.Tensor, input: torch.Tensor, target: torch.Te
 # ----------------------------------------------------------------------------------------
 # chain op bodies
 # ----------------------------------------------------------------------------------------
-def _acts(op: str, activations, n: int) -> List[str]:
-    if not isinstance(activations, str):
-        raise TypeError(f"{op}: activations must be one comma-separated string, got {type(activations).__name__}")
-    acts = activations.split(",")
-    if len(acts) != n:
-        raise ValueError(f"{op}: got {n} weights but {len(acts)} activations ({activations!r}); "
-                         "give one activation per layer")
-    for a in acts:
-        _checks.check_activation(op, a)
-    return acts
-
-
 def _check_chain(op: str, x, weights, biases, activations) -> List[str]:
     """The C++ check_mlp's checks and wording, plus the backend's dtypes and device."""
-    _checks.check_tensor(op, "x", x)
-    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
-        raise ValueError(f"{op}: weights must be a non-empty list of [out, in] tensors")
-    n = len(weights)
-    if biases is None:
-        biases = [None] * n
-    if len(biases) != n:
-        raise ValueError(f"{op}: got {n} weights but {len(biases)} biases (use None for a layer without bias)")
-    acts = _acts(op, activations, n)
-    if x.dim() < 1:
-        raise ValueError(f"{op}: x must have at least 1 dimension [..., in_features], got shape {_checks.shape_str(x)}")
-    _checks.check_dtype(op, "x", x, DTYPES)
-    width = x.shape[-1]
-    for i, w in enumerate(weights):
-        _checks.check_tensor(op, f"weights[{i}]", w)
-        ws = _checks.shape_str(w)
-        if w.dim() != 2:
-            raise ValueError(f"{op}: weights[{i}] must be 2-D [out, in], got shape {ws}")
-        if w.shape[1] != width:
-            prev = "x.shape[-1]" if i == 0 else f"weights[{i - 1}].shape[0]"
-            raise ValueError(f"{op}: weights[{i}].shape[1] = {w.shape[1]} does not match {prev} = {width} "
-                             f"(weights[{i}]: {ws}, x: {_checks.shape_str(x)})")
-        if w.dtype != x.dtype:
-            raise TypeError(f"{op}: weights[{i}] has dtype {w.dtype} but x has dtype {x.dtype} (weights[{i}]: {ws})")
-        if w.device != x.device:
-            raise ValueError(f"{op}: weights[{i}] is on {w.device} but x is on {x.device} (weights[{i}]: {ws})")
-        b = biases[i]
-        if b is not None:
-            _checks.check_tensor(op, f"biases[{i}]", b)
-            if b.dim() != 1 or b.shape[0] != w.shape[0]:
-                raise ValueError(f"{op}: biases[{i}] must have shape [{w.shape[0]}] (weights[{i}].shape[0]), "
-                                 f"got {_checks.shape_str(b)}")
-            if b.dtype != x.dtype:
-                raise TypeError(f"{op}: biases[{i}] has dtype {b.dtype} but x has dtype {x.dtype}")
-            if b.device != x.device:
-                raise ValueError(f"{op}: biases[{i}] is on {b.device} but x is on {x.device}")
-        width = w.shape[0]
+    acts = _checks.check_chain(op, x, weights, biases, activations, DTYPES)
     _check_device(op, "x", x)
     return acts
 
 
-def _chain_out_shape(x, weights) -> Tuple[int, ...]:
-    return (*x.shape[:-1], weights[-1].shape[0])
-
-
-def _check_target(op: str, x, weights, target, reduction) -> None:
-    _checks.check_tensor(op, "target", target)
-    _checks.check_reduction(op, reduction)
-    want = _chain_out_shape(x, weights)
-    if tuple(target.shape) != want:
-        raise ValueError(f"{op}: target must have the chain output's shape [{', '.join(map(str, want))}], "
-                         f"got {_checks.shape_str(target)} (x: {_checks.shape_str(x)}, "
-                         f"weights[-1]: {_checks.shape_str(weights[-1])})")
-    if target.dtype != x.dtype:
-        raise TypeError(f"{op}: target has dtype {target.dtype} but x has dtype {x.dtype} "
-                        f"(target: {_checks.shape_str(target)})")
-    if target.device != x.device:
-        raise ValueError(f"{op}: target is on {target.device} but x is on {x.device} "
-                         f"(target: {_checks.shape_str(target)})")
-
-
 def _check_chain_backward(op: str, x, weights, outputs, activations, need_bias) -> List[str]:
-    acts = _check_chain(op, x, weights, None, activations)
-    n = len(weights)
-    if len(outputs) != n or len(need_bias) != n:
-        raise ValueError(f"{op}: got {n} weights, {len(outputs)} saved outputs and {len(need_bias)} need_bias "
-                         "flags; they must match")
-    rows = 1
-    for d in x.shape[:-1]:
-        rows *= d
-    for i, (o, w) in enumerate(zip(outputs, weights)):
-        _checks.check_tensor(op, f"outputs[{i}]", o)
-        want = (rows, w.shape[0])
-        if tuple(o.shape) != want and tuple(o.shape) != (*x.shape[:-1], w.shape[0]):
-            raise ValueError(f"{op}: outputs[{i}] must have shape [{rows}, {w.shape[0]}] (layer {i}'s output, "
-                             f"batch dims flattened), got {_checks.shape_str(o)} (x: {_checks.shape_str(x)})")
-        if o.dtype != x.dtype or o.device != x.device:
-            raise TypeError(f"{op}: outputs[{i}] is {o.dtype} on {o.device} but x is {x.dtype} on {x.device}")
+    acts = _checks.check_chain_backward(op, x, weights, outputs, activations, need_bias, DTYPES)
+    _check_device(op, "x", x)
     return acts
 
 
-def _check_grad(op: str, grad, x, weights, want_shapes) -> None:
-    _checks.check_tensor(op, "grad", grad)
-    if tuple(grad.shape) not in want_shapes:
-        alts = " or ".join("[" + ", ".join(map(str, s)) + "]" for s in want_shapes)
-        raise ValueError(f"{op}: grad must have shape {alts}, got {_checks.shape_str(grad)} "
-                         f"(x: {_checks.shape_str(x)}, weights[-1]: {_checks.shape_str(weights[-1])})")
-    if grad.dtype != x.dtype or grad.device != x.device:
-        raise TypeError(f"{op}: grad is {grad.dtype} on {grad.device} but x is {x.dtype} on {x.device}")
-
-
-def _rows_of(x) -> int:
-    rows = 1
-    for d in x.shape[:-1]:
-        rows *= d
-    return rows
+_acts = _checks.chain_activations
+_chain_out_shape = _checks.chain_out_shape
+_check_target = _checks.check_chain_target
+_check_grad = _checks.check_chain_grad
+_rows_of = _checks.rows_of
 
 
 def _unpack_biases(op: str, biases, has_bias, n: int) -> List[Optional[torch.Tensor]]:
@@ -687,6 +578,50 @@ BACKEND = Backend(
 from aecomp.kernels.optim import ADAM, SGD, OptimHyper, wgrad_optim  # noqa: E402
 
 
+def check_train_step(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+                     activations: Sequence[str], target: torch.Tensor, reduction: str, hypers: Sequence,
+                     states) -> List[str]:
+    """Every check of :func:`mlp_mse_train_step_triton`, before anything is changed (an error part
+    way must leave the parameters and the optimizer state as they were); returns the activations."""
+    op = f"{NAMESPACE}::mlp_mse_train_step"
+    if len(hypers) != len(weights) or len(states) != len(weights):
+        raise ValueError(f"{op}: need one hyper-parameter set and one state pair per layer ({len(weights)}), "
+                         f"got {len(hypers)} and {len(states)}")
+    acts = _check_chain(op, x, weights, biases, ",".join(activations))
+    _check_target(op, x, weights, target, reduction)
+    if reduction == "none":
+        raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got 'none'")
+    L = len(weights)
+    names = [f"weights[{i}]" for i in range(L)] + [f"biases[{i}]" for i in range(L)]
+    shared = _checks.shared_parameters([*weights, *biases])
+    if shared is not None:
+        raise ValueError(f"{op}: {names[shared[0]]} and {names[shared[1]]} share memory (one parameter used by two "
+                         "layers); the fused update of each slot cannot sum a shared parameter's gradients. "
+                         "aecomp.train.FusedStep takes its plain path for such models")
+    for i, (w, hyper) in enumerate(zip(weights, hypers)):
+        if 0 in w.shape:
+            raise ValueError(f"{op}: weights[{i}] has shape {_checks.shape_str(w)}; a layer without inputs or "
+                             "outputs takes the plain path")
+        need = 2 if hyper.kind == ADAM else (1 if hyper.consts["MOM"] else 0)
+        for j, p in enumerate((w, biases[i])):
+            if p is None:
+                continue
+            pname = names[i if j == 0 else L + i]
+            if not p.is_contiguous():
+                raise ValueError(f"{op}: {pname} must be contiguous, got strides {tuple(p.stride())}")
+            for k, st in enumerate(states[i][j]):
+                if k >= need:
+                    continue
+                sname = f"the optimizer state {k} of {pname}"
+                if st is None:
+                    raise ValueError(f"{op}: {sname} is missing")
+                if st.shape != p.shape or st.dtype != p.dtype or st.device != p.device or not st.is_contiguous():
+                    raise ValueError(f"{op}: {sname} must be a contiguous {p.dtype} tensor on {p.device} shaped "
+                                     f"like it {_checks.shape_str(p)}, got {st.dtype} {_checks.shape_str(st)} on "
+                                     f"{st.device}")
+    return acts
+
+
 def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
                               biases: Sequence[Optional[torch.Tensor]], activations: Sequence[str],
                               target: torch.Tensor, reduction: str, hypers: Sequence,
@@ -699,19 +634,19 @@ def mlp_mse_train_step_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     ``hypers[i]``: the :class:`aecomp.kernels.optim.OptimHyper` of layer ``i`` (its weight and
     bias share it); ``states[i] = ((w_s1, w_s2), (b_s1, b_s2))``: the optimizer state tensors
     (``exp_avg``, ``exp_avg_sq`` or ``momentum_buffer``, ``None``). Parameters and state must be
-    contiguous. Returns the loss (detached)."""
-    op = f"{NAMESPACE}::mlp_mse_train_step"
+    contiguous, and no two parameters may share memory (:func:`check_train_step`: everything is
+    checked before anything changes). An empty batch updates like ``torch.optim`` with its zero
+    gradients (the moments decay; weight decay and momentum apply). Returns the loss (detached)."""
     weights, biases = [w.detach() for w in weights], [None if b is None else b.detach() for b in biases]
-    if len(hypers) != len(weights) or len(states) != len(weights):
-        raise ValueError(f"{op}: need one hyper-parameter set and one state pair per layer ({len(weights)}), "
-                         f"got {len(hypers)} and {len(states)}")
-    acts = _check_chain(op, x, weights, biases, ",".join(activations))
-    _check_target(op, x, weights, target, reduction)
-    if _rows_of(x) == 0:
-        raise ValueError(f"{op}: an empty batch (x {tuple(x.shape)}) takes the plain path")
+    acts = check_train_step(x, weights, biases, activations, target, reduction, hypers, states)
     with torch.no_grad():
         outputs, loss = _mlp_kernels.chain_forward(x, weights, biases, acts, target, reduction)
-        grad = torch.ones((), device=x.device, dtype=x.dtype) if reduction != "none" else torch.ones_like(loss)
+        if _rows_of(x) == 0:  # the gradient is zero: the update kernels get one all-zero row
+            for i, w in enumerate(weights):
+                zg, zh = w.new_zeros((1, w.shape[0])), w.new_zeros((1, w.shape[1]))
+                wgrad_optim(zg, zh, zg, 0, w, biases[i], states[i][0], states[i][1], hypers[i])
+            return loss
+        grad = torch.ones((), device=x.device, dtype=x.dtype)
 
         def update(i, g, h, y, act):
             wgrad_optim(g, h, y, act, weights[i], biases[i], states[i][0], states[i][1], hypers[i])

@@ -33,9 +33,12 @@ changed is not resumed unless ``--allow-data-change`` (then with a warning).
 same folder stops at once with one line naming the first one's pid.
 
 ``--scale`` (default ``auto``): pixels stay pixels -- uint8 data is divided by 255, data already
-in [0, 1] is left alone, other images get one global min-max, and only tables are scaled per
-feature (see ``aecomp.data``). The model gets a sigmoid output when the training data is in
-[0, 1] after scaling.
+in [0, 1] is left alone, other images (flat ones too: a square width >= 64 of non-negative
+integers or values in [0, 255]) get one global min-max, and only tables are scaled per feature
+(see ``aecomp.data``). The scaling chosen is printed, recorded in every checkpoint
+(``run.input_scaling``) and in ``summary.json``; ``--resume`` applies the recorded one (a run
+recorded before the scaling was, with ``auto``, gets the rule it was started with). The model
+gets a sigmoid output when the training data is in [0, 1] after scaling.
 
 Mistakes (bad arguments, unreadable data, an unusable --out, a model too large for memory)
 print one line and exit with 2;
@@ -355,9 +358,11 @@ def _run_locked(args: argparse.Namespace, given: Dict[str, Any], out: Path) -> i
 
     info = dist_mod.init(None if s["device"] == "auto" else s["device"])
     try:
-        try:
+        recorded = saved_run.get("input_scaling") if resume else None
+        scale: Any = recorded if recorded is not None else s["scale"]
+        try:  # a run recorded before its scaling was (issue 23) keeps the auto rule it started with
             splits = data_mod.load(s["data"], val_fraction=s["val_fraction"], test_fraction=s["test_fraction"],
-                                   seed=s["seed"], scale=s["scale"])
+                                   seed=s["seed"], scale=scale, auto_rule=1 if resume and recorded is None else 2)
         except data_mod.DataError as exc:
             raise UsageError(str(exc)) from None
         s["data"] = splits.source.get("spec", s["data"])
@@ -388,13 +393,15 @@ def _run_locked(args: argparse.Namespace, given: Dict[str, Any], out: Path) -> i
                               precision="bf16" if s["bf16"] else s.get("precision", "fp32"),
                               patience=s["patience"], out_dir=out, checkpoint_every=s["checkpoint_every"],
                               progress=False if getattr(args, "no_progress", False) else None,
-                              run_config={"settings": s, "data": splits.config, "source": splits.source})
+                              run_config={"settings": s, "data": splits.config, "source": splits.source,
+                                          "input_scaling": splits.preprocessing.to_dict()})
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if info.is_main:
             print(f"aecomp train: {type(model).__name__} {json.dumps(model.config)} on {splits.spec} "
                   f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test), "
-                  f"device {trainer.device}, {info.world_size} process(es)", file=sys.stderr)
+                  f"device {trainer.device}, {info.world_size} process(es); input scaling "
+                  f"{splits.preprocessing.describe()}", file=sys.stderr)
         import aecomp
 
         with aecomp.use_backend(s["backend"]):
@@ -437,7 +444,8 @@ def _write_outputs(out: Path, trainer, splits, result, test, plots) -> None:
     summary = {"epochs_completed": result.epochs_completed, "steps": result.steps,
                "stopped_early": result.stopped_early, "best_val_loss": result.best_val_loss,
                "best_epoch": result.best_epoch, "test": test, "checkpoint": str(result.checkpoint),
-               "step_kind": result.step_kind, "model": trainer.model.config, "data": splits.config}
+               "step_kind": result.step_kind, "model": trainer.model.config, "data": splits.config,
+               "input_scaling": splits.preprocessing.to_dict()}
     atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     msg = f"aecomp train: done, {result.epochs_completed} epochs"
     if test is not None:

@@ -41,6 +41,20 @@ gradients (``aecomp.ops._bf16.mlp_bf16``: float32 gradients of the float32 param
 where the matrix engine runs bf16 (``aecomp info``); elsewhere the step runs float32
 (``compute_precision(x)`` says which). The default is ``"fp32"``.
 
+Shared parameters: a parameter used by two layers (``forward = l(l(x))`` with one layer, a weight
+tied between encoder and decoder) gets ONE gradient, the sum over its uses, and ONE optimizer
+step per training step, as in the usual torch loop. The fused optimizer updates each layer's
+slot as soon as that slot's gradient is complete, so it cannot sum; for such a model step()
+takes the plain path (on the CPU: the C++ value-and-grad call, the slots' gradients summed per
+parameter, then ``optimizer.step()``), and the fused calls themselves refuse shared parameters.
+
+Empty batches: the fused step matches torch.optim. An empty batch's gradients are zero, and
+torch's Adam/AdamW/SGD still step on them (the step count moves, the moments decay, weight
+decay and momentum apply); the fused optimizer runs the same update with a zero gradient (the
+loss is NaN for 'mean', as torch's). Every argument of the fused step is checked before
+anything changes: an error leaves the parameters, the optimizer state and its step counts as
+they were.
+
 On the GPU, ``cuda_graph=True`` captures the whole step (forward, loss, backward, optimizer)
 in a ``torch.cuda.CUDAGraph`` per batch shape and replays it: for small batches the step is
 then one launch from Python instead of dozens. It needs an optimizer that can be captured
@@ -166,11 +180,29 @@ class FusedStep:
             return _ext.load()[0] is not None
         return name == "cpu" and _ext.load()[0] is not None
 
+    def _shared(self, weights=None, biases=None) -> bool:
+        """Whether two layers share a trained parameter (``l(l(x))``, a weight tied between layers).
+
+        Such a parameter has ONE gradient, the sum over its uses, and one optimizer step; the
+        fused optimizer updates each layer's slot as soon as that slot's gradient is complete, so
+        it cannot sum them, and step() takes the plain path (gradients summed per parameter,
+        then ``optimizer.step()``)."""
+        from ..ops._checks import shared_parameters
+
+        if weights is None:
+            weights, biases = [layer.weight for layer in self.layers], [layer.bias for layer in self.layers]
+        params = [p if p is not None and p.requires_grad else None for p in (*weights, *biases)]
+        key = tuple(None if p is None else (id(p), p.data_ptr()) for p in params)  # cached: checked every step
+        if getattr(self, "_shared_key", None) != key:
+            self._shared_key, self._shared_value = key, shared_parameters(params) is not None
+        return self._shared_value
+
     def uses_fused_optimizer(self, x: Optional[torch.Tensor] = None) -> bool:
         """Whether step() runs the optimizer fused into the backward (for a float32 CPU batch x)."""
         params = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
         ok = (_fused_optimizer_kind(self.optimizer) is not None and hasattr(_ext._C, "mlp_mse_train_step")
-              and all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params))
+              and all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params)
+              and not self._shared())
         if x is not None:
             ok = ok and x.dtype == torch.float32 and self._direct_cpu(x)
         return ok
@@ -263,8 +295,9 @@ class FusedStep:
         biases = [layer.bias for layer in self.layers]
         if self.cuda_graph and x.is_cuda and weight is None:
             return self._graph_step(x)
+        shared = self._shared(weights, biases)
         if (weight is None and x.dtype == torch.float32 and self._direct_cpu(x) and torch.is_grad_enabled()
-                and hasattr(_ext._C, "mlp_mse_train_step")):
+                and hasattr(_ext._C, "mlp_mse_train_step") and not shared):
             args = self._fused_optim_args(weights, biases)
             if args is not None:
                 fn = _ext._C.mlp_mse_train_step_bf16 if self._bf16_batch(x) else _ext._C.mlp_mse_train_step
@@ -272,7 +305,7 @@ class FusedStep:
                     loss = fn(x, weights, biases, self._acts, x, "mean", *args)
                 self.optimizer._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
                 return loss
-        if weight is None and torch.is_grad_enabled() and self._direct_triton(x):
+        if weight is None and torch.is_grad_enabled() and not shared and self._direct_triton(x):
             loss = self._triton_fused_step(x, weights, biases)
             if loss is not None:
                 return loss
@@ -286,12 +319,13 @@ class FusedStep:
             loss, gw, gb = _ext._C.mlp_mse_value_and_grad(
                 x, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],
                 self._acts, x, "mean")
-            for p, g in zip(weights, gw):
-                if p.requires_grad:
-                    p.grad = g
-            for p, g in zip(biases, gb):
+            # one gradient per parameter: the sum over the slots that use it (a shared parameter)
+            grads = {}
+            for p, g in zip([*weights, *biases], [*gw, *gb]):
                 if p is not None and p.requires_grad:
-                    p.grad = g
+                    grads[id(p)] = (p, g if id(p) not in grads else grads[id(p)][1] + g)
+            for p, g in grads.values():
+                p.grad = g
         else:
             self.optimizer.zero_grad(set_to_none=True)
             loss = mlp_mse_loss(x, weights, biases, self.activations, x, "mean", backend=self.backend)
@@ -323,10 +357,10 @@ class FusedStep:
         dtype and device, and each layer's weight and bias are in one param group; else None."""
         opt = self.optimizer
         kind = _fused_optimizer_kind(opt)
-        if kind is None or x.numel() == 0:
+        if kind is None:
             return None
         params = list(weights) + list(biases)
-        if any(p is not None and not p.requires_grad for p in params):
+        if any(p is not None and not p.requires_grad for p in params) or any(0 in w.shape for w in weights):
             return None
         group_of_p = {p: gi for gi, g in enumerate(opt.param_groups) for p in g["params"]}
         L = len(weights)
@@ -336,13 +370,20 @@ class FusedStep:
         built = self._build_optim_args(opt, kind, params, device=x.device.type, dtypes=(x.dtype,))
         if built is None:
             return None
-        from ..ops._triton import ADAM, SGD, OptimHyper, mlp_mse_train_step_triton
+        from ..ops._triton import ADAM, SGD, OptimHyper, check_train_step, mlp_mse_train_step_triton
 
         group_of, state1, state2, steps, first = built
+        states = [((state1[i], state2[i]), (state1[L + i], state2[L + i])) for i in range(L)]
+        hypers = []
+        for i in range(L):  # checked before any step count moves
+            g = opt.param_groups[group_of[i]]
+            hypers.append(OptimHyper(ADAM, g["lr"]) if kind == _ADAM else
+                          OptimHyper(SGD, g["lr"], momentum=g["momentum"], first=first[i]))
+        check_train_step(x, weights, biases, self.activations, x, "mean", hypers, states)
         for p in params:
             if p is not None:
                 p.grad = None  # no gradient is written: drop stale ones
-        hypers, states = [], []
+        hypers = []
         for i in range(L):
             g = opt.param_groups[group_of[i]]
             if kind == _ADAM:
@@ -356,7 +397,6 @@ class FusedStep:
             else:
                 hypers.append(OptimHyper(SGD, g["lr"], weight_decay=g["weight_decay"], momentum=g["momentum"],
                                          dampening=g["dampening"], nesterov=bool(g["nesterov"]), first=first[i]))
-            states.append(((state1[i], state2[i]), (state1[L + i], state2[L + i])))
         loss = mlp_mse_train_step_triton(x, weights, biases, self.activations, x, "mean", hypers, states)
         opt._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
         return loss

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 
+#include "isa.h"
 #include "microkernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -86,20 +87,30 @@ Decision decide() {
   d.why = "not an x86-64 build";
   return d;
 #else
-  if (mk::active_isa() != mk::Isa::Avx512) {
-    d.why = std::string("the CPU kernels run at ") + mk::isa_name(mk::active_isa()) + caps +
-            "; brgemm runs only under the avx512 level";
+  const IsaLevel level = isa_level();  // throws (one line) for a refused AECOMP_CPU_ISA
+  if (level < IsaLevel::Avx512) {
+    d.why = std::string("the CPU kernels run at ") + isa_level_name(level) + caps +
+            "; brgemm runs only at the avx512 level and above";
     return d;
   }
   if (!at::globalContext().userEnabledMkldnn()) {
     d.why = "torch.backends.mkldnn.enabled is False";
     return d;
   }
-  __builtin_cpu_init();
-  const bool bf16_isa = __builtin_cpu_supports("avx512bf16");
-  const bool bf16 = bf16_isa && probe_bf16();
-  const bool int8 = probe_u8s8();
-  if (bf16 && cb::could_pack(at::kBFloat16) && int8) {
+  // oneDNN picks its kernels from ITS cap (ONEDNN_MAX_CPU_ISA): with AMX there, its bf16 and
+  // u8s8 kernels are AMX ones, which aecomp's cap below amx must rule out (never run a higher
+  // level's instructions). could_pack asks without running anything.
+  const bool onednn_amx = cb::could_pack(at::kBFloat16);
+  const bool amx_ok = isa_has(IsaFeature::AmxBf16) && isa_has(IsaFeature::AmxInt8);
+  if (onednn_amx && !amx_ok) {
+    d.why = std::string("the CPU kernels run at ") + isa_level_name(level) + caps +
+            ", below amx, and oneDNN's brgemm would use AMX here (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 runs "
+            "it without)";
+    return d;
+  }
+  const bool bf16 = isa_has(IsaFeature::Avx512Bf16) && probe_bf16();
+  const bool int8 = isa_has(IsaFeature::Avx512Vnni) && probe_u8s8();
+  if (onednn_amx && bf16 && int8) {
     d.level = Level::Amx;
     d.why = "AMX-BF16 / AMX-INT8 tiles through oneDNN brgemm" + caps;
   } else if (bf16) {
@@ -107,8 +118,8 @@ Decision decide() {
     d.why = "bf16 on AVX512-BF16, u8s8 on AVX-512 VNNI (no AMX" + caps + ")";
   } else if (int8) {
     d.level = Level::Vnni;
-    d.why = std::string("u8s8 on AVX-512 VNNI only (no ") + (bf16_isa ? "bf16 kernel from oneDNN" : "AVX512-BF16") +
-            caps + ")";
+    d.why = std::string("u8s8 on AVX-512 VNNI only (no ") +
+            (isa_has(IsaFeature::Avx512Bf16) ? "bf16 kernel from oneDNN" : "AVX512-BF16") + caps + ")";
   } else {
     d.why = "oneDNN's brgemm generated no bf16 or u8s8 kernel here" + caps;
   }

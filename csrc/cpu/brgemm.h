@@ -27,12 +27,16 @@
 //   avx512_vnni  u8s8 only
 //   none         no brgemm: the microkernels of microkernel.h run everything
 // It is the highest level whose probe (a tiny GEMM through brgemm, checked against the exact
-// answer) succeeds, capped by aecomp's own ISA cap: brgemm runs only when mk::active_isa() is
-// AVX-512 (AECOMP_CPU_ISA=avx2|generic turns it off, so aecomp never runs AVX-512 code under a
-// lower cap). oneDNN reads ONEDNN_MAX_CPU_ISA once per process; the probes see its cap
+// answer) succeeds and that aecomp's own cap allows (isa.h: AECOMP_CPU_ISA): below avx512,
+// none; bf16 needs isa_has(Avx512Bf16), u8s8 isa_has(Avx512Vnni), AMX isa_has(AmxBf16/AmxInt8).
+// oneDNN has its own cap, ONEDNN_MAX_CPU_ISA, read once per process; the probes see it
 // (AVX512_CORE_BF16 -> avx512_bf16, AVX512_CORE_VNNI -> avx512_vnni, AVX512_CORE or lower ->
-// none). torch.backends.mkldnn.enabled = False at the time of the probe gives none; turned off
-// later, enabled() says so per call and the callers take the microkernels.
+// none). The two stay consistent: where oneDNN would run AMX kernels but AECOMP_CPU_ISA is
+// below amx (e.g. avx512 on an AMX CPU), the level is none, since brgemm would run AMX code
+// (set ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 as well to run brgemm at avx512_bf16 there).
+// torch.backends.mkldnn.enabled = False at the time of the probe gives none; turned off later,
+// *_enabled() say so per call and the callers take the microkernels. Every brgemm path counts
+// its level with isa_count (amx, or avx512 for the AVX-512 BF16/VNNI kernels).
 #pragma once
 
 #include <c10/util/BFloat16.h>

@@ -2,12 +2,13 @@
 //
 // Forward epilogue, over the GEMM output acc [M, N]:      y = act(acc + b)
 // Backward prologue, over the incoming gradient g [M, N]:  gz = g * act'(y),  db = sum_rows gz
-//   act'(y): none -> 1; relu -> (y > 0); sigmoid -> y (1 - y)   (from the saved output y)
+//   act'(y): none -> 1; relu -> 0 where y <= 0, else 1 (a NaN y passes g, as torch's
+//   threshold_backward); sigmoid -> y (1 - y)   (from the saved output y)
 //
-// Both are single passes over the [M, N] buffer. The float32 versions are compiled for
-// AVX-512, AVX2 and baseline x86-64 (GCC target_clones picks one at load time), with a
-// polynomial exp that the compiler vectorises, so sigmoid costs a few instructions per
-// element instead of a libm call.
+// Both are single passes over the [M, N] buffer. The float32 versions (epilogue_isa.inc) are
+// compiled for AVX-512, AVX2 and baseline x86-64 and dispatched at the level of isa.h (capped
+// by AECOMP_CPU_ISA), with a polynomial exp that the compiler vectorises, so sigmoid costs a
+// few instructions per element instead of a libm call.
 #pragma once
 
 #include <cstdint>

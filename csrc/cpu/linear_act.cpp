@@ -71,7 +71,7 @@ static void chunked_rows(int64_t M, int64_t N, Tensor* gb, const at::TensorOptio
 
 Tensor act_grad_pass(const Tensor& g_in, const Tensor& y_in, Act act, Tensor* gb, bool in_place) {
   const int64_t N = y_in.size(-1);
-  Tensor g = g_in.reshape({-1, N});
+  Tensor g = g_in.reshape({leading_rows(y_in), N});
   if (!g.is_contiguous()) {
     g = g.contiguous();
     in_place = true;  // a fresh copy is ours
@@ -82,7 +82,7 @@ Tensor act_grad_pass(const Tensor& g_in, const Tensor& y_in, Act act, Tensor* gb
     return g;
   }
   if (act == Act::None && !gb) return g;
-  Tensor y = y_in.reshape({-1, N}).contiguous();
+  Tensor y = y_in.reshape({M, N}).contiguous();
   Tensor gz = (act == Act::None || in_place) ? g : at::empty_like(g);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "aecomp_act_grad_cpu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -97,11 +97,11 @@ Tensor act_grad_pass(const Tensor& g_in, const Tensor& y_in, Act act, Tensor* gb
 
 Tensor loss_act_grad_pass(const Tensor& y_in, const Tensor& t_in, const Tensor& g_in, double scale, Act act,
                           Tensor* gb) {
-  const int64_t N = y_in.size(-1);
-  Tensor y = y_in.reshape({-1, N}).contiguous();
-  Tensor t = t_in.reshape({-1, N}).contiguous();
+  const int64_t N = y_in.size(-1), rows = leading_rows(y_in);
+  Tensor y = y_in.reshape({rows, N}).contiguous();
+  Tensor t = t_in.reshape({rows, N}).contiguous();
   const bool elementwise = g_in.numel() != 1 || g_in.sizes() == y_in.sizes();
-  Tensor g = (elementwise ? g_in.reshape({-1, N}) : g_in.reshape({1})).contiguous().to(y.scalar_type());
+  Tensor g = (elementwise ? g_in.reshape({rows, N}) : g_in.reshape({1})).contiguous().to(y.scalar_type());
   const int64_t M = y.size(0);
   Tensor gz = at::empty_like(y);
   if (M == 0 || N == 0) {
@@ -142,21 +142,19 @@ std::tuple<Tensor, Tensor, Tensor> linear_act_backward_cpu(const Tensor& grad_y,
                                                             bool need_weight, bool need_bias) {
   const char* op = "aecomp::linear_act_backward";
   const Act act = parse_activation(op, activation);
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y has shape ", shape_str(grad_y),
-                    " but the output y has shape ", shape_str(y));
-  Tensor g = grad_y.scalar_type() == weight.scalar_type() ? grad_y : grad_y.to(weight.scalar_type());
+  check_linear_act_backward(op, grad_y, x, weight, y, /*gpu=*/false);
+  const Tensor x2d = flatten_rows(x);
+  const int64_t M = x2d.size(0), N = weight.size(0), K = weight.size(1);
   Tensor gb = at::empty({0}, weight.options());
   // never in place: the incoming gradient may be shared with other consumers
-  Tensor gz = cpu::act_grad_pass(g, y, act, need_bias ? &gb : nullptr, /*in_place=*/false);
-  const int64_t M = gz.numel() / std::max<int64_t>(weight.size(0), 1);
-  const bool mk = g.scalar_type() == at::kFloat && M > 0 && cpu::use_microkernel(M, weight.size(0), weight.size(1));
-  const Tensor gz2d = gz.reshape({M, weight.size(0)});
+  const Tensor gz = cpu::act_grad_pass(grad_y, y, act, need_bias ? &gb : nullptr, /*in_place=*/false);
+  const bool mk = x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0 && cpu::use_microkernel(M, N, K);
   Tensor gx = !need_x ? at::empty({0}, weight.options())
-              : mk    ? cpu::mk_dgrad(gz2d, weight, Tensor(), Act::None).view(x.sizes())
-                      : at::mm(gz, weight).view(x.sizes());
+              : mk    ? cpu::mk_dgrad(gz, weight, Tensor(), Act::None).view(x.sizes())
+                      : at::mm(gz, weight).view(x.sizes());  // out_features = 0: zeros, as torch
   Tensor gw = !need_weight ? at::empty({0}, weight.options())
-              : mk         ? cpu::mk_wgrad(gz2d, flatten_rows(x), nullptr)
-                           : at::mm(gz.t(), flatten_rows(x));
+              : mk         ? cpu::mk_wgrad(gz, x2d, nullptr)
+                           : at::mm(gz.t(), x2d);
   return {gx, gw, gb};
 }
 

@@ -29,16 +29,19 @@
 //   mk::avx512  (AVX-512 F/BW/DQ/VL + FMA)  L = 16, float tile MR x NR = 8 x 32
 //   mk::avx2    (AVX2 + FMA)                L = 8,  float tile 6 x 16
 //   mk::generic (baseline x86-64 / any CPU) L = 8,  float tile 4 x 8 (plain C++ lanes)
-// mk::active_isa() picks one at run time (__builtin_cpu_supports), once. The environment
-// variable AECOMP_CPU_ISA=avx512|avx2|generic caps it (never above what the CPU has), so the
-// tests run every path on one machine. Dispatch with AECOMP_MK_DISPATCH(isa, fn, args...).
+// mk::active_isa() is the level of isa.h (the CPU's, capped by AECOMP_CPU_ISA, decided once),
+// clamped to avx512 (the amx level runs the avx512 microkernels), so the tests run every path
+// on one machine. Dispatch with AECOMP_MK_DISPATCH(isa, fn, args...), which also counts the
+// level that ran (isa.h: isa_count). Every ISA-specific function of the CPU backend goes
+// through this dispatch: no target_clones / __builtin_cpu_supports elsewhere (a test checks).
 //
 // ---------------------------------------------------------------------------- the pieces
 // In each ISA namespace (mk::avx512 etc.) the body (microkernel_isa.inc) defines:
 //
 //   struct V          the vector ops: L, vec, zero, set1, load, load_n (masked, zero fill),
 //                     store, store_n (masked), add/sub/mul/div/fmadd/min/max/sqrt,
-//                     relu_mask (y > 0 ? x : 0), pow2i, load_i8/load_u8 (L int8 -> L float
+//                     relu_mask (y <= 0 ? 0 : x: a NaN y passes x, as torch's threshold_backward),
+//                     pow2i, load_i8/load_u8 (L int8 -> L float
 //                     lanes). Also MR, NV, NR: the float tile. (Defined in this header.)
 //   Tile<MR, NV>      the accumulators: vec a[MR][NV].
 //   exp_clamped, sigmoid, apply_act<ACT>, act_grad<ACT>   vector math for epilogues
@@ -113,6 +116,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "isa.h"
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define AECOMP_MK_X86 1
@@ -131,11 +136,18 @@ namespace aecomp {
 namespace cpu {
 namespace mk {
 
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+// The microkernels' levels are isa.h's generic, avx2 and avx512.
+using Isa = ::aecomp::cpu::IsaLevel;
 
-// The ISA the kernels use on this machine (capped by AECOMP_CPU_ISA), decided once.
+// The ISA the kernels use on this machine: isa_level() (capped by AECOMP_CPU_ISA) clamped to
+// avx512. Throws c10::ValueError for a bad AECOMP_CPU_ISA.
 Isa active_isa();
 const char* isa_name(Isa isa);
+// Records that code of `isa` runs (isa_count) and returns it: the dispatch macro's first step.
+inline Isa counted(Isa isa) {
+  isa_count(isa);
+  return isa;
+}
 // The float tile (MR, NR) of an ISA: the packed layouts depend on NR.
 int tile_mr(Isa isa);
 int tile_nr(Isa isa);
@@ -198,9 +210,9 @@ struct V {
   static AECOMP_MK_INLINE vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
   static AECOMP_MK_INLINE vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
   static AECOMP_MK_INLINE vec sqrt(vec a) { return _mm512_sqrt_ps(a); }
-  // y > 0 ? x : 0
+  // y <= 0 ? 0 : x (NLE_UQ: true for a NaN y, which passes x like torch's threshold_backward)
   static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), x);
   }
   // 2^n for integer-valued float n in [-127, 127], and the rounding of t / ln2.
   static AECOMP_MK_INLINE vec pow2i(vec shifted) {
@@ -254,7 +266,7 @@ struct V {
   static AECOMP_MK_INLINE vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
   static AECOMP_MK_INLINE vec sqrt(vec a) { return _mm256_sqrt_ps(a); }
   static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) {
-    return _mm256_and_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+    return _mm256_and_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_NLE_UQ), x);
   }
   static AECOMP_MK_INLINE vec pow2i(vec shifted) {
     __m256i n = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B400000));
@@ -311,7 +323,7 @@ struct V {
   static AECOMP_MK_INLINE vec min(vec a, vec b) { return map([&](int l) { return a.x[l] < b.x[l] ? a.x[l] : b.x[l]; }); }
   static AECOMP_MK_INLINE vec max(vec a, vec b) { return map([&](int l) { return a.x[l] > b.x[l] ? a.x[l] : b.x[l]; }); }
   static AECOMP_MK_INLINE vec sqrt(vec a) { return map([&](int l) { return std::sqrt(a.x[l]); }); }
-  static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) { return map([&](int l) { return y.x[l] > 0.0f ? x.x[l] : 0.0f; }); }
+  static AECOMP_MK_INLINE vec relu_mask(vec y, vec x) { return map([&](int l) { return y.x[l] <= 0.0f ? 0.0f : x.x[l]; }); }
   static AECOMP_MK_INLINE vec pow2i(vec shifted) {
     return map([&](int l) {
       int32_t b;
@@ -334,12 +346,16 @@ struct V {
 #define AECOMP_MK_BODY "microkernel_isa.inc"
 #include "microkernel_foreach.h"
 
-// AECOMP_MK_DISPATCH(mk::active_isa(), fn, args...) calls mk::<isa>::fn(args...).
+// AECOMP_MK_DISPATCH(mk::active_isa(), fn, args...) calls mk::<isa>::fn(args...) and counts
+// the level that ran (isa_count). `isa` is evaluated once.
 #if AECOMP_MK_X86
-#define AECOMP_MK_DISPATCH(isa, fn, ...)                                                         \
-  ((isa) == ::aecomp::cpu::mk::Isa::Avx512 ? ::aecomp::cpu::mk::avx512::fn(__VA_ARGS__)          \
-   : (isa) == ::aecomp::cpu::mk::Isa::Avx2 ? ::aecomp::cpu::mk::avx2::fn(__VA_ARGS__)            \
-                                           : ::aecomp::cpu::mk::generic::fn(__VA_ARGS__))
+#define AECOMP_MK_DISPATCH(isa, fn, ...)                                                                  \
+  ([&](::aecomp::cpu::mk::Isa aecomp_isa_) {                                                              \
+    return aecomp_isa_ == ::aecomp::cpu::mk::Isa::Avx512 ? ::aecomp::cpu::mk::avx512::fn(__VA_ARGS__)     \
+           : aecomp_isa_ == ::aecomp::cpu::mk::Isa::Avx2 ? ::aecomp::cpu::mk::avx2::fn(__VA_ARGS__)       \
+                                                         : ::aecomp::cpu::mk::generic::fn(__VA_ARGS__);   \
+  }(::aecomp::cpu::mk::counted(isa)))
 #else
-#define AECOMP_MK_DISPATCH(isa, fn, ...) (::aecomp::cpu::mk::generic::fn(__VA_ARGS__))
+#define AECOMP_MK_DISPATCH(isa, fn, ...) \
+  (::aecomp::cpu::mk::counted(::aecomp::cpu::mk::Isa::Generic), ::aecomp::cpu::mk::generic::fn(__VA_ARGS__))
 #endif

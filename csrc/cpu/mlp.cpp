@@ -100,22 +100,15 @@ std::vector<Tensor> chain_backward(Tensor gz, Tensor gb_last, const Tensor& x, a
   return result;
 }
 
-void check_backward_args(const char* op, at::TensorList weights, at::TensorList outputs, at::IntArrayRef need_bias) {
-  TORCH_CHECK_VALUE(outputs.size() == weights.size() && need_bias.size() == weights.size(), op, ": got ",
-                    weights.size(), " weights, ", outputs.size(), " saved outputs and ", need_bias.size(),
-                    " need_bias flags; they must match");
-}
-
 std::vector<Tensor> mlp_backward_cpu(const Tensor& grad, const Tensor& x, at::TensorList weights,
                                      at::TensorList outputs, c10::string_view activations, bool need_x,
                                      at::IntArrayRef need_bias) {
   const char* op = "aecomp::mlp_backward";
-  check_backward_args(op, weights, outputs, need_bias);
+  check_mlp_backward(op, grad, x, weights, outputs, need_bias, /*gpu=*/false);
   const std::vector<Act> acts = parse_activations(op, activations, weights.size());
   const size_t L = weights.size();
-  Tensor g = grad.scalar_type() == x.scalar_type() ? grad : grad.to(x.scalar_type());
   Tensor gb;
-  Tensor gz = cpu::act_grad_pass(g, outputs[L - 1], acts[L - 1], need_bias[L - 1] ? &gb : nullptr,
+  Tensor gz = cpu::act_grad_pass(grad, outputs[L - 1], acts[L - 1], need_bias[L - 1] ? &gb : nullptr,
                                  /*in_place=*/false);
   return chain_backward(gz, need_bias[L - 1] ? gb : at::empty({0}, x.options()), x, weights, outputs, acts, need_x,
                         need_bias);
@@ -125,9 +118,9 @@ std::vector<Tensor> mlp_mse_backward_cpu(const Tensor& grad, const Tensor& x, at
                                          at::TensorList outputs, c10::string_view activations, const Tensor& target,
                                          c10::string_view reduction, bool need_x, at::IntArrayRef need_bias) {
   const char* op = "aecomp::mlp_mse_backward";
-  check_backward_args(op, weights, outputs, need_bias);
-  const std::vector<Act> acts = parse_activations(op, activations, weights.size());
   const Reduction red = parse_reduction(op, reduction);
+  check_mlp_mse_backward(op, grad, x, weights, outputs, target, red, need_bias, /*gpu=*/false);
+  const std::vector<Act> acts = parse_activations(op, activations, weights.size());
   const size_t L = weights.size();
   const Tensor& y = outputs[L - 1];
   const double n = static_cast<double>(std::max<int64_t>(y.numel(), 1));
@@ -144,6 +137,10 @@ Tensor mlp_mse_loss_cpu(const Tensor& x, at::TensorList weights, const c10::List
   static auto mse = c10::Dispatcher::singleton()
                         .findSchemaOrThrow("aecomp::mse_loss", "")
                         .typed<Tensor(const Tensor&, const Tensor&, c10::string_view)>();
+  const char* op = "aecomp::mlp_mse_loss";
+  parse_reduction(op, reduction);
+  check_mlp(op, x, weights, biases, /*gpu=*/false);
+  check_mlp_target(op, x, weights, target);  // before the chain runs
   return mse.call(mlp_cpu(x, weights, biases, activations), target, reduction);
 }
 

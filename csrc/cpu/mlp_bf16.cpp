@@ -17,6 +17,7 @@
 #include "../aecomp.h"
 #include "bf16_chain.h"
 #include "brgemm.h"
+#include "isa.h"
 #include "train_step.h"
 
 namespace aecomp {
@@ -107,6 +108,7 @@ std::vector<Tensor> mlp_bf16_forward(const Tensor& x, const std::vector<Tensor>&
     wv[i] = any && below[i] ? bf16_buffer(c.wv_size(i)) : bf16_buffer(0);
     c.WV[i] = ptr(wv[i]);
   }
+  isa_count(brg::amx_enabled() ? IsaLevel::Amx : IsaLevel::Avx512);
   bf16c::pack_weights(c);
   bf16c::pack_input(c, x.data_ptr<float>(), x.stride(0));
   bf16c::forward_hidden(c);
@@ -173,6 +175,7 @@ std::vector<std::optional<Tensor>> mlp_bf16_backward(const Tensor& grad, const T
     if (need_w[i]) gw[i] = at::empty({c.dim[i + 1], c.dim[i]}, y.options());
     if (need_b[i] && c.b[i]) gb[i] = at::empty({c.dim[i + 1]}, y.options());
   }
+  isa_count(brg::amx_enabled() ? IsaLevel::Amx : IsaLevel::Avx512);
   std::vector<float> db_top(static_cast<size_t>(c.dim[L]));
   bf16c::top_grad(c, g.data_ptr<float>(), y.contiguous().data_ptr<float>(), db_top.data());
   GradSink sink;

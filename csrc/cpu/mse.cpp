@@ -68,23 +68,13 @@ std::tuple<Tensor, Tensor> mse_loss_backward_cpu(const Tensor& grad, const Tenso
                                                  c10::string_view reduction, bool need_input, bool need_target) {
   const char* op = "aecomp::mse_loss_backward";
   const Reduction red = parse_reduction(op, reduction);
+  check_mse_backward(op, grad, input, target, red, /*gpu=*/false);
   auto empty = [&] { return at::empty({0}, input.options()); };
   if (!need_input && !need_target) return {empty(), empty()};
   Tensor a = input.contiguous(), b = target.contiguous();
   const int64_t n = a.numel();
-  Tensor g;
-  int64_t g_stride = 0;
-  if (red == Reduction::None) {
-    TORCH_CHECK_VALUE(grad.sizes() == input.sizes(), op, ": grad has shape ", shape_str(grad),
-                      " but input has shape ", shape_str(input));
-    g = grad.contiguous();
-    g_stride = 1;
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad of a reduced loss must have one element, got shape ",
-                      shape_str(grad));
-    g = grad.reshape({1}).contiguous();
-  }
-  if (g.scalar_type() != a.scalar_type()) g = g.to(a.scalar_type());
+  const int64_t g_stride = red == Reduction::None ? 1 : 0;
+  const Tensor g = g_stride ? grad.contiguous() : grad.reshape({1}).contiguous();
   const double scale = red == Reduction::Mean ? 2.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 2.0;
   Tensor gi = at::empty_like(a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "aecomp_mse_backward_cpu", [&] {

@@ -39,13 +39,14 @@
 //
 // ---------------------------------------------------------------------------- ISAs
 // Integer path: AVX-512 VNNI hand-written tiles (8 rows x 2 groups, or 1 row x 4 groups for
-// the last rows; vpdpbusd, u8 x s8 -> int32, 64 multiply-adds an instruction) when the CPU has
-// AVX-512 F/BW/VL/DQ + VNNI; otherwise the portable loops below (compiled for AVX2 and baseline
-// by target_clones, not hand-written). Float path: the microkernel framework of microkernel.h
-// (AVX-512 8x32, AVX2 6x16, portable 4x8 tiles; 1 row x 4 vectors for small batches) with the
-// B-panel loaders of packed_isa.inc that decode the layouts in registers (int8: shifts of
-// 64-byte blocks; 4-bit codes: vpermps; byte codes: vpermt2ps / gather), and a scale + bias +
-// activation epilogue. AECOMP_CPU_ISA=generic|avx2|avx512 caps both (tests run each path).
+// the last rows; vpdpbusd, u8 x s8 -> int32, 64 multiply-adds an instruction) when the level of
+// isa.h is avx512 or above and the CPU has VNNI; otherwise the portable loops of packed_isa.inc
+// (compiled per ISA and dispatched like the microkernels, not hand-written). Float path: the
+// microkernel framework of microkernel.h (AVX-512 8x32, AVX2 6x16, portable 4x8 tiles; 1 row x
+// 4 vectors for small batches) with the B-panel loaders of packed_isa.inc that decode the
+// layouts in registers (int8: shifts of 64-byte blocks; 4-bit codes: vpermps; byte codes:
+// vpermt2ps / gather), and a scale + bias + activation epilogue. AECOMP_CPU_ISA caps every
+// one of these (isa.h; the tests run each path).
 // The integer accumulators are exact on every path, so the int8 path gives the same
 // integers everywhere; float results differ by rounding only. One thread (inference batches
 // here are small; the caller's threads are not used).
@@ -73,10 +74,8 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
 #define AECOMP_PK_X86 1
-#define AECOMP_PK_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define AECOMP_PK_X86 0
-#define AECOMP_PK_CLONES
 #endif
 
 // The int8 path's epilogue must round like onnxruntime (a multiply, then an add): no FMA
@@ -84,6 +83,50 @@
 #pragma GCC optimize("fp-contract=off")
 // GCC 12 warns about _mm512_undefined_* inside its own intrinsics (a false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The types and the row epilogue shared by the integer paths (the portable one in packed_isa.inc,
+// compiled per ISA, and the AVX-512 VNNI tiles below).
+namespace aecomp {
+namespace packed {
+namespace {
+
+constexpr int kGroup = 16;
+
+struct Layer {
+  int64_t kind, n, k, table;  // table: codebook size T (0 for int8)
+  int act;                    // 0 none, 1 relu, 2 sigmoid
+  bool integer;               // int8 layer computed on the integer path
+  bool bf16;                  // codebook layer: bf16 brgemm at batch (compute 'auto'; AMX)
+  const uint8_t* w;
+  const float* scale;  // int8: [N]; codebook: the table [T]
+  const float* bias;   // [N] or null
+  const int32_t* colsum;
+};
+
+struct QParams {
+  float scale;
+  int32_t zp;
+  bool finite;
+};
+
+// ---------------------------------------------------------------------------- epilogue
+// One row of a finished tile: out[j] = act(v[j] * mul[j] + b[j]) for j < nr (mul may be null).
+// relu here (keeps NaN); sigmoid by the CPU backend's vectorised sigmoid (epilogue.h) on the
+// row just written, while it is in L1.
+__attribute__((always_inline)) inline void store_row(float* __restrict out, const float* __restrict v,
+                                                     const float* __restrict mul, float mul0,
+                                                     const float* __restrict b, int nr, int act) {
+  for (int j = 0; j < nr; ++j) {
+    float y = mul ? v[j] * (mul[j] * mul0) : v[j];
+    if (b) y += b[j];
+    out[j] = (act == 1 && y < 0.0f) ? 0.0f : y;
+  }
+  if (act == 2) cpu::bias_act_f32(out, nullptr, 1, nr, 2);
+}
+
+}  // namespace
+}  // namespace packed
+}  // namespace aecomp
 
 // ---------------------------------------------------------------------------- float path
 // The float path runs on the microkernel framework (microkernel.h): B panel loaders that decode
@@ -184,20 +227,8 @@ namespace {
 
 using at::Tensor;
 
-constexpr int kGroup = 16;
 enum Kind : int64_t { kInt8 = 0, kCodebook = 1 };
 enum Compute : int { kFloat = 0, kInteger = 1 };
-
-struct Layer {
-  int64_t kind, n, k, table;  // table: codebook size T (0 for int8)
-  int act;                    // 0 none, 1 relu, 2 sigmoid
-  bool integer;               // int8 layer computed on the integer path
-  bool bf16;                  // codebook layer: bf16 brgemm at batch (compute 'auto'; AMX)
-  const uint8_t* w;
-  const float* scale;  // int8: [N]; codebook: the table [T]
-  const float* bias;   // [N] or null
-  const int32_t* colsum;
-};
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t k_pad(int64_t k) { return ceil_div(k, 4) * 4; }
@@ -220,106 +251,10 @@ const int64_t kInt8BrgemmRows = brgemm_rows(64);
 const int64_t kCodebookBrgemmRows = brgemm_rows(16);
 
 // ---------------------------------------------------------------------------- ISA choice
+// The hand-written VNNI integer tiles run at the avx512 level (isa.h) when the CPU has VNNI.
 bool use_avx512() {
-  static const bool ok = [] {
-#if AECOMP_PK_X86
-    __builtin_cpu_init();
-    bool hw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-              __builtin_cpu_supports("avx512vnni");
-    const char* cap = std::getenv("AECOMP_CPU_ISA");
-    if (cap != nullptr && std::strcmp(cap, "avx512") != 0) hw = false;
-    return hw;
-#else
-    return false;
-#endif
-  }();
+  static const bool ok = cpu::isa_has(cpu::IsaFeature::Avx512Vnni);
   return ok;
-}
-
-// ---------------------------------------------------------------------------- epilogue
-// One row of a finished tile: out[j] = act(v[j] * mul[j] + b[j]) for j < nr (mul may be null).
-// relu here (keeps NaN); sigmoid by the CPU backend's vectorised sigmoid (epilogue.h) on the
-// row just written, while it is in L1.
-__attribute__((always_inline)) inline void store_row(float* __restrict out, const float* __restrict v,
-                                                     const float* __restrict mul, float mul0,
-                                                     const float* __restrict b, int nr, int act) {
-  for (int j = 0; j < nr; ++j) {
-    float y = mul ? v[j] * (mul[j] * mul0) : v[j];
-    if (b) y += b[j];
-    out[j] = (act == 1 && y < 0.0f) ? 0.0f : y;
-  }
-  if (act == 2) cpu::bias_act_f32(out, nullptr, 1, nr, 2);
-}
-
-// ---------------------------------------------------------------------------- quantization
-struct QParams {
-  float scale;
-  int32_t zp;
-  bool finite;
-};
-
-// ONNX DynamicQuantizeLinear's parameters over x [m, k] (row stride ld).
-AECOMP_PK_CLONES QParams dynamic_qparams(const float* __restrict x, int64_t m, int64_t k, int64_t ld) {
-  float lo = 0.0f, hi = 0.0f;
-  bool finite = true;
-  for (int64_t i = 0; i < m; ++i) {
-    const float* r = x + i * ld;
-    float l = 0.0f, h = 0.0f, s = 0.0f;
-    for (int64_t j = 0; j < k; ++j) {
-      l = std::min(l, r[j]);
-      h = std::max(h, r[j]);
-      s += r[j] * 0.0f;  // NaN or inf anywhere makes s NaN
-    }
-    lo = std::min(lo, l);
-    hi = std::max(hi, h);
-    finite = finite && (s == 0.0f);
-  }
-  QParams p;
-  p.finite = finite;
-  p.scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-  const float z = std::nearbyint(-lo / p.scale);
-  p.zp = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, z)));
-  return p;
-}
-
-// xq [m, kp] uint8 = clamp(rne(x / scale) + zp, 0, 255), padded columns = zp.
-AECOMP_PK_CLONES void quantize_rows(const float* __restrict x, int64_t m, int64_t k, int64_t ld, QParams p,
-                                    uint8_t* __restrict xq, int64_t kp) {
-  const float zp = static_cast<float>(p.zp);
-  for (int64_t i = 0; i < m; ++i) {
-    const float* r = x + i * ld;
-    uint8_t* o = xq + i * kp;
-    for (int64_t j = 0; j < k; ++j) {
-      float q = std::nearbyint(r[j] / p.scale) + zp;
-      q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
-      o[j] = static_cast<uint8_t>(static_cast<int32_t>(q));
-    }
-    for (int64_t j = k; j < kp; ++j) o[j] = static_cast<uint8_t>(p.zp);
-  }
-}
-
-// ---------------------------------------------------------------------------- portable kernels
-// Integer path: out[i, j] = act(float(sum_k xq q - zp colsum) * (sx s[j]) + b[j]).
-AECOMP_PK_CLONES void int_layer_portable(const uint8_t* __restrict xq, int64_t m, int64_t kp, const Layer& L,
-                                         QParams qp, float* __restrict out, int64_t ldo) {
-  const int64_t G = ceil_div(L.n, kGroup), K4 = kp / 4;
-  int32_t acc[kGroup];
-  float v[kGroup];
-  for (int64_t i = 0; i < m; ++i) {
-    const uint8_t* xr = xq + i * kp;
-    for (int64_t g = 0; g < G; ++g) {
-      const int8_t* wg = reinterpret_cast<const int8_t*>(L.w) + g * K4 * 64;
-      for (int c = 0; c < kGroup; ++c) acc[c] = 0;
-      for (int64_t q = 0; q < K4; ++q)
-        for (int c = 0; c < kGroup; ++c)
-          for (int t = 0; t < 4; ++t) acc[c] += int32_t(xr[4 * q + t]) * int32_t(wg[q * 64 + c * 4 + t]);
-      const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - g * kGroup));
-      for (int c = 0; c < nr; ++c) v[c] = static_cast<float>(acc[c] - qp.zp * L.colsum[g * kGroup + c]);
-      store_row(out + i * ldo + g * kGroup, v, L.scale + g * kGroup, qp.scale, L.bias ? L.bias + g * kGroup : nullptr,
-                nr, L.act);
-    }
-  }
 }
 
 #if AECOMP_PK_X86
@@ -497,25 +432,30 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
         if (xq.size() < static_cast<size_t>(m * kp)) xq.resize(static_cast<size_t>(m * kp));  // grow only
         quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
         if (m >= kInt8BrgemmRows && cpu::brg::amx_enabled()) {  // AMX-INT8 (packed_brgemm.h)
+          cpu::isa_count(cpu::IsaLevel::Amx);
           IntBrgemmCtx ctx{&L, qp, out, ldo};
           return cpu::brg::int8_groups_brgemm(xq.data(), m, kp, L.w, L.n, &int_brgemm_tile, &ctx);
         }
+        cpu::isa_count(cpu::IsaLevel::Avx512);
         return int_layer_avx512(xq.data(), m, kp, L, qp, out, ldo);
       }
     } else
 #endif
     {
-      const QParams qp = dynamic_qparams(x, m, L.k, ldx);
+      const cpu::mk::Isa isa = cpu::mk::active_isa();
+      const QParams qp = AECOMP_MK_DISPATCH(isa, pk_dynamic_qparams, x, m, L.k, ldx);
       if (qp.finite) {
         if (xq.size() < static_cast<size_t>(m * kp)) xq.resize(static_cast<size_t>(m * kp));  // grow only
-        quantize_rows(x, m, L.k, ldx, qp, xq.data(), kp);
-        return int_layer_portable(xq.data(), m, kp, L, qp, out, ldo);
+        AECOMP_MK_DISPATCH(isa, pk_quantize_rows, x, m, L.k, ldx, qp, xq.data(), kp);
+        return AECOMP_MK_DISPATCH(isa, pk_int_layer, xq.data(), m, kp, L, qp, out, ldo);
       }
     }
   }
-  if (L.kind == kCodebook && L.bf16 && m >= kCodebookBrgemmRows && cpu::brg::amx_enabled())  // bf16 tiles
+  if (L.kind == kCodebook && L.bf16 && m >= kCodebookBrgemmRows && cpu::brg::amx_enabled()) {  // bf16 tiles
+    cpu::isa_count(cpu::IsaLevel::Amx);
     return cpu::brg::codebook_bf16(x, m, ldx, L.table == 16 ? 1 : 2, L.w, L.scale, static_cast<int>(L.table), L.n,
                                    L.k, L.bias, L.act, out, ldo);
+  }
   // float path: the microkernel framework with the packed loaders (packed_isa.inc)
   cpu::mk::PkLayer P;
   P.kind = L.kind == kInt8 ? 0 : (L.table == 16 ? 1 : 2);
@@ -559,11 +499,45 @@ int parse_act(c10::string_view a) {
   return 0;
 }
 
+// The byte codes of a codebook layer index its table: every byte below T. Only T = 32 needs
+// the scan (4-bit codes cannot pass 15 and T = 16; any byte is below 256).
+void check_codes(size_t l, const Tensor& w, int64_t table) {
+  if (table != 32) return;
+  const uint8_t hi = AECOMP_MK_DISPATCH(cpu::mk::active_isa(), pk_max_byte, w.data_ptr<uint8_t>(), w.numel());
+  TORCH_CHECK_VALUE(hi < table, kOp, ": layer ", l, "'s codes reach ", int(hi), " but its codebook table has ", table,
+                    " entries");
+}
+
+// The integer path trusts colsum[j] = sum_k q[j, k] (it subtracts zp * colsum) and the int32
+// range of the int8 format ([-127, 127], zero padding past K). Checked once per chain handle
+// (one pass over the weights; the eager path); the op itself, called per batch, checks shapes only.
+void check_int8_contents(size_t l, const Layer& L) {
+  const int64_t K4 = ceil_div(L.k, 4), G = ceil_div(L.n, kGroup);
+  std::vector<int64_t> sum(static_cast<size_t>(G * kGroup), 0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t q = 0; q < K4; ++q)
+      for (int c = 0; c < kGroup; ++c)
+        for (int t = 0; t < 4; ++t) {
+          const int8_t v = static_cast<int8_t>(L.w[(g * K4 + q) * 64 + c * 4 + t]);
+          const int64_t j = g * kGroup + c, k = 4 * q + t;
+          TORCH_CHECK_VALUE(v != -128, kOp, ": layer ", l, " holds -128 at row ", j, ", column ", k,
+                            "; the int8 format is symmetric, [-127, 127]");
+          TORCH_CHECK_VALUE(k < L.k || v == 0, kOp, ": layer ", l, "'s packed padding past K = ", L.k,
+                            " must be zero");
+          sum[j] += v;
+        }
+  for (int64_t j = 0; j < L.n; ++j)
+    TORCH_CHECK_VALUE(sum[j] == L.colsum[j], kOp, ": layer ", l, "'s colsum[", j, "] = ", L.colsum[j],
+                      " but its weights sum to ", sum[j], " (colsum must be the per-row sums of q)");
+}
+
 // data: 4 tensors a layer (packed weights uint8, scale-or-table float32, bias float32 [N] or [0],
 // colsum int32 [N] or [0]); meta: 4 ints a layer (kind, N, K, T); activations "relu,relu,none";
-// compute "auto" (int8 layers on the integer path) | "int8" | "float".
+// compute "auto" (int8 layers on the integer path) | "int8" | "float". Every argument is checked
+// before any is read (shapes, dtypes, devices, the codes' range); `verify_contents` also checks
+// the int8 weights against colsum (check_int8_contents).
 Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
-                  c10::string_view compute) {
+                  c10::string_view compute, bool verify_contents) {
   TORCH_CHECK_VALUE(!meta.empty() && meta.size() % 4 == 0 && data.size() == meta.size(), kOp,
                     ": expected 4 tensors and 4 meta ints per layer, got ", data.size(), " tensors and ", meta.size(),
                     " ints");
@@ -624,6 +598,9 @@ Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view ac
     TORCH_CHECK_VALUE(b.numel() == 0 || (b.numel() == L.n && b.scalar_type() == at::kFloat && b.is_contiguous()), kOp,
                       ": layer ", l, " bias must be float32 [", L.n, "] or empty, got ", b.scalar_type(), " ",
                       shape_of(b));
+    TORCH_CHECK_VALUE(b.is_cpu() && cs.is_cpu(), kOp, ": layer ", l, " bias is on ", b.device(), " and colsum on ",
+                      cs.device(), "; the packed CPU kernels take CPU tensors");
+    if (L.kind == kCodebook) check_codes(l, w, L.table);
     L.w = w.data_ptr<uint8_t>();
     L.scale = s.data_ptr<float>();
     L.bias = b.numel() ? b.data_ptr<float>() : nullptr;
@@ -632,6 +609,7 @@ Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view ac
     L.bf16 = L.kind == kCodebook && compute == "auto";
     TORCH_CHECK_VALUE(!(L.kind == kCodebook && compute == "int8"), kOp, ": layer ", l,
                       " is a codebook layer, which has no int8 path; use compute='auto' or 'float'");
+    if (verify_contents && L.kind == kInt8) check_int8_contents(l, L);
     c.layers.push_back(L);
   }
   c.in_features = c.layers.front().k;
@@ -682,7 +660,7 @@ Tensor run_chain(const Chain& c, const Tensor& x) {
 
 Tensor packed_mlp_cpu(const Tensor& x, at::TensorList data, at::IntArrayRef meta, c10::string_view activations,
                       c10::string_view compute) {
-  return run_chain(parse_chain(data, meta, activations, compute), x);
+  return run_chain(parse_chain(data, meta, activations, compute, /*verify_contents=*/false), x);
 }
 
 [[noreturn]] void inference_only() {
@@ -737,7 +715,7 @@ PYBIND11_MODULE(_packed, mod) {
   py::class_<Handle>(mod, "Chain")
       .def(py::init([](const std::vector<at::Tensor>& data, const std::vector<int64_t>& meta,
                        const std::string& activations, const std::string& compute) {
-             return Handle{aecomp::packed::parse_chain(data, meta, activations, compute)};
+             return Handle{aecomp::packed::parse_chain(data, meta, activations, compute, /*verify_contents=*/true)};
            }),
            py::arg("data"), py::arg("meta"), py::arg("activations"), py::arg("compute"))
       .def("__call__", &Handle::call, py::arg("x"), "the chain on x (float32 [..., K])")

@@ -17,6 +17,11 @@
 // incremented here and the bias corrections computed in double like torch.optim.Adam.
 // Where the crossover says ATen, that layer's GEMMs use ATen and its update runs as one
 // element-wise pass on the gradient (optim_update); the math is the same.
+// Every argument and every parameter's update is checked before anything changes (an error
+// leaves parameters, state, step counts and version counters as they were). Parameters that
+// share memory (one used by two layers) are refused: each slot is updated as its gradient
+// completes, so a shared one would get two partial steps. An empty batch steps the optimizer
+// with zero gradients, as torch.optim does with the zero gradients torch computes for it.
 #include <ATen/ATen.h>
 #include <torch/extension.h>
 
@@ -104,7 +109,7 @@ enum HyperIdx : int { kKind, kLr, kBeta1, kBeta2, kEps, kWd, kDecoupled, kMoment
 
 }  // namespace
 
-void check_state(const char* what, size_t i, const std::optional<Tensor>& st, const Tensor& p) {
+static void check_state(const char* what, size_t i, const std::optional<Tensor>& st, const Tensor& p) {
   TORCH_CHECK_VALUE(st.has_value() && st->defined(), "aecomp::mlp_mse_train_step: ", what, "[", i,
                     "] is missing for a parameter that is updated");
   TORCH_CHECK_VALUE(st->sizes() == p.sizes() && st->scalar_type() == at::kFloat && st->is_contiguous() &&
@@ -113,7 +118,9 @@ void check_state(const char* what, size_t i, const std::optional<Tensor>& st, co
                     "; it must be a contiguous float32 CPU tensor shaped like its parameter ", shape_str(p));
 }
 
-ParamUpdate make_update(size_t i, const Tensor& p, const std::vector<double>& hyper, int64_t group,
+// Checks parameter i's update and gathers its pointers and hyper-parameters, changing NOTHING:
+// every parameter is planned (and so checked) before any is touched (begin_update).
+ParamUpdate plan_update(size_t i, const Tensor& p, const std::vector<double>& hyper, int64_t group,
                         const std::vector<std::optional<Tensor>>& state1, const std::vector<std::optional<Tensor>>& state2,
                         const std::vector<std::optional<Tensor>>& steps, bool first) {
   ParamUpdate u;
@@ -123,10 +130,13 @@ ParamUpdate make_update(size_t i, const Tensor& p, const std::vector<double>& hy
   TORCH_CHECK_VALUE(p.is_contiguous(), "aecomp::mlp_mse_train_step: parameter ", i, " is not contiguous");
   const double* h = hyper.data() + group * kH;
   u.active = true;
+  u.param = &p;
   u.p = p.data_ptr<float>();
-  p.unsafeGetTensorImpl()->bump_version();  // written in place, like an optimizer's p.add_()
   mk::OptimArgs& o = u.opt;
   o.kind = static_cast<int>(h[kKind]);
+  TORCH_CHECK_VALUE(o.kind == mk::OptimArgs::Adam || o.kind == mk::OptimArgs::Sgd,
+                    "aecomp::mlp_mse_train_step: group ", group, " has optimizer kind ", h[kKind],
+                    "; expected 1 (Adam) or 2 (SGD)");
   o.lr = static_cast<float>(h[kLr]);
   o.weight_decay = static_cast<float>(h[kWd]);
   if (o.kind == mk::OptimArgs::Adam) {
@@ -134,28 +144,19 @@ ParamUpdate make_update(size_t i, const Tensor& p, const std::vector<double>& hy
     check_state("exp_avg_sq", i, state2[i], p);
     u.m = state1[i]->data_ptr<float>();
     u.s = state2[i]->data_ptr<float>();
-    TORCH_CHECK_VALUE(steps[i].has_value() && steps[i]->numel() == 1, "aecomp::mlp_mse_train_step: step[", i,
-                      "] must be a one-element tensor");
-    Tensor st = *steps[i];
-    double t;
-    if (st.scalar_type() == at::kFloat) {
-      float* sp = st.data_ptr<float>();
-      *sp += 1.0f;
-      t = *sp;
-    } else {
-      TORCH_CHECK_VALUE(st.scalar_type() == at::kDouble, "aecomp::mlp_mse_train_step: step[", i,
-                        "] must be float32 or float64");
-      double* sp = st.data_ptr<double>();
-      *sp += 1.0;
-      t = *sp;
-    }
-    const double b1 = h[kBeta1], b2 = h[kBeta2];
-    o.beta1 = static_cast<float>(b1);
-    o.beta2 = static_cast<float>(b2);
+    TORCH_CHECK_VALUE(steps[i].has_value() && steps[i]->defined() && steps[i]->numel() == 1 &&
+                          steps[i]->device().is_cpu(),
+                      "aecomp::mlp_mse_train_step: step[", i, "] must be a one-element CPU tensor");
+    u.step = *steps[i];
+    TORCH_CHECK_VALUE(u.step.scalar_type() == at::kFloat || u.step.scalar_type() == at::kDouble,
+                      "aecomp::mlp_mse_train_step: step[", i, "] must be float32 or float64, got ",
+                      u.step.scalar_type());
+    u.beta1 = h[kBeta1];
+    u.beta2 = h[kBeta2];
+    o.beta1 = static_cast<float>(u.beta1);
+    o.beta2 = static_cast<float>(u.beta2);
     o.eps = static_cast<float>(h[kEps]);
     o.decoupled = h[kDecoupled] != 0.0;
-    o.step_size = static_cast<float>(h[kLr] / (1.0 - std::pow(b1, t)));
-    o.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(b2, t)));
   } else {
     o.momentum = static_cast<float>(h[kMomentum]);
     o.dampening = static_cast<float>(h[kDampening]);
@@ -167,6 +168,58 @@ ParamUpdate make_update(size_t i, const Tensor& p, const std::vector<double>& hy
     }
   }
   return u;
+}
+
+// The step's side effects before the update itself: the version counter (the parameter is
+// written in place, like an optimizer's p.add_()) and Adam's step count with the bias
+// corrections it gives (in double, like torch.optim.Adam).
+void begin_update(ParamUpdate& u, const std::vector<double>& hyper, int64_t group) {
+  if (!u.active) return;
+  u.param->unsafeGetTensorImpl()->bump_version();
+  if (u.opt.kind != mk::OptimArgs::Adam) return;
+  double t;
+  if (u.step.scalar_type() == at::kFloat) {
+    float* sp = u.step.data_ptr<float>();
+    *sp += 1.0f;
+    t = *sp;
+  } else {
+    double* sp = u.step.data_ptr<double>();
+    *sp += 1.0;
+    t = *sp;
+  }
+  const double lr = hyper[group * kH + kLr];
+  u.opt.step_size = static_cast<float>(lr / (1.0 - std::pow(u.beta1, t)));
+  u.opt.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(u.beta2, t)));
+}
+
+// Bytes [begin, end) of a tensor's elements (contiguous, as the fused step requires).
+static std::pair<uintptr_t, uintptr_t> byte_range(const Tensor& t) {
+  const auto b = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {b, b + static_cast<uintptr_t>(t.numel()) * t.element_size()};
+}
+
+// A parameter that two slots share (one layer used twice, a weight tied between layers) has
+// one gradient, the sum over its uses, and one update. The fused optimizer updates each slot
+// as soon as that slot's gradient is complete (and the dgrad of a lower layer reads W before
+// its update), so it cannot accumulate: refuse, naming both slots.
+void check_no_shared_parameters(const std::vector<const Tensor*>& params, const std::vector<ParamUpdate>& up,
+                                size_t L) {
+  auto name = [&](size_t i) {
+    return (i < L ? "weights[" + std::to_string(i) : "biases[" + std::to_string(i - L)) + "]";
+  };
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i] == nullptr || params[i]->numel() == 0) continue;
+    const auto ri = byte_range(*params[i]);
+    for (size_t j = i + 1; j < params.size(); ++j) {
+      if (params[j] == nullptr || params[j]->numel() == 0 || !(up[i].active || up[j].active)) continue;
+      const auto rj = byte_range(*params[j]);
+      TORCH_CHECK_VALUE(ri.second <= rj.first || rj.second <= ri.first, "aecomp::mlp_mse_train_step: ", name(i),
+                        " and ", name(j),
+                        " share memory (one parameter used by two layers); the fused optimizer updates each "
+                        "slot as its gradient completes and cannot sum a shared parameter's gradients. "
+                        "aecomp.train.FusedStep takes its plain path for such models");
+    }
+  }
 }
 
 std::tuple<std::vector<Act>, Reduction> check_step_args(
@@ -187,10 +240,12 @@ std::tuple<std::vector<Act>, Reduction> check_step_args(
   TORCH_CHECK_VALUE(group_of.size() == 2 * L && state1.size() == 2 * L && state2.size() == 2 * L &&
                         steps.size() == 2 * L && first.size() == 2 * L,
                     op, ": expected 2 * ", L, " entries in group_of/state1/state2/steps/first");
-  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat, op, ": the fused step runs float32; got x of dtype ",
-                    x_in.scalar_type());
+  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(), op,
+                    ": the fused step runs float32 CPU tensors; got x of dtype ", x_in.scalar_type(), " on ",
+                    x_in.device());
   for (size_t i = 0; i < L; ++i)
     TORCH_CHECK_VALUE(weights[i].scalar_type() == at::kFloat, op, ": weights[", i, "] is not float32");
+
   return {std::move(acts), red};
 }
 
@@ -215,6 +270,20 @@ Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights
                     shape_str(target_in), " but the chain output is [", x.size(0), ", ", weights.back().size(0), "]");
   const int64_t M = x.size(0);
 
+  // updates, in parameter order W_0..W_{L-1}, b_0..b_{L-1}: all checked first, then begun
+  std::vector<ParamUpdate> up(2 * L);
+  std::vector<const Tensor*> params(2 * L, nullptr);
+  for (size_t i = 0; i < L; ++i) {
+    params[i] = &weights[i];
+    up[i] = plan_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
+  }
+  for (size_t i = 0; i < L; ++i) {
+    if (!biases[i].has_value()) continue;
+    params[L + i] = &*biases[i];
+    up[L + i] = plan_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
+  }
+  check_no_shared_parameters(params, up, L);
+
   // forward
   std::vector<Tensor> hs;  // h_0 = x, h_{i+1} = y_i
   hs.reserve(L + 1);
@@ -236,14 +305,17 @@ Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights
     if (red == Reduction::Mean) loss.fill_(std::nan(""));
   }
 
-  // updates, in parameter order W_0..W_{L-1}, b_0..b_{L-1}
-  std::vector<ParamUpdate> up(2 * L);
-  for (size_t i = 0; i < L; ++i) up[i] = make_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
-  for (size_t i = 0; i < L; ++i) {
-    if (!biases[i].has_value()) continue;
-    up[L + i] = make_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
+  for (size_t i = 0; i < 2 * L; ++i) begin_update(up[i], hyper, group_of[i]);
+  if (M == 0) {
+    // An empty batch: every gradient is zero, and torch.optim still steps (the moments decay,
+    // weight decay and momentum apply), so the update runs with a zero gradient.
+    for (size_t i = 0; i < 2 * L; ++i) {
+      if (!up[i].active) continue;
+      const std::vector<float> zero(static_cast<size_t>(params[i]->numel()), 0.0f);
+      mk::optim_update(up[i].opt, up[i].p, up[i].m, up[i].s, zero.data(), params[i]->numel());
+    }
+    return loss;
   }
-  if (M == 0) return loss;
 
   // the loss entry
   const double scale = 2.0 / std::max<double>(denom, 1.0);
@@ -304,12 +376,30 @@ Tensor mk_linear_fwd_py(const Tensor& x, const Tensor& w, const std::optional<Te
   return mk_forward(flatten_rows(x), w, b.has_value() ? *b : Tensor(), a);
 }
 
+// A float32 CPU matrix [rows, cols] (rows or cols < 0: any), for the raw entry points below.
+void check_mk_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && (rows < 0 || t.size(0) == rows) && (cols < 0 || t.size(1) == cols), op, ": ",
+                    arg, " must be 2-D [", rows < 0 ? std::string("*") : std::to_string(rows), ", ",
+                    cols < 0 ? std::string("*") : std::to_string(cols), "], got ", shape_str(t));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, ": ", arg, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", arg, " is on ", t.device(), "; these kernels take CPU tensors");
+}
+
+// out = (gz [M, N] @ w [N, K]) * act'(y_below [M, K])
 Tensor mk_dgrad_py(const Tensor& gz, const Tensor& w, const std::optional<Tensor>& y_below, const std::string& act) {
-  const Act a = parse_activation("aecomp::_mk_dgrad", act);
+  const char* op = "aecomp::_mk_dgrad";
+  const Act a = parse_activation(op, act);
+  check_mk_matrix(op, "gz", gz, -1, -1);
+  check_mk_matrix(op, "w", w, gz.size(1), -1);
+  if (y_below.has_value()) check_mk_matrix(op, "y_below", *y_below, gz.size(0), w.size(1));
   return mk_dgrad(gz, w, y_below.has_value() ? *y_below : Tensor(), a);
 }
 
+// dW = gz [M, N]^T @ h [M, K], db = sum_rows gz
 std::tuple<Tensor, Tensor> mk_wgrad_py(const Tensor& gz, const Tensor& h) {
+  const char* op = "aecomp::_mk_wgrad";
+  check_mk_matrix(op, "gz", gz, -1, -1);
+  check_mk_matrix(op, "h", h, gz.size(0), -1);
   Tensor gb;
   Tensor dw = mk_wgrad(gz, h, &gb);
   return {dw, gb};

@@ -1,6 +1,7 @@
 // What the fused training steps share (train_step.cpp: float32 microkernels;
-// train_step_bf16.cpp: bfloat16 brgemm): the per-parameter optimizer update, built from the
-// hyper-parameter rows and torch.optim's state tensors that aecomp/train/fused.py passes.
+// train_step_bf16.cpp: bfloat16 brgemm): the argument checks and the per-parameter optimizer
+// update, built from the hyper-parameter rows and torch.optim's state tensors that
+// aecomp/train/fused.py passes.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,14 +24,23 @@ struct ParamUpdate {
   float* p = nullptr;
   float* m = nullptr;
   float* s = nullptr;
+  const at::Tensor* param = nullptr;
+  at::Tensor step;  // Adam's step counter (one element, float32 or float64)
+  double beta1 = 0, beta2 = 0;
 };
 
-// The update of parameter i (group < 0: not updated). Checks its state tensors, increments
-// Adam's step counter and computes the bias corrections (in double, like torch.optim.Adam).
-ParamUpdate make_update(size_t i, const at::Tensor& p, const std::vector<double>& hyper, int64_t group,
+// Checks parameter i's update (group < 0: not updated) and gathers its pointers and
+// hyper-parameters, changing NOTHING: every parameter is planned before any is touched.
+ParamUpdate plan_update(size_t i, const at::Tensor& p, const std::vector<double>& hyper, int64_t group,
                         const std::vector<std::optional<at::Tensor>>& state1,
                         const std::vector<std::optional<at::Tensor>>& state2,
                         const std::vector<std::optional<at::Tensor>>& steps, bool first);
+// The side effects before the update: the version counter, Adam's step count and its bias
+// corrections (in double, like torch.optim.Adam).
+void begin_update(ParamUpdate& u, const std::vector<double>& hyper, int64_t group);
+// Refuses two slots (weights[i] / biases[i], i < L) that share memory, one of them updated.
+void check_no_shared_parameters(const std::vector<const at::Tensor*>& params, const std::vector<ParamUpdate>& up,
+                                size_t L);
 
 // The argument checks of a fused step (x, the chain, the target, the per-parameter lists); the
 // activations and the reduction ('mean' or 'sum').

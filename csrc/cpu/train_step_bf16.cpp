@@ -47,6 +47,7 @@
 #include "bf16_chain.h"
 #include "brgemm.h"
 #include "dense_gemm.h"
+#include "isa.h"
 #include "train_step.h"
 
 namespace aecomp {
@@ -128,12 +129,20 @@ Tensor mlp_mse_train_step_bf16(const Tensor& x_in, const std::vector<Tensor>& we
                     " but the chain output is [", M, ", ", n_out, "]");
   bf16c::Chain c = bf16_chain_from(op, M, weights, biases, activations);  // checked before anything changes
 
-  // the updates, in parameter order W_0..W_{L-1}, b_0..b_{L-1} (state checked, steps counted)
+  // the updates, in parameter order W_0..W_{L-1}, b_0..b_{L-1}: all checked first, then begun
   std::vector<ParamUpdate> up(2 * L);
-  for (size_t i = 0; i < L; ++i) up[i] = make_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
-  for (size_t i = 0; i < L; ++i)
-    if (biases[i].has_value())
-      up[L + i] = make_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
+  std::vector<const Tensor*> params(2 * L, nullptr);
+  for (size_t i = 0; i < L; ++i) {
+    params[i] = &weights[i];
+    up[i] = plan_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
+  }
+  for (size_t i = 0; i < L; ++i) {
+    if (!biases[i].has_value()) continue;
+    params[L + i] = &*biases[i];
+    up[L + i] = plan_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
+  }
+  check_no_shared_parameters(params, up, L);
+  for (size_t i = 0; i < 2 * L; ++i) begin_update(up[i], hyper, group_of[i]);
   std::vector<bool> below(L + 1, false);  // below[k]: some layer under k updates a parameter
   for (size_t i = 0; i < L; ++i) below[i + 1] = below[i] || up[i].active || up[L + i].active;
 
@@ -149,6 +158,7 @@ Tensor mlp_mse_train_step_bf16(const Tensor& x_in, const std::vector<Tensor>& we
     if (up[i].active) c.GZT[i] = grow(gzt_buf[i], c.gzt_size(i));
     if (i > 0 && below[i]) c.GZ[i] = grow(gz_buf[i], c.gz_size(i));
   }
+  isa_count(brg::amx_enabled() ? IsaLevel::Amx : IsaLevel::Avx512);
   bf16c::pack_weights(c);  // W^T and W in bf16, before any update of this step
 
   // ---- forward, the loss in the top layer's epilogue, backward with the optimizer as the sink

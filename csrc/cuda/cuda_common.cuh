@@ -90,8 +90,9 @@ AE_HD uint32_t pack2(float x, float y) {
 
 // ---------------------------------------------------------------- activations
 //   forward:  none: z;   relu: max(z, 0);   sigmoid: 1 / (1 + exp(-z))
-//   backward from the OUTPUT y = act(z):  none: 1;  relu: [y > 0];  sigmoid: y (1 - y)
-// relu' uses y > 0, so the gradient at z = 0 is 0, the same convention as torch.
+//   backward from the OUTPUT y = act(z):  none: 1;  relu: 0 where y <= 0, else 1;  sigmoid: y (1 - y)
+// relu' is 0 where y <= 0, so the gradient at z = 0 is 0 and a NaN y passes the gradient: torch's
+// threshold_backward, exactly.
 // relu keeps NaN (z < 0 is false for NaN), as torch, the CPU and the Triton kernels do.
 AE_HD float act_forward(int act, float z) {
   if (act == ACT_RELU) return z < 0.f ? 0.f : z;
@@ -99,7 +100,7 @@ AE_HD float act_forward(int act, float z) {
   return z;
 }
 AE_HD float act_grad_from_y(int act, float y) {
-  if (act == ACT_RELU) return y > 0.f ? 1.f : 0.f;
+  if (act == ACT_RELU) return y <= 0.f ? 0.f : 1.f;
   if (act == ACT_SIGMOID) return y * (1.f - y);
   return 1.f;
 }

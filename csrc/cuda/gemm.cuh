@@ -8,7 +8,7 @@
 //   wgrad    dW = gz^T x              I = N, J = K, R = M   A(i,r) = gz[m,n]  B(r,j) = x[m,k]
 //            db = sum_m gz[m, :]      the row sums of A, taken from the same shared-memory tiles
 //
-// with gz = g * act'(y) formed on chip as A is loaded ("gating": relu' = [y > 0], sigmoid' =
+// with gz = g * act'(y) formed on chip as A is loaded ("gating": relu' = [not y <= 0], sigmoid' =
 // y (1 - y), none: gz = g), so gz never goes through global memory. Accumulation is in fp32.
 //
 // Determinism: nothing uses atomics. When the reduction R is split over gridDim.z blocks (wgrad
@@ -47,9 +47,9 @@ struct GemmArgs {
 };
 
 // gz = g * act'(y). relu selects instead of multiplying so that an infinite g next to y = 0
-// gives 0, as torch's threshold_backward does.
+// gives 0, and tests y <= 0 so that a NaN y passes g, as torch's threshold_backward does.
 AE_HD float gate_value(int act, float g, float y) {
-  if (act == ACT_RELU) return y > 0.f ? g : 0.f;
+  if (act == ACT_RELU) return y <= 0.f ? 0.f : g;
   if (act == ACT_SIGMOID) return g * (y * (1.f - y));
   return g;
 }

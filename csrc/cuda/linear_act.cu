@@ -4,7 +4,7 @@
 //
 //   forward   z = x W^T + b,  y = act(z)            act in {none, relu, sigmoid}
 //   backward  gz = g * act'(z), written with the saved OUTPUT y:
-//                  none: gz = g     relu: gz = g [y > 0]     sigmoid: gz = g y (1 - y)
+//                  none: gz = g     relu: gz = g [!(y <= 0)]   sigmoid: gz = g y (1 - y)
 //             dx = gz W          [M, K]   (dgrad: reduction over N)
 //             dW = gz^T x        [N, K]   (wgrad: reduction over M, the batch)
 //             db = sum_m gz[m]   [N]      (reduced in the wgrad kernel from the same tiles)

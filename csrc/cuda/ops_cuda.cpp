@@ -101,19 +101,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_act_backward_cuda(const Tensor& grad_y
                                                             c10::string_view activation, bool need_x,
                                                             bool need_weight, bool need_bias) {
   static constexpr const char* op = "aecomp::linear_act_backward";
-  check_linear_act(op, x, weight, std::nullopt, /*gpu=*/true);
   const Act act = parse_activation(op, activation);
-  const std::vector<int64_t> y_shape = out_shape(x, weight.size(0));
-  TORCH_CHECK_VALUE(y.sizes() == at::IntArrayRef(y_shape), op, ": y has shape ", shape_str(y),
-                    " but x ", shape_str(x), " and weight ", shape_str(weight), " give outputs of shape ",
-                    at::IntArrayRef(y_shape));
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y has shape ", shape_str(grad_y), " but y has shape ",
-                    shape_str(y));
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(), op,
-                   ": grad_y (", grad_y.scalar_type(), ") and y (", y.scalar_type(), ") must have x's dtype ",
-                   x.scalar_type(), " (x: ", shape_str(x), ")");
-  TORCH_CHECK_VALUE(grad_y.device() == x.device() && y.device() == x.device(), op, ": grad_y is on ",
-                    grad_y.device(), " and y on ", y.device(), " but x is on ", x.device());
+  check_linear_act_backward(op, grad_y, x, weight, y, /*gpu=*/true);
   const c10::cuda::CUDAGuard guard(x.device());
 
   const Tensor x2 = flatten_rows(x), g2 = flatten_rows(grad_y), y2 = flatten_rows(y);
@@ -197,19 +186,8 @@ Tensor mse_loss_cuda(const Tensor& input, const Tensor& target, c10::string_view
 std::tuple<Tensor, Tensor> mse_loss_backward_cuda(const Tensor& grad, const Tensor& input, const Tensor& target,
                                                   c10::string_view reduction, bool need_input, bool need_target) {
   static constexpr const char* op = "aecomp::mse_loss_backward";
-  check_mse(op, input, target, /*gpu=*/true);
   const Reduction red = parse_reduction(op, reduction);
-  if (red == Reduction::None) {
-    TORCH_CHECK_VALUE(grad.sizes() == input.sizes(), op, ": grad has shape ", shape_str(grad),
-                      " but input has shape ", shape_str(input), " (reduction='none')");
-  } else {
-    TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must hold one value for reduction='", std::string(reduction),
-                      "', got shape ", shape_str(grad));
-  }
-  TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(), op, ": grad has dtype ", grad.scalar_type(),
-                   " but input has dtype ", input.scalar_type(), " (shape ", shape_str(input), ")");
-  TORCH_CHECK_VALUE(grad.device() == input.device(), op, ": grad is on ", grad.device(), " but input is on ",
-                    input.device());
+  check_mse_backward(op, grad, input, target, red, /*gpu=*/true);
   const c10::cuda::CUDAGuard guard(input.device());
 
   Tensor ga = need_input ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());

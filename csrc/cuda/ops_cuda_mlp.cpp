@@ -169,31 +169,14 @@ Tensor mlp_mse_loss_cuda(const Tensor& x, at::TensorList weights, const BiasList
   static auto mse = c10::Dispatcher::singleton()
                         .findSchemaOrThrow("aecomp::mse_loss", "")
                         .typed<Tensor(const Tensor&, const Tensor&, c10::string_view)>();
+  const char* op = "aecomp::mlp_mse_loss";
+  parse_reduction(op, reduction);
+  check_mlp(op, x, weights, biases, /*gpu=*/true);
+  check_mlp_target(op, x, weights, target);  // before the chain runs
   return mse.call(mlp_cuda(x, weights, biases, activations), target, reduction);
 }
 
 // ---------------------------------------------------------------- backward
-void check_chain_backward(const char* op, const Tensor& x, at::TensorList weights, at::TensorList outputs,
-                          at::IntArrayRef need_bias) {
-  TORCH_CHECK_VALUE(outputs.size() == weights.size() && need_bias.size() == weights.size(), op, ": got ",
-                    weights.size(), " weights, ", outputs.size(), " saved outputs and ", need_bias.size(),
-                    " need_bias flags; they must match");
-  BiasList none;
-  for (size_t i = 0; i < weights.size(); ++i) none.push_back(std::nullopt);
-  check_mlp(op, x, weights, none, /*gpu=*/true);
-  check_chain_sizes(op, x, weights);
-  const int64_t M = flatten_rows(x).size(0);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const Tensor& y = outputs[i];
-    TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == M && y.size(1) == weights[i].size(0), op, ": outputs[", i,
-                      "] has shape ", shape_str(y), " but x ", shape_str(x), " and weights[", i, "] ",
-                      shape_str(weights[i]), " give [", M, ", ", weights[i].size(0), "]");
-    TORCH_CHECK_TYPE(y.scalar_type() == x.scalar_type() && y.device() == x.device(), op, ": outputs[", i,
-                     "] must have x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
-                     y.scalar_type(), " on ", y.device());
-  }
-}
-
 // The loop of the header comment from layer L-1 down, given G_{L-1} and its gate. result[1 + 2L - 1]
 // (db_{L-1}) is already set when bias_done.
 std::vector<Tensor> chain_backward_cuda(const char* op, Tensor G, Act top_gate, Tensor db_top, const Tensor& x,
@@ -266,13 +249,12 @@ std::vector<Tensor> mlp_backward_cuda(const Tensor& grad, const Tensor& x, at::T
                                       at::TensorList outputs, c10::string_view activations, bool need_x,
                                       at::IntArrayRef need_bias) {
   static constexpr const char* op = "aecomp::mlp_backward";
-  check_chain_backward(op, x, weights, outputs, need_bias);
+  check_mlp_backward(op, grad, x, weights, outputs, need_bias, /*gpu=*/true);
+  check_chain_sizes(op, x, weights);
   const std::vector<Act> acts = parse_activations(op, activations, weights.size());
   const size_t L = weights.size();
   const c10::cuda::CUDAGuard guard(x.device());
-  TORCH_CHECK_VALUE(grad.numel() == outputs[L - 1].numel(), op, ": grad has shape ", shape_str(grad),
-                    " but the last output has shape ", shape_str(outputs[L - 1]));
-  const Tensor g = grad.to(x.scalar_type()).reshape(outputs[L - 1].sizes());
+  const Tensor g = grad.reshape(outputs[L - 1].sizes());
   return chain_backward_cuda(op, g, acts[L - 1], Tensor(), x, weights, outputs, acts, need_x, need_bias);
 }
 
@@ -280,25 +262,17 @@ std::vector<Tensor> mlp_mse_backward_cuda(const Tensor& grad, const Tensor& x, a
                                           at::TensorList outputs, c10::string_view activations, const Tensor& target,
                                           c10::string_view reduction, bool need_x, at::IntArrayRef need_bias) {
   static constexpr const char* op = "aecomp::mlp_mse_backward";
-  check_chain_backward(op, x, weights, outputs, need_bias);
-  const std::vector<Act> acts = parse_activations(op, activations, weights.size());
   const Reduction red = parse_reduction(op, reduction);
+  check_mlp_mse_backward(op, grad, x, weights, outputs, target, red, need_bias, /*gpu=*/true);
+  check_chain_sizes(op, x, weights);
+  const std::vector<Act> acts = parse_activations(op, activations, weights.size());
   const size_t L = weights.size();
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor& y = outputs[L - 1];
   const int64_t M = y.size(0), N = y.size(1);
-  TORCH_CHECK_VALUE(target.numel() == y.numel(), op, ": target has shape ", shape_str(target),
-                    " but the chain's output has shape ", shape_str(y));
-  TORCH_CHECK_TYPE(target.scalar_type() == x.scalar_type() && target.device() == x.device(), op,
-                   ": target must have x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
-                   target.scalar_type(), " on ", target.device());
   const bool scalar = red != Reduction::None;
-  TORCH_CHECK_VALUE(scalar ? grad.numel() == 1 : grad.numel() == y.numel(), op, ": grad has shape ",
-                    shape_str(grad), " but reduction='", std::string(reduction), "' needs ",
-                    scalar ? std::string("one value") : "the output's " + shape_str(y));
   const Tensor yc = y.contiguous(), tc = target.reshape({M, N}).contiguous();
-  const Tensor gc = grad.to(x.scalar_type()).reshape(scalar ? std::vector<int64_t>{1} : std::vector<int64_t>{M, N})
-                        .contiguous();
+  const Tensor gc = grad.reshape(scalar ? std::vector<int64_t>{1} : std::vector<int64_t>{M, N}).contiguous();
   const double n = static_cast<double>(std::max<int64_t>(y.numel(), 1));
   const float scale = static_cast<float>(red == Reduction::Mean ? 2.0 / n : 2.0);
   Tensor gz = at::empty({M, N}, x.options());

@@ -118,7 +118,7 @@ HMat<T> make_mat(int rows, int cols, Layout l, const std::vector<float>& vals) {
 }
 
 const std::vector<float> kVals = {-1.f, -0.5f, -0.25f, 0.f, 0.25f, 0.5f, 1.f};
-// Output values for the gate: relu' = [y > 0] and sigmoid' = y (1 - y) are exact in bf16/fp16.
+// Output values for the gate: relu' = [not y <= 0] and sigmoid' = y (1 - y) are exact in bf16/fp16.
 const std::vector<float> kYVals = {-0.5f, 0.f, 0.25f, 0.5f, 1.f};
 
 template <typename T>
@@ -151,7 +151,7 @@ double act_ref(int act, double z) {
   return z;
 }
 double gate_ref(int act, double g, double y) {
-  if (act == ACT_RELU) return y > 0 ? g : 0;
+  if (act == ACT_RELU) return y <= 0 ? 0 : g;  // torch's threshold_backward (a NaN y passes g)
   if (act == ACT_SIGMOID) return g * y * (1 - y);
   return g;
 }

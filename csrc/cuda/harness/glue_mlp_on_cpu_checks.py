@@ -122,6 +122,22 @@ def main(lib: str) -> None:
     out.backward()
     assert out.item() == 0 and w[0].grad.abs().sum() == 0 and b[0].grad.abs().sum() == 0
     assert torch.ops.aecomp.mlp(x, w, b, "relu,none").shape == (0, 6)
+    # relu's backward where a hidden output is NaN (a NaN bias entry) passes the gradient, as torch's
+    # threshold_backward does: the chain's gradients match torch's (NaN where torch's are NaN)
+    for dtype in (torch.float32, torch.bfloat16):
+        xs, ws, bs = make_chain(6, [8, 16, 8], ["relu", "sigmoid"], dtype, [True, True])
+        bs[0][5] = float("nan")
+        lx, lw, lb = leaves([xs]), leaves(ws), leaves(bs)
+        y = torch.ops.aecomp.mlp(lx[0], lw, lb, "relu,sigmoid")
+        g = torch.randn_like(y)
+        y.backward(g)
+        rx, rw, rb = leaves([xs], torch.float64), leaves(ws, torch.float64), leaves(bs, torch.float64)
+        ref_chain(rx[0], rw, rb, ["relu", "sigmoid"]).backward(g.double())
+        for name, got, want in [("dx", lx[0], rx[0]), *((f"dW{i}", a, e) for i, (a, e) in enumerate(zip(lw, rw))),
+                                *((f"db{i}", a, e) for i, (a, e) in enumerate(zip(lb, rb)))]:
+            assert torch.equal(torch.isnan(got.grad), torch.isnan(want.grad)), (dtype, name)
+            torch.testing.assert_close(got.grad.double(), want.grad, **tol(dtype, 16), equal_nan=True,
+                                       msg=lambda s, name=name: f"relu NaN chain {dtype} {name}: {s}")
     # errors name the op
     try:
         torch.ops.aecomp.mlp(torch.randn(4, 8, dtype=torch.float64), [torch.randn(3, 8, dtype=torch.float64)], [None],

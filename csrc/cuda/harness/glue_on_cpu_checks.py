@@ -162,6 +162,23 @@ def mse_checks():
         assert torch.ops.aecomp.mse_loss(e, e, "none").shape == (0, 4)
 
 
+def relu_nan_checks():
+    """relu's backward where the saved output is NaN passes the gradient, as torch's
+    threshold_backward does (a NaN bias entry: that output column is NaN, every gradient finite)."""
+    for dtype in DTYPES:
+        for m, k, n in ((9, 13, 7), (37, 40, 24)):  # SIMT, tensor cores (16-bit)
+            x, w, b, g = inputs(m, k, n, dtype)
+            b[n // 2] = float("nan")
+            xs, ws, bs = leaf(x), leaf(w), leaf(b)
+            torch.ops.aecomp.linear_act(xs, ws, bs, "relu").backward(g)
+            x64, w64, b64 = leaf(x.double()), leaf(w.double()), leaf(b.double())
+            torch.relu(F.linear(x64, w64, b64)).backward(g.double())
+            for name, t, t64, length in (("dx", xs, x64, n), ("dW", ws, w64, m), ("db", bs, b64, m)):
+                assert torch.isfinite(t64.grad).all()
+                torch.testing.assert_close(t.grad.double(), t64.grad, **tol(dtype, length),
+                                           msg=lambda s, name=name: f"relu NaN {dtype} {m}x{k}x{n} {name}: {s}")
+
+
 def error_checks():
     x = torch.randn(4, 8, dtype=torch.float64)
     try:
@@ -187,6 +204,7 @@ def main(lib: str) -> None:
     linear_checks()
     backward_op_checks()
     mse_checks()
+    relu_nan_checks()
     error_checks()
     import aecomp
 
