@@ -39,6 +39,12 @@ def collect() -> dict:
     except ImportError:
         pass
     info["cpu_isa"] = _cpu_isa()
+    mod = _ext.load()[0]
+    if mod is not None and hasattr(mod, "_brgemm_describe"):  # the CPU's matrix engine (csrc/cpu/brgemm.h)
+        try:
+            info["matrix_engine"] = mod._brgemm_describe()
+        except ValueError as exc:  # a refused AECOMP_CPU_ISA (shown on the CPU kernels' line)
+            info["matrix_engine"] = f"none: {str(exc).splitlines()[0]}"
     # packed-weight inference (aecomp.ops.packed_mlp): which backend runs a packed chain
     info["packed_mlp"] = {"cpu": auto_backend_name("cpu", torch.float32, "packed_mlp")}
     if torch.cuda.is_available():
@@ -97,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         cap = f"{isa['capped_by']}; " if isa["capped_by"] else ""
         print(f"CPU kernels: {isa['level']} ({cap}this CPU: {isa['hardware']}"
               f"{', ' + ' '.join(feats) if feats else ''})")
+    if "matrix_engine" in info:
+        print(f"CPU matrix engine (bf16 training, int8 inference at batch): {info['matrix_engine']}")
     if "packed_mlp" in info:
         print("packed chains (packed_mlp): " + ", ".join(f"{d} tensors -> {n}" for d, n in info["packed_mlp"].items()))
     return 0

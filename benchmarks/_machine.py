@@ -45,6 +45,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                "amx_int8")
+
+
+def cpu_flags() -> list:
+    """The CPU's flags that decide the GEMM paths (``/proc/cpuinfo``; ``lscpu`` shows the same)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in MATRIX_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (the affinity mask), else os.cpu_count()."""
     try:
@@ -95,6 +112,16 @@ def load_average() -> Optional[list]:
         return None
 
 
+def _matrix_engine() -> Optional[str]:
+    """aecomp's matrix-engine level on this CPU (``aecomp info``), or None without the extension."""
+    try:
+        import aecomp._C as C
+
+        return C._brgemm_describe()
+    except Exception:  # not built, or built before the matrix engine
+        return None
+
+
 def describe(device: str, tag: str) -> Dict[str, Any]:
     """The fields every row of a run shares."""
     import torch
@@ -110,6 +137,9 @@ def describe(device: str, tag: str) -> Dict[str, Any]:
         "node": platform.node(),
         "cpu": cpu_model(),
         "cpu_count": cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "matrix_engine": _matrix_engine(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "gpu": gpu_name() if device == "cuda" else None,
         "device": device,
         "threads": torch.get_num_threads(),

@@ -34,7 +34,15 @@ train_step      step    one training step of the reference autoencoder: forward,
                         compile: ``torch.compile`` of that whole step function (graph breaks
                         at ``backward`` allowed); aecomp: ``FusedStep`` with
                         ``Adam(fused=True)``; on the GPU also ``aecomp:<backend>+cudagraph``:
-                        ``FusedStep(cuda_graph=True)`` with a capturable Adam
+                        ``FusedStep(cuda_graph=True)`` with a capturable Adam. CPU bfloat16:
+                        float32 parameters everywhere (mixed precision, what a user runs):
+                        eager / compile under ``torch.autocast("cpu", bfloat16)``, aecomp
+                        ``FusedStep(precision="bf16")`` (bf16 GEMMs on the matrix engine)
+usual_loop      step    CPU: the seed's model and its own loop (``zero_grad``, ``crit(model(x),
+                        x)``, ``backward``, default ``Adam`` 1e-3), batch from a rotating set
+                        of 64 batches. eager: as written (bfloat16: under autocast); aecomp:
+                        the same loop on ``aecomp.accelerate(model)`` (bfloat16:
+                        ``accelerate(model, precision="bf16")``), same optimizer
 train_job       job     ``benchmarks/bench_train_job.py``: the usual DataLoader loop vs
                         ``aecomp.train.Trainer``, digits28 train split, batch 64, whole epochs
 latency         infer   inference of a CompressedNet (the reference encoder 784-128-64-32 and a
@@ -357,29 +365,51 @@ def chain_cases(s: Settings) -> List[Case]:
 # ----------------------------------------------------------------------------------------------
 # train_step
 # ----------------------------------------------------------------------------------------------
+def _autocast_cpu(dtype, device: str):
+    """CPU bfloat16 rows: float32 parameters and data under autocast (None: plain dtype)."""
+    return device == "cpu" and dtype == torch.bfloat16
+
+
 def _eager_step(batch: int, dtype, device: str, compile_mode: Optional[str], s: Settings) -> Callable[[], Any]:
     from .bench_train_job import EagerAutoencoder
 
-    model = EagerAutoencoder().to(device=device, dtype=dtype)
+    mixed = _autocast_cpu(dtype, device)
+    pdtype = torch.float32 if mixed else dtype
+    model = EagerAutoencoder().to(device=device, dtype=pdtype)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     crit = nn.MSELoss()
-    x = torch.rand(batch, AE_DIMS[0], device=device).to(dtype)
+    x = torch.rand(batch, AE_DIMS[0], device=device).to(pdtype)
+    step = _loop_step(model, opt, crit, lambda: x, mixed)
+    return step if compile_mode is None else compiled(step, s, compile_mode)
+
+
+def _loop_step(model, opt, crit, next_x: Callable[[], torch.Tensor], autocast: bool) -> Callable[[], Any]:
+    """The usual step: zero_grad, crit(model(x), x) (under CPU bf16 autocast if asked), backward, step."""
+    import contextlib
 
     def step():
+        x = next_x()
         opt.zero_grad()
-        loss = crit(model(x), x)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            loss = crit(model(x), x)
         loss.backward()
         opt.step()
         return loss
 
-    return step if compile_mode is None else compiled(step, s, compile_mode)
+    return step
 
 
 def _fused_step(batch: int, dtype, device: str, backend: str, cuda_graph: bool = False) -> Callable[[], Any]:
     from aecomp.models import Autoencoder
     from aecomp.train import FusedStep
 
-    model = Autoencoder(AE_DIMS, output="sigmoid", backend=backend).to(device=device, dtype=dtype)
+    mixed = _autocast_cpu(dtype, device)
+    model = Autoencoder(AE_DIMS, output="sigmoid", backend=backend).to(
+        device=device, dtype=torch.float32 if mixed else dtype)
+    if mixed:  # bf16 GEMMs on the matrix engine, float32 master weights
+        fs = FusedStep(model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=True), precision="bf16")
+        x = torch.rand(batch, AE_DIMS[0], device=device)
+        return lambda: fs.step(x)
     if cuda_graph:  # the whole step captured once and replayed: needs a capturable optimizer
         try:
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True, capturable=True)
@@ -409,9 +439,12 @@ def train_step_cases(s: Settings) -> List[Case]:
                         flops=chain_flops(CHAIN_DIMS, batch, True), grad=True,
                         params={"optimizer": "Adam(lr=1e-3)", "loss": "mse"},
                         priority=_priority(s, dname, batch) - 2)
+            mixed = _autocast_cpu(dtype, s.device)
             for be in s.backends:
                 case.impls.append(Impl(f"aecomp:{be}", lambda be=be, batch=batch, dtype=dtype:
-                                       _fused_step(batch, dtype, s.device, be), note="FusedStep, Adam(fused=True)"))
+                                       _fused_step(batch, dtype, s.device, be),
+                                       note="FusedStep(precision='bf16'), Adam(fused=True)" if mixed
+                                       else "FusedStep, Adam(fused=True)"))
                 if s.device == "cuda" and _has_cuda_graph_step():
                     case.impls.append(Impl(f"aecomp:{be}+cudagraph", lambda be=be, batch=batch, dtype=dtype:
                                            _fused_step(batch, dtype, s.device, be, cuda_graph=True), est_s=5.0,
@@ -419,6 +452,56 @@ def train_step_cases(s: Settings) -> List[Case]:
             case.impls += baseline_impls(
                 s, lambda mode, batch=batch, dtype=dtype: _eager_step(batch, dtype, s.device, mode, s),
                 compile_est=40.0)  # a guess (forward+backward graph and Adam's), until a run observes it
+            if mixed:
+                for impl in case.impls:
+                    if impl.role == "baseline":
+                        impl.note = (impl.note + ", " if impl.note else "") + "float32 model under autocast(bfloat16)"
+            cases.append(case)
+    return cases
+
+
+def _usual_loop(batch: int, dtype, accelerated: bool) -> Callable[[], Any]:
+    """The seed's model trained with its own loop (see the table above)."""
+    import aecomp
+
+    from ._layers import EagerAutoencoder
+
+    mixed = dtype == torch.bfloat16
+    torch.manual_seed(0)
+    model = EagerAutoencoder()
+    crit = nn.MSELoss()
+    if accelerated:
+        model = aecomp.accelerate(model, precision="bf16" if mixed else "fp32")
+        crit = aecomp.accelerate(crit)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = torch.rand(64, batch, AE_DIMS[0])
+    it = [0]
+
+    def next_x():
+        it[0] += 1
+        return data[it[0] % 64]
+
+    return _loop_step(model, opt, crit, next_x, mixed and not accelerated)
+
+
+def usual_loop_cases(s: Settings) -> List[Case]:
+    if s.device != "cpu" or "cpu" not in s.backends:
+        return []
+    cases = []
+    for dname in s.dtypes:
+        dtype = DTYPES[dname]
+        if dtype not in (torch.float32, torch.bfloat16):
+            continue
+        for batch in s.batches:
+            mixed = dtype == torch.bfloat16
+            case = Case("train_step", "usual_loop", "step", "-".join(map(str, CHAIN_DIMS)), batch, dname,
+                        flops=chain_flops(CHAIN_DIMS, batch, True), grad=True,
+                        params={"optimizer": "Adam(lr=1e-3)", "loss": "nn.MSELoss"})
+            case.impls.append(Impl("aecomp:cpu", lambda batch=batch, dtype=dtype: _usual_loop(batch, dtype, True),
+                                   note="aecomp.accelerate(model" + (", precision='bf16')" if mixed else ")")))
+            if "eager" in s.baselines:
+                case.impls.append(Impl("eager", lambda batch=batch, dtype=dtype: _usual_loop(batch, dtype, False),
+                                       note="the loop as written" + (" under autocast(bfloat16)" if mixed else "")))
             cases.append(case)
     return cases
 
@@ -647,7 +730,7 @@ def _priority(s: Settings, dname: str, batch: int) -> float:
 BUILDERS = {
     "op": (linear_act_cases, mse_cases),
     "chain": (chain_cases,),
-    "train_step": (train_step_cases,),
+    "train_step": (train_step_cases, usual_loop_cases),
     "train_job": (train_job_cases,),
     "latency": (latency_cases,),
     "inference": (inference_cases,),
@@ -663,12 +746,11 @@ def build_cases(groups: Sequence[str], settings: Settings, train_step_batches: S
             if group == "train_step":
                 sub = Settings(**{**settings.__dict__, "batches": train_step_batches})
                 cases += builder(sub)
-            elif group in ("train_job",):
-                cases += builder(settings)
-            elif group == "latency":
-                sub = Settings(**{**settings.__dict__, "dtypes": [settings.dtypes[0]] if settings.device == "cpu"
-                                  else settings.dtypes})
-                cases += builder(sub)
+            elif settings.device == "cpu":
+                # bfloat16 on the CPU is mixed precision: only the training step and the usual loop have it
+                dtypes = [d for d in settings.dtypes if d != "bfloat16"] or ["float32"]
+                cases += builder(Settings(**{**settings.__dict__, "dtypes": dtypes[:1] if group == "latency"
+                                             else dtypes}))
             else:
                 cases += builder(settings)
     return cases

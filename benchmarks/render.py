@@ -43,8 +43,8 @@ README = REPO_ROOT / "README.md"
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 BASELINES = ("eager", "compile", "compile-max-autotune")
 MODE_ORDER = {"fwd": 0, "fwd+bwd": 1, "step": 2, "job": 3, "infer": 4}
-WORKLOAD_ORDER = {"train_step": 0, "train_job": 1, "linear_act": 2, "mse_loss": 3, "mlp": 4, "mlp_mse_loss": 5,
-                  "latency": 6, "packed_mlp": 7}
+WORKLOAD_ORDER = {"train_step": 0, "usual_loop": 1, "train_job": 2, "linear_act": 3, "mse_loss": 4, "mlp": 5,
+                  "mlp_mse_loss": 6, "latency": 7, "packed_mlp": 8}
 
 CaseKey = Tuple[str, str, str, int, str]
 
@@ -111,6 +111,7 @@ class Results:
             self.ceilings.setdefault(r["name"], r)
         first = self.used_runs[-1] if self.used_runs else (next(iter(self.runs.values()), {}) if self.runs else {})
         self.info = first
+        self.extra_rows = [r for r in rows if r.get("kind") == "inference"]  # benchmarks/bench_inference.py
         self.device = first.get("device") or (results[0].get("device") if results else "cpu")
         self.machine = first.get("machine") or path.stem
 
@@ -234,7 +235,8 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _ceiling_name(res: Results, r: Dict[str, Any]) -> str:
-    return {"sgemm_gflops": "sgemm", "mm_bf16_tflops": "bf16 mm", "mm_fp32_tflops": "fp32 mm"}.get(
+    return {"sgemm_gflops": "sgemm", "mm_bf16_gflops": "bf16 mm", "mm_int8_gops": "int8 mm",
+            "mm_bf16_tflops": "bf16 mm", "mm_fp32_tflops": "fp32 mm"}.get(
         r.get("ceiling"), r.get("ceiling") or "ceiling")
 
 
@@ -296,6 +298,11 @@ def _provenance(res: Results, rel: str) -> str:
                      + (f", {end.get('wall_s')} s" if end.get("wall_s") else "")
                      + (f", {r.get('rounds')} rounds (medians over them)" if (r.get("rounds") or 1) > 1 else ""))
     lines = [f"Measured on **{where}**; data: [`{rel}`]({rel})."]
+    if res.device != "cuda" and (info.get("cpu_flags") is not None or info.get("matrix_engine")):
+        flags = ", ".join(f"`{f}`" for f in info.get("cpu_flags") or []) or "none of the matrix flags"
+        lines.append(f"CPU flags: {flags}; aecomp's matrix engine: {info.get('matrix_engine') or 'not recorded'}"
+                     + (f" (ONEDNN_MAX_CPU_ISA={info['onednn_max_cpu_isa']})" if info.get("onednn_max_cpu_isa")
+                        else "") + ".")
     lines += [f"- {p}" for p in parts]
     return "\n".join(lines)
 
@@ -396,16 +403,36 @@ def key_tables_md(res: Results, src: str) -> str:
                 rows.append([str(k[3]), k[4], a, fmt_time(r.get("median_ms")),
                              fmt_time(rk.get("eager", {}).get("median_ms")),
                              *[fmt_time(rk.get(b, {}).get("median_ms")) for b in vs],
-                             *speed_cols(k, a, spread=True), fmt_pct(r.get("frac_ceiling")),
-                             fmt_pct(rk.get("eager", {}).get("frac_ceiling")),
+                             *speed_cols(k, a, spread=True), fmt_x(best_peer_ratio(res, k, a)),
+                             fmt_pct(r.get("frac_ceiling")), fmt_pct(rk.get("eager", {}).get("frac_ceiling")),
                              fmt_bytes(r.get("peak_mem_bytes")), fmt_bytes(rk.get("eager", {}).get("peak_mem_bytes"))])
         header = ["batch", "dtype", "aecomp", "aecomp time", "eager time", *[f"{b} time" for b in vs],
-                  "vs eager", *[f"vs {b}" for b in vs], "aecomp % of ceiling", "eager % of ceiling",
+                  "vs eager", *[f"vs {b}" for b in vs], "vs best peer", "aecomp % of ceiling", "eager % of ceiling",
                   "aecomp peak mem", "eager peak mem"]
         out.append("**Training step** of the reference autoencoder 784-128-64-32-64-128-784 (forward, MSE, "
                    "backward, Adam): aecomp's `FusedStep` + fused Adam against the same step written the usual "
-                   "way (eager) and `torch.compile` of that step." + data + "\n\n"
+                   "way (eager) and `torch.compile` of that step. bfloat16 rows are mixed precision on the CPU: "
+                   "float32 parameters and Adam state everywhere, the peers under `torch.autocast(bfloat16)`, "
+                   "aecomp's `FusedStep(precision=\"bf16\")` with its GEMMs on the matrix engine; their % of "
+                   "ceiling is of the bf16 matmul rate. \"vs best peer\": the faster of eager and compile at "
+                   "the same precision." + data + "\n\n"
                    + md_table(header, rows, "rll" + "r" * (len(header) - 3)))
+    # the usual loop
+    keys = res.keys(["usual_loop"])
+    if keys:
+        rows = []
+        for k in keys:
+            rk = res.cases[k]
+            for a in (a for a in aec if a in rk):
+                rows.append([str(k[3]), k[4], fmt_time(rk.get("eager", {}).get("median_ms")),
+                             fmt_time(rk[a].get("median_ms")), res.fmt_ratio(k, a, "eager", spread=True),
+                             fmt_pct(rk[a].get("frac_ceiling"))])
+        out.append("**The usual loop**: the seed's model trained by its own loop (`zero_grad`, "
+                   "`crit(model(x), x)`, `backward`, `Adam().step()`) as written against the same loop on "
+                   "`aecomp.accelerate(model)`; bfloat16: the loop under `torch.autocast(bfloat16)` against "
+                   "`aecomp.accelerate(model, precision=\"bf16\")` (float32 parameters, the user's optimizer)."
+                   + data + "\n\n" + md_table(["batch", "dtype", "as written", "accelerated", "speedup",
+                                                  "accelerated % of ceiling"], rows, "rlrrrr"))
     # training job
     keys = res.keys(["train_job"])
     if keys:
@@ -466,6 +493,43 @@ def key_tables_md(res: Results, src: str) -> str:
                    + "\n\n"
                    + md_table(header, rows, "lllrll" + "r" * (len(header) - 6)))
     return "\n\n".join(out)
+
+
+def best_peer_ratio(res: Results, key: CaseKey, impl: str) -> Optional[float]:
+    """The best baseline's median over aecomp's (per round, median over rounds)."""
+    ratios = [res.ratio(key, impl, b) for b in BASELINES if b in res.cases.get(key, {})]
+    ratios = [r for r in ratios if r is not None]
+    return min(ratios) if ratios else None
+
+
+def inference_md(rows: List[Dict[str, Any]], src: str) -> str:
+    """Packed inference (``kind: inference`` rows of ``benchmarks/bench_inference.py``), newest run."""
+    rows = [r for r in rows if r.get("kind") == "inference" and r.get("part") == "model"]
+    if not rows:
+        return ""
+    last = rows[-1].get("run_id") or rows[-1].get("date")
+    rows = [r for r in rows if (r.get("run_id") or r.get("date")) == last]
+    impls = ["packed", "packed_float", "eager", "ort_f32", "ort_int8"]
+    out = []
+    for model, batch in sorted({(r["model"], r["batch"]) for r in rows}):
+        sel = {r["impl"]: r for r in rows if r["model"] == model and r["batch"] == batch}
+        if "packed" not in sel:
+            continue
+        p = sel["packed"]["median_us"]
+        cells = [model, str(batch), f"{sel['packed'].get('file_bytes', 0):,}"]
+        cells += [f"{sel[i]['median_us']:.1f}" if i in sel else "-" for i in impls]
+        cells += [fmt_x(sel[b]["median_us"] / p) if b in sel else "-" for b in ("ort_f32", "ort_int8")]
+        out.append(cells)
+    first = rows[0]
+    where = f"load average {first.get('load_avg')}" if first.get("load_avg") else ""
+    return ("**Packed inference** (`python -m benchmarks.run --only inference`, one thread, interleaved): "
+            "the packed model of each compressed file (`load_packed_model`; int8 on u8 x s8 brgemm — AMX-INT8 — "
+            "at batch >= 64 where the CPU has AMX, AVX-512 VNNI tiles below; shared-weight codes decoded "
+            "into bf16 tiles for the bf16 brgemm at batch >= 16 with AMX, float microkernels otherwise) "
+            "against torch eager float32 and onnxruntime float32 / int8 (1 thread), in microseconds"
+            + (f" ({where})" if where else "") + f". Data: [`{src}`]({src}).\n\n"
+            + md_table(["model", "batch", "file B", *[f"{i} µs" for i in impls], "vs ORT f32", "vs ORT int8"],
+                       out, "lrr" + "r" * (len(impls) + 2)))
 
 
 def _loss(v) -> str:
@@ -556,6 +620,9 @@ def machine_section(res: Results, root: Path, md_path: Path, pngs: List[Path]) -
     kind = "GPU" if res.device == "cuda" else "CPU"
     name = info.get("gpu") if res.device == "cuda" else info.get("cpu")
     parts = [f"#### {kind}: {name} (`{res.machine}`)", _provenance(res, rel), ceilings_md(res), key_tables_md(res, rel)]
+    inference = inference_md(res.extra_rows, rel)
+    if inference:
+        parts.append(inference)
     for p in pngs:
         prel = _rel(p, root)
         parts.append(f"![speedup over eager against batch size, {kind} {name}]({prel})\n\n"

@@ -200,7 +200,9 @@ def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     for b in baselines:
         if b not in BASELINES:
             raise RunnerError(f"--baselines: unknown baseline {b!r}; expected some of {', '.join(BASELINES)}")
-    dtypes = _csv(args.dtypes) or (["bfloat16", "float32"] if device == "cuda" else ["float32"])
+    # CPU bfloat16: the training step and the usual loop in mixed precision (autocast peers, aecomp's
+    # bf16 step on the matrix engine); the other CPU workloads stay float32
+    dtypes = _csv(args.dtypes) or ["bfloat16", "float32"]
     from benchmarks._workloads import DTYPES
 
     for d in dtypes:
@@ -258,7 +260,7 @@ class Runner:
         self.rows: List[Dict[str, Any]] = []
         self.skipped: List[str] = []
         self.observed: Dict[tuple, float] = {}  # (workload, impl) -> seconds it took (GPU; see estimate)
-        self._sgemm = None  # (callable, inner loop count) of the per-case sgemm on the CPU
+        self._sgemm_by_dtype: Dict[Any, tuple] = {}  # dtype -> (callable, inner loop count) of the per-case mm
         self.round = 0
         self.common = {k: self.env[k] for k in ("machine", "node", "device", "cpu", "gpu", "torch", "triton",
                                                 "commit", "dirty", "threads")}
@@ -301,8 +303,14 @@ class Runner:
                           lambda: _copy_fn(nbytes, "cuda"), 2.0 * nbytes / 1e9))
         else:
             n = self.sgemm_n
-            specs.append(("sgemm_gflops", "GFLOP/s", f"torch.mm {n}^3 float32, {torch.get_num_threads()} thread(s)",
+            threads = torch.get_num_threads()
+            specs.append(("sgemm_gflops", "GFLOP/s", f"torch.mm {n}^3 float32, {threads} thread(s)",
                           lambda: _mm_fn(n, torch.float32, "cpu"), 2.0 * n**3 / 1e9))
+            # the matrix engine's rates (AMX / AVX512-BF16 / VNNI where the CPU has them)
+            specs.append(("mm_bf16_gflops", "GFLOP/s", f"torch.mm {n}^3 bfloat16, {threads} thread(s)",
+                          lambda: _mm_fn(n, torch.bfloat16, "cpu"), 2.0 * n**3 / 1e9))
+            specs.append(("mm_int8_gops", "GOP/s", f"torch._int_mm {n}^3 int8 -> int32, {threads} thread(s)",
+                          lambda: _int_mm_fn(n), 2.0 * n**3 / 1e9))
             nbytes = 2**16 if self.args.smoke else 2**26
             specs.append(("copy_gbps", "GB/s", f"copy of {nbytes / 2**20:g} MiB float32 (read + write)",
                           lambda: _copy_fn(nbytes, "cpu"), 2.0 * nbytes / 1e9))
@@ -336,7 +344,8 @@ class Runner:
         if self.device == "cuda":
             name = "mm_fp32_tflops" if dtype == "float32" else "mm_bf16_tflops"
             return (name, self.ceilings[name] * 1e3) if name in self.ceilings else None
-        return ("sgemm_gflops", self.ceilings["sgemm_gflops"]) if "sgemm_gflops" in self.ceilings else None
+        name = "mm_bf16_gflops" if dtype == "bfloat16" else "sgemm_gflops"
+        return (name, self.ceilings[name]) if name in self.ceilings else None
 
     # ------------------------------------------------------------------------------ cases
     def _mkey(self, case: Case) -> tuple:
@@ -388,6 +397,7 @@ class Runner:
 
     def _time_impls(self, impls: List[Impl], case: Case) -> Dict[str, Dict[str, Any]]:
         fns, inner, results, spent = {}, {}, {}, {}
+        dtype = case.dtype
         for impl in impls:
             t0 = time.monotonic()
             try:
@@ -411,14 +421,18 @@ class Runner:
             # the GPU budget estimates from now on (compile times are guesses until measured)
             self.observed.update({(case.workload, name): secs for name, secs in spent.items()})
         elif fns:
-            # the sgemm ceiling takes its turn in the alternation too: the fraction of the ceiling is
-            # then formed under the same load as the case (this machine is shared)
-            if self._sgemm is None:
-                f = _mm_fn(self.sgemm_n, torch.float32, "cpu")
-                self._sgemm = (f, _timing.warm_up(f, self.profile["sample_s"], warmup_s=self.profile["warmup_s"]))
-            timed = {**fns, SGEMM: self._sgemm[0]}
+            # the matmul ceiling of the case's dtype (float32 sgemm, or bfloat16 on the matrix
+            # engine) takes its turn in the alternation too: the fraction of the ceiling is then
+            # formed under the same load as the case (this machine is shared)
+            mm_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+            if mm_dtype not in self._sgemm_by_dtype:
+                f = _mm_fn(self.sgemm_n, mm_dtype, "cpu")
+                self._sgemm_by_dtype[mm_dtype] = (
+                    f, _timing.warm_up(f, self.profile["sample_s"], warmup_s=self.profile["warmup_s"]))
+            mm = self._sgemm_by_dtype[mm_dtype]
+            timed = {**fns, SGEMM: mm[0]}
             try:
-                results.update(_timing.time_interleaved(timed, {**inner, SGEMM: self._sgemm[1]},
+                results.update(_timing.time_interleaved(timed, {**inner, SGEMM: mm[1]},
                                                         self.profile["repeats"]))
             except Exception as exc:
                 for name in fns:
@@ -426,7 +440,8 @@ class Runner:
         sgemm = results.pop(SGEMM, None)
         if sgemm:
             for name in fns:
-                results[name]["case_sgemm_gflops"] = 2.0 * self.sgemm_n**3 / sgemm["median_s"] / 1e9
+                if "error" not in results.get(name, {}):
+                    results[name]["case_sgemm_gflops"] = 2.0 * self.sgemm_n**3 / sgemm["median_s"] / 1e9
         for name, fn in fns.items():
             if "error" in results.get(name, {}):
                 continue
@@ -460,9 +475,10 @@ class Runner:
         row["ceiling"] = ceil[0] if ceil else None
         row["ceiling_gflops_run"] = ceil[1] if ceil else None  # measured at the start of the run
         row["frac_ceiling_run"] = row["gflops"] / ceil[1] if ceil else None
-        if r.get("case_sgemm_gflops"):  # CPU: the sgemm sampled in alternation with this case
+        if r.get("case_sgemm_gflops"):  # CPU: the matmul of the row's dtype sampled in alternation with it
             row["ceiling_gflops"] = r["case_sgemm_gflops"]
-            row["ceiling_how"] = "sgemm sampled in alternation with the case"
+            row["ceiling_how"] = (f"torch.mm {'bfloat16' if case.dtype == 'bfloat16' else 'float32'} sampled in "
+                                  "alternation with the case")
         else:
             row["ceiling_gflops"] = row["ceiling_gflops_run"]
             row["ceiling_how"] = "run-wide ceiling (start of run)"
@@ -528,6 +544,12 @@ def _mm_fn(n: int, dtype, device: str):
     return lambda: torch.mm(a, b)
 
 
+def _int_mm_fn(n: int):
+    a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+    return lambda: torch._int_mm(a, b)
+
+
 def _copy_fn(nbytes: int, device: str):
     src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
@@ -556,8 +578,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             tag = _machine.machine_tag("cpu", args.machine)
             env = {k: v for k, v in _machine.describe("cpu", tag).items()
-                   if k in ("machine", "cpu", "torch", "commit", "date")}
+                   if k in ("machine", "cpu", "torch", "commit", "date", "matrix_engine")}
             env["load_avg"] = _machine.load_average()
+            env["run_id"] = time.strftime("%Y%m%dT%H%M%S") + "-inference-" + uuid.uuid4().hex[:6]
+            env["cpu_flags"] = _machine.cpu_flags()
             rows = bench_inference.run(quick=args.quick or args.smoke, emit=(lambda r: fh.write(
                 json.dumps({**r, **{k: v for k, v in env.items() if k not in r}}) + "\n")) if fh else None)
         finally:

@@ -737,6 +737,7 @@ static pybind11::dict build_info() {
 
 namespace cpu {
 void def_train_step(pybind11::module& mod);  // cpu/train_step.cpp
+void def_train_step_bf16(pybind11::module& mod);  // cpu/train_step_bf16.cpp
 
 // The CPU kernels' instruction-set level (cpu/isa.h), for `aecomp info` and the tests.
 static pybind11::dict isa_runs_dict() {
@@ -837,5 +838,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           "'' when the CUDA kernels have an image for the current GPU, else the runtime's error");
 #endif
   aecomp::cpu::def_train_step(mod);  // the fused training step and the microkernel entry points
+  aecomp::cpu::def_train_step_bf16(mod);  // the bf16 step on the matrix engine (brgemm)
   aecomp::cpu::def_isa(mod);
 }

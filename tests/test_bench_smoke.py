@@ -51,14 +51,18 @@ def test_every_group_gives_wellformed_rows(smoke_run):
     assert path.name == "smoke_test.jsonl"
     kinds = [r["kind"] for r in rows]
     assert kinds[0] == "run" and kinds[-1] == "run_end"
-    assert {"sgemm_gflops", "copy_gbps"} <= {r["name"] for r in rows if r["kind"] == "ceiling"}
+    assert {"sgemm_gflops", "mm_bf16_gflops", "mm_int8_gops", "copy_gbps"} <= {
+        r["name"] for r in rows if r["kind"] == "ceiling"}
     results = [r for r in rows if r["kind"] == "result"]
     assert {r["group"] for r in results} == {"op", "chain", "train_step", "train_job", "latency"}
     assert {r["workload"] for r in results} == {"linear_act", "mse_loss", "mlp", "mlp_mse_loss", "train_step",
-                                                 "train_job", "latency"}
+                                                 "usual_loop", "train_job", "latency"}
+    # CPU bfloat16 is mixed precision: only the training step and the usual loop have it
+    assert {r["workload"] for r in results if r["dtype"] == "bfloat16"} == {"train_step", "usual_loop"}
     for r in rows:  # every row says where and when it was measured
         for field in ("run_id", "machine", "node", "cpu", "gpu", "torch", "triton", "commit", "date", "smoke"):
             assert field in r, (field, r)
+    assert isinstance(rows[0]["cpu_flags"], list) and "matrix_engine" in rows[0]
     for r in results:
         assert "error" not in r, r
         assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
@@ -66,10 +70,11 @@ def test_every_group_gives_wellformed_rows(smoke_run):
         # (rows hold 6 significant digits: hence rel=1e-4 below)
         assert r["flops"] > 0
         assert r["gflops"] == pytest.approx(r["flops"] / (r["median_ms"] * 1e-3) / 1e9, rel=1e-4)
-        assert r["ceiling"] == "sgemm_gflops" and r["frac_ceiling"] > 0
+        want = "mm_bf16_gflops" if r["dtype"] == "bfloat16" else "sgemm_gflops"
+        assert r["ceiling"] == want and r["frac_ceiling"] > 0
         assert r["frac_ceiling"] == pytest.approx(r["gflops"] / r["ceiling_gflops"], rel=1e-4)
-        if r["workload"] != "train_job":  # the sgemm sampled in alternation with the case
-            assert r["ceiling_how"].startswith("sgemm sampled")
+        if r["workload"] != "train_job":  # the matmul of the row's dtype sampled in alternation with the case
+            assert r["ceiling_how"].startswith(f"torch.mm {r['dtype']} sampled")
         assert r["mem_method"] == _timing.CPU_MEMORY_METHOD and r["peak_mem_bytes"] >= 0
         assert len(r["load_avg"]) == 3
 
@@ -81,7 +86,8 @@ def test_ratios_are_formed_within_the_case(smoke_run):
     by_case = {}
     for r in results:
         by_case.setdefault((r["workload"], r["mode"], r["shape"], r["batch"], r["dtype"]), {})[r["impl"]] = r
-    assert len(by_case) == 2 * 2 + 2 + 4 + 1 + 1 + 1  # linear_act (2 layers x 2 modes), mse, chain, step, job, latency
+    # linear_act (2 layers x 2 modes), mse, chain, step and usual loop (2 dtypes each), job, latency
+    assert len(by_case) == 2 * 2 + 2 + 4 + 2 + 2 + 1 + 1
     for case, impls in by_case.items():
         assert set(impls) == {"eager", "aecomp:cpu"}, case
         eager, ours = impls["eager"], impls["aecomp:cpu"]
@@ -103,8 +109,8 @@ def test_render_tables_plot_and_readme_section(smoke_run, tmp_path):
     section = text.split(render.START)[1]
     assert "smoke_test.jsonl" in section and "Training step" in section and "linear_act" in section
     assert "### CPU" in section and "None recorded yet" in section  # no GPU file: said, not mixed in
-    png = tmp_path / "smoke_test_speedup.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in (tmp_path / "smoke_test_speedup_float32.png", tmp_path / "smoke_test_speedup_bfloat16.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     full = (tmp_path / "smoke_test.md").read_text()
     assert "## train_step — step" in full and "p20" in full
     table = render.short_table(rows)

@@ -177,8 +177,8 @@ def test_argument_checks():
     m = _mlp()
     with pytest.raises(ValueError, match="CUDA is not available" if not torch.cuda.is_available() else "unknown device"):
         Trainer(m, device="cuda" if not torch.cuda.is_available() else "nonsense")
-    with pytest.raises(ValueError, match="bf16 autocast is for CUDA"):
-        Trainer(m, bf16=True, device="cpu")
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
+        Trainer(m, precision="fp16", device="cpu")
     with pytest.raises(ValueError, match="lr must be a positive"):
         Trainer(m, lr=0.0)
     with pytest.raises(ValueError, match="batch_size"):

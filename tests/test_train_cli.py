@@ -106,7 +106,6 @@ def test_non_finite_loss_exits_1_with_one_line(tmp_path, capsys):
     (["--lr", "0"], "--lr must be a positive number"),
     (["--val-fraction", "1.5"], r"--val-fraction must be in \[0, 1\)"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
-    (["--device", "cpu", "--bf16"], "bf16 autocast is for CUDA"),
     (["--model", "vae", "--dims", "64,8"], "needs at least three widths"),
     (["--model", "rnn", "--dims", "8"], "hidden units then the code width"),
     (["--dims", "64,,32"], "--dims has an empty entry in '64,,32'"),

@@ -55,7 +55,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .modules import FusedLinear, FusedMLP, FusedMSELoss, FusedSequential, _check_backend, _has_hooks
+from .modules import FusedLinear, FusedMLP, FusedMSELoss, FusedSequential, _check_backend, _check_precision, _has_hooks
 
 __all__ = ["accelerate", "accelerate_report", "accelerated_chain", "AccelerateReport", "Replaced", "LeftAlone"]
 
@@ -107,8 +107,9 @@ def _join(prefix: str, name: str) -> str:
 
 
 class _Rewriter:
-    def __init__(self, backend: Optional[str], uses: Counter):
+    def __init__(self, backend: Optional[str], uses: Counter, precision: str = "fp32"):
         self.backend = backend
+        self.precision = precision
         self.uses = uses  # id(module) -> number of slots (in all parents) holding it
         # id(module) -> (module, its replacement): a shared module gets one replacement, so the
         # sharing survives; the module is kept alive so its id cannot be reused meanwhile
@@ -125,9 +126,11 @@ class _Rewriter:
         return self._mark(m, m)
 
     def _replace_linear(self, m: nn.Linear, path: str, activation: str, act_name: str = "") -> FusedLinear:
-        new = FusedLinear.from_linear(m, activation=activation, backend=self.backend, share=True)
+        new = FusedLinear.from_linear(m, activation=activation, backend=self.backend, share=True,
+                                      precision=self.precision)
         before = f"Linear({_lin_str(m)})" + (f" + {act_name}" if act_name else "")
-        self.report.replaced.append(Replaced(path, before, f"FusedLinear({_lin_str(m)}, {activation})"))
+        bf16 = ", bf16" if self.precision == "bf16" else ""
+        self.report.replaced.append(Replaced(path, before, f"FusedLinear({_lin_str(m)}, {activation}{bf16})"))
         return self._mark(m, new)
 
     def rewrite(self, m: nn.Module, path: str) -> nn.Module:
@@ -207,7 +210,7 @@ class _Rewriter:
 
 
 def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = False,
-               share_parameters: bool = True) -> nn.Module:
+               share_parameters: bool = True, precision: str = "fp32") -> nn.Module:
     """Swap ``nn.Linear`` (+ ``ReLU``/``Sigmoid``) and ``nn.MSELoss`` for fused modules, and run
     each Sequential's runs of them as one chain op.
 
@@ -218,8 +221,15 @@ def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = 
     ``inplace=False`` (default) ``model``'s module tree is copied and left unchanged, with
     ``share_parameters=False`` the parameters are copied too. See the module docstring for the
     exact rules. Warns once if it skipped Linear subclasses it does not know.
+
+    ``precision="bf16"`` (an opt-in, like ``torch.autocast``; fp32 is the default): the fused
+    layers run their GEMMs in bfloat16 on the CPU's matrix engine (AMX or AVX512-BF16) for float32
+    CPU inputs, keeping float32 parameters, outputs and gradients, so the user's own optimizer and
+    loop are unchanged (``aecomp.ops._bf16``); where that engine does not run bf16 (``aecomp
+    info``), the float32 ops run.
     """
     _check_backend("accelerate", backend)
+    _check_precision("accelerate", precision)
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
@@ -231,7 +241,7 @@ def accelerate(model: nn.Module, backend: Optional[str] = None, inplace: bool = 
         for child in parent._modules.values():
             if child is not None:
                 uses[id(child)] += 1
-    rw = _Rewriter(backend, uses)
+    rw = _Rewriter(backend, uses, precision)
     model = rw.rewrite(model, "")
     model.aecomp_report = rw.report  # an attribute, not a buffer: not in the state_dict
     unknown = [s for s in rw.report.left_alone if "does not know" in s.reason]

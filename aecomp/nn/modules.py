@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import ops
 from .._backend import BACKENDS
+from ..ops import _bf16
 
 __all__ = ["FusedLinear", "FusedMLP", "FusedMSELoss", "FusedSequential", "ACTIVATIONS"]
 
@@ -39,6 +40,15 @@ def _check_activation(where: str, arg: str, activation) -> str:
             f"{where}: unknown {arg} {activation!r}; expected one of {', '.join(repr(a) for a in ACTIVATIONS)}"
         )
     return activation
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(where: str, precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}: precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
 
 
 def _check_backend(where: str, backend) -> Optional[str]:
@@ -60,26 +70,38 @@ class FusedLinear(nn.Linear):
 
     Note: a plain ``nn.Linear`` broadcasts any input ``[..., in_features]``; so does this one
     (leading dimensions are flattened by the op).
+
+    ``precision="bf16"`` (an opt-in, like autocast; what ``aecomp.accelerate(model,
+    precision="bf16")`` sets): float32 CPU inputs run the GEMMs in bfloat16 on the CPU's matrix
+    engine (``aecomp.ops._bf16.mlp_bf16``: float32 in and out, float32 gradients of the float32
+    parameters); where that engine does not run bf16, the float32 op runs.
     """
 
+    precision = "fp32"  # a class default: modules pickled before the attribute existed load as fp32
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "none",
-                 backend: Optional[str] = None, device=None, dtype=None) -> None:
+                 backend: Optional[str] = None, device=None, dtype=None, precision: str = "fp32") -> None:
         # check before allocating, so a typo does not cost a large init
         _check_activation("FusedLinear", "activation", activation)
         _check_backend("FusedLinear", backend)
+        _check_precision("FusedLinear", precision)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.activation = activation
         self.backend = backend
+        self.precision = precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "bf16" and _bf16.applies(x, [self.weight]):
+            return _bf16.mlp_bf16(x, [self.weight], [self.bias], [self.activation])
         return ops.linear_act(x, self.weight, self.bias, self.activation, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}, backend={self.backend}"
+        extra = ", precision=bf16" if self.precision == "bf16" else ""
+        return f"{super().extra_repr()}, activation={self.activation}, backend={self.backend}{extra}"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activation: str = "none", backend: Optional[str] = None,
-                    share: bool = True) -> "FusedLinear":
+                    share: bool = True, precision: str = "fp32") -> "FusedLinear":
         """A FusedLinear computing ``act(linear(x))``.
 
         With ``share=True`` the new module holds the very same Parameter objects as
@@ -92,7 +114,7 @@ class FusedLinear(nn.Linear):
             raise ValueError("FusedLinear.from_linear: the nn.LazyLinear is not initialised yet; run one forward first")
         # allocate on meta (no memory, no init), then adopt the real parameters
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, activation=activation,
-                  backend=backend, device="meta", dtype=linear.weight.dtype)
+                  backend=backend, device="meta", dtype=linear.weight.dtype, precision=precision)
         if share:
             new.weight = linear.weight
             new.bias = linear.bias
@@ -314,7 +336,8 @@ class FusedSequential(nn.Sequential):
             if type(m) is nn.Identity and not _has_hooks(m):
                 continue
             if isinstance(m, FusedLinear) and not _has_hooks(m) and (not run or (
-                    run[-1].out_features == m.in_features and run[-1].backend == m.backend)):
+                    run[-1].out_features == m.in_features and run[-1].backend == m.backend
+                    and run[-1].precision == m.precision)):
                 run.append(m)
                 continue
             if run:
@@ -335,8 +358,12 @@ class FusedSequential(nn.Sequential):
             elif len(run) == 1:
                 x = run[0](x)
             else:
-                x = ops.mlp(x, [layer.weight for layer in run], [layer.bias for layer in run],
-                            [layer.activation for layer in run], backend=run[0].backend)
+                ws = [layer.weight for layer in run]
+                if run[0].precision == "bf16" and _bf16.applies(x, ws):
+                    x = _bf16.mlp_bf16(x, ws, [layer.bias for layer in run], [layer.activation for layer in run])
+                    continue
+                x = ops.mlp(x, ws, [layer.bias for layer in run], [layer.activation for layer in run],
+                            backend=run[0].backend)
         return x
 
     def chain(self) -> Tuple[FusedLinear, ...]:

@@ -59,6 +59,7 @@ class CheckpointingMixin:
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "trainer": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                         "weight_decay": self.weight_decay, "seed": self.seed, "bf16": self.bf16,
+                        "precision": self.precision,
                         "patience": self.patience, "min_delta": self.min_delta,
                         "checkpoint_every": self.checkpoint_every},
             "world_size": self.dist.world_size,

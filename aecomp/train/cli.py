@@ -75,7 +75,7 @@ DEFAULTS: Dict[str, Any] = {
     "data": "digits", "model": "mlp", "dims": None, "epochs": 10, "batch_size": 64, "lr": 1e-3,
     "backend": None, "seed": 0, "out": "runs/train", "device": "auto", "patience": None,
     "checkpoint_every": None, "scale": "auto", "val_fraction": 0.1, "test_fraction": 0.1,
-    "beta": 1.0, "cell": "gru", "bf16": False,
+    "beta": 1.0, "cell": "gru", "bf16": False, "precision": "fp32",
 }
 
 
@@ -99,7 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--allow-data-change", action="store_true", dest="allow_data_change",
       help="with --resume: continue even though the data file's content changed (a warning, not an error)")
     a("--device", help="auto (default: cuda if available) | cpu | cuda")
-    a("--bf16", action="store_true", default=None, help="bf16 autocast (CUDA only)")
+    a("--precision", choices=("fp32", "bf16"),
+      help="fp32 (default) | bf16: on the CPU the fused step's GEMMs in bfloat16 on the matrix engine (AMX or "
+           "AVX512-BF16; float32 master weights), on CUDA autocast; float32 where the CPU has no bf16 engine")
+    a("--bf16", action="store_true", default=None, help="the same as --precision bf16")
     a("--patience", type=int, help="stop after this many epochs without a better validation loss")
     a("--checkpoint-every", type=int, dest="checkpoint_every", metavar="STEPS",
       help="also checkpoint every STEPS optimizer steps (default: at the end of each epoch only)")
@@ -254,7 +257,7 @@ def _resume_settings(out: Path, given: Dict[str, Any]) -> Optional[Tuple[Dict[st
             raise UsageError(f"{flag} {show(given[key])} differs from the run being resumed ({show(saved.get(key))}); "
                              f"leave it out or start a new run in another --out")
     merged = _fill(saved)
-    for key in ("epochs", "patience", "device", "checkpoint_every", "bf16"):
+    for key in ("epochs", "patience", "device", "checkpoint_every", "bf16", "precision"):
         if key in given:
             merged[key] = given[key]
     return merged, dict(ckpt.state.get("run") or {})
@@ -386,7 +389,8 @@ def _run_locked(args: argparse.Namespace, given: Dict[str, Any], out: Path) -> i
             raise UsageError(f"--batch-size {s['batch_size']} is smaller than the {info.world_size} processes")
         try:
             trainer = Trainer(model, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"],
-                              device=None if s["device"] == "auto" else s["device"], bf16=bool(s["bf16"]),
+                              device=None if s["device"] == "auto" else s["device"],
+                              precision="bf16" if s["bf16"] else s.get("precision", "fp32"),
                               patience=s["patience"], out_dir=out, checkpoint_every=s["checkpoint_every"],
                               progress=False if getattr(args, "no_progress", False) else None,
                               run_config={"settings": s, "data": splits.config, "source": splits.source,
@@ -417,6 +421,9 @@ def _run_locked(args: argparse.Namespace, given: Dict[str, Any], out: Path) -> i
                 raise UsageError(f"ran out of memory while training ({type(exc).__name__}); "
                                  f"use smaller --dims or --batch-size") from None
             test = trainer.evaluate(splits.test) if len(splits.test) else None
+            if info.is_main and trainer.precision != "fp32":
+                print(f"aecomp train: precision {trainer.precision} asked, the {trainer.step_kind} step ran "
+                      f"{trainer.compute_precision}", file=sys.stderr)
             if info.is_main:
                 _write_outputs(out, trainer, splits, result, test, plots)
         return 0

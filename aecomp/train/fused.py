@@ -32,6 +32,15 @@ forward and dgrad kernels, then per layer one weight-gradient GEMM that updates 
 tile in its epilogue (kernels/optim.py), when every parameter is trained, contiguous, of the
 batch's dtype, and each layer's weight and bias share a param group; the plain path otherwise.
 
+``precision="bf16"`` (CPU): the same fused step with every GEMM in bfloat16 on the CPU's matrix
+engine (``aecomp._C.mlp_mse_train_step_bf16``, csrc/cpu/train_step_bf16.cpp: oneDNN's brgemm
+through PyTorch -- AMX tiles, or AVX512-BF16), float32 master weights, optimizer state and loss;
+the error model is in that file's header. With another optimizer, bf16 still computes the
+gradients (``aecomp.ops._bf16.mlp_bf16``: float32 gradients of the float32 parameters) and
+``optimizer.step()`` follows. It applies to non-empty float32 CPU batches on the cpu backend
+where the matrix engine runs bf16 (``aecomp info``); elsewhere the step runs float32
+(``compute_precision(x)`` says which). The default is ``"fp32"``.
+
 Shared parameters: a parameter used by two layers (``forward = l(l(x))`` with one layer, a weight
 tied between encoder and decoder) gets ONE gradient, the sum over its uses, and ONE optimizer
 step per training step, as in the usual torch loop. The fused optimizer updates each layer's
@@ -67,7 +76,9 @@ except ImportError:  # pragma: no cover - older/newer torch
 from .. import _ext
 from .._backend import requested_backend
 from ..nn import accelerated_chain
-from ..ops import mlp_mse_loss
+from ..ops import mlp_mse_loss, mse_loss
+from ..ops._bf16 import engine as bf16_engine
+from ..ops._bf16 import mlp_bf16
 
 
 def _chain(model) -> Tuple[List[torch.nn.Linear], List[str], Optional[str]]:
@@ -86,6 +97,9 @@ def _chain(model) -> Tuple[List[torch.nn.Linear], List[str], Optional[str]]:
         layers, backend = fused_chain()
     return list(layers), [layer.activation for layer in layers], backend
 
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 # Hyper-parameter row per param group for aecomp._C.mlp_mse_train_step (csrc/cpu/train_step.cpp):
@@ -130,7 +144,11 @@ class FusedStep:
 
     kind = "fused"
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cuda_graph: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cuda_graph: bool = False,
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"FusedStep: precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        self.precision = precision
         self.model = model
         self.optimizer = optimizer
         self.layers, self.activations, self.backend = _chain(model)
@@ -188,6 +206,20 @@ class FusedStep:
         if x is not None:
             ok = ok and x.dtype == torch.float32 and self._direct_cpu(x)
         return ok
+
+    def compute_precision(self, x: Optional[torch.Tensor] = None) -> str:
+        """``"bf16"`` when step() runs its GEMMs in bfloat16 on the matrix engine (for a float32
+        CPU batch ``x``; None: a typical one), else ``"fp32"``."""
+        if self.precision != "bf16" or not bf16_engine():
+            return "fp32"
+        if x is None:
+            return "bf16" if self._direct_cpu(torch.empty(1, 1)) else "fp32"
+        return "bf16" if self._bf16_batch(x) else "fp32"
+
+    def _bf16_batch(self, x: torch.Tensor) -> bool:
+        """precision="bf16", a non-empty float32 CPU batch on the cpu backend, the engine running."""
+        return (self.precision == "bf16" and x.dtype == torch.float32 and x.numel() > 0 and self._direct_cpu(x)
+                and bf16_engine())
 
     def _fused_optim_args(self, weights, biases):
         """The per-parameter arguments of mlp_mse_train_step, creating torch.optim's state lazily.
@@ -268,15 +300,22 @@ class FusedStep:
                 and hasattr(_ext._C, "mlp_mse_train_step") and not shared):
             args = self._fused_optim_args(weights, biases)
             if args is not None:
+                fn = _ext._C.mlp_mse_train_step_bf16 if self._bf16_batch(x) else _ext._C.mlp_mse_train_step
                 with torch.no_grad():  # the C++ call reads and updates the parameters in place
-                    loss = _ext._C.mlp_mse_train_step(x, weights, biases, self._acts, x, "mean", *args)
+                    loss = fn(x, weights, biases, self._acts, x, "mean", *args)
                 self.optimizer._opt_called = True  # what a wrapped optimizer.step() records for LR schedulers
                 return loss
         if weight is None and torch.is_grad_enabled() and not shared and self._direct_triton(x):
             loss = self._triton_fused_step(x, weights, biases)
             if loss is not None:
                 return loss
-        if weight is None and self._direct_cpu(x) and torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self._bf16_batch(x):  # any optimizer: bf16 gradients, then its step
+            self.optimizer.zero_grad(set_to_none=True)
+            y = mlp_bf16(x, weights, biases, self.activations)
+            loss = mse_loss(y, x, "mean", backend=self.backend)
+            (loss if weight is None else loss * weight).backward()
+            loss = loss.detach()
+        elif weight is None and self._direct_cpu(x) and torch.is_grad_enabled():
             loss, gw, gb = _ext._C.mlp_mse_value_and_grad(
                 x, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],
                 self._acts, x, "mean")

@@ -2,7 +2,7 @@
 
 One step on a batch ``x`` of ``n`` samples (the plain step, :class:`PlainStep`)::
 
-    zero grads -> L = model.loss(x) (under bf16 autocast if asked, GPU only) -> dL/dtheta -> Adam
+    zero grads -> L = model.loss(x) (under bf16 autocast if asked) -> dL/dtheta -> Adam
 
 Adam (``fused=True`` where torch has a fused kernel for the device) with
 ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
@@ -12,6 +12,14 @@ A step object with ``step(batch) -> loss`` can replace the plain step (``step_fn
 the Trainer uses ``aecomp.train.FusedStep(model, optimizer)`` when that class exists and
 supports the model (its ``supports(model)`` returns True and its constructor does not raise
 ``NotImplementedError``), else :class:`PlainStep`.
+
+Precision: ``precision="fp32"`` (default) or ``"bf16"`` (``bf16=True`` is the same). On the CPU,
+bf16 runs the fused step's GEMMs in bfloat16 on the matrix engine (``FusedStep(...,
+precision="bf16")``: float32 master weights and Adam state, see aecomp/train/fused.py); a model
+the fused step does not take trains under ``torch.autocast("cpu", bfloat16)``. On CUDA, bf16 is
+autocast. ``trainer.compute_precision`` says what ran (``"fp32"`` where no bf16 engine is
+available). Checkpoints hold the float32 weights either way, so a run resumes and exports the
+same at any precision.
 
 Data: the training split lives whole on the device; batches come from
 :class:`aecomp.data.InMemoryLoader` (a seeded permutation per epoch, one ``index_select`` per
@@ -132,7 +140,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
 
     Arguments: ``epochs``, ``batch_size`` (the global batch: split across processes under
     torchrun), ``lr``, ``weight_decay`` (Adam), ``seed`` (batch order, RNG), ``device``
-    (``None``: CUDA if available), ``bf16`` (autocast, CUDA only), ``patience`` / ``min_delta``
+    (``None``: CUDA if available), ``precision`` (``"fp32"`` | ``"bf16"``, see the module docstring;
+    ``bf16=True`` is ``precision="bf16"``), ``patience`` / ``min_delta``
     (early stopping on validation loss), ``out_dir`` (metrics.jsonl and checkpoints; ``None``
     writes nothing), ``checkpoint_every`` (also checkpoint every K steps), ``keep_checkpoints``,
     ``progress`` (tqdm bar; ``None``: only when stderr is a terminal), ``step_fn`` (``"auto"``,
@@ -147,7 +156,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
 
     def __init__(self, model: nn.Module, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3,
                  weight_decay: float = 0.0, seed: int = 0, device: Union[str, torch.device, None] = None,
-                 bf16: bool = False, patience: Optional[int] = None, min_delta: float = 0.0,
+                 bf16: bool = False, precision: str = "fp32", patience: Optional[int] = None,
+                 min_delta: float = 0.0,
                  out_dir: Union[str, os.PathLike, None] = None, checkpoint_every: Optional[int] = None,
                  keep_checkpoints: int = 2, progress: Optional[bool] = None, step_fn: Any = "auto",
                  eval_batch_size: Optional[int] = None, check_every: Optional[int] = None,
@@ -172,9 +182,11 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         self.seed = int(seed)
         self.dist = dist_mod.current()
         self.device = dist_mod.device_for(self.dist, device)
-        if bf16 and self.device.type != "cuda":
-            raise ValueError(f"Trainer: bf16 autocast is for CUDA devices; this run is on {self.device.type}")
-        self.bf16 = bool(bf16)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"Trainer: precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = "bf16" if bf16 else precision
+        self.bf16 = self.precision == "bf16"
+        self.compute_precision = self.precision
         self.patience = patience
         self.min_delta = float(min_delta)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -290,12 +302,12 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         kwargs = {}
         if self.bf16:
             try:
-                takes_bf16 = "bf16" in inspect.signature(cls).parameters
+                takes_precision = "precision" in inspect.signature(cls).parameters
             except (TypeError, ValueError):
-                takes_bf16 = False
-            if not takes_bf16:
+                takes_precision = False
+            if not takes_precision or self.device.type != "cpu":  # CUDA: bf16 is autocast
                 return plain
-            kwargs["bf16"] = True
+            kwargs["precision"] = "bf16"
         try:
             return cls(self.model, optimizer, **kwargs)
         except NotImplementedError:
@@ -350,6 +362,8 @@ class Trainer(CheckpointingMixin, EvaluationMixin):
         loss_fn = dist_mod.wrap(model, info, self.device) if info.enabled else model.loss
         stepper = self._make_step(loss_fn, optimizer)
         self.step_kind = getattr(stepper, "kind", type(stepper).__name__)
+        what = getattr(stepper, "compute_precision", None)
+        self.compute_precision = what() if callable(what) else self.precision
         takes_weight = isinstance(stepper, PlainStep)
         kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 

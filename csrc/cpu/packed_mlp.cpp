@@ -66,8 +66,10 @@
 #include <string>
 #include <vector>
 
+#include "brgemm.h"
 #include "epilogue.h"
 #include "microkernel.h"
+#include "packed_brgemm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -94,6 +96,7 @@ struct Layer {
   int64_t kind, n, k, table;  // table: codebook size T (0 for int8)
   int act;                    // 0 none, 1 relu, 2 sigmoid
   bool integer;               // int8 layer computed on the integer path
+  bool bf16;                  // codebook layer: bf16 brgemm at batch (compute 'auto'; AMX)
   const uint8_t* w;
   const float* scale;  // int8: [N]; codebook: the table [T]
   const float* bias;   // [N] or null
@@ -230,6 +233,23 @@ enum Compute : int { kFloat = 0, kInteger = 1 };
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t k_pad(int64_t k) { return ceil_div(k, 4) * 4; }
 
+// Batches from which the matrix engine (AMX) takes a layer: measured crossovers
+// (benchmarks/bench_packed_crossover.py, one thread, Intel Xeon with AMX): below them the VNNI
+// tiles (int8) and the float microkernels (codebook) are faster. AECOMP_PACKED_BRGEMM_ROWS=n
+// (read once) sets both, for that benchmark.
+int64_t brgemm_rows(int64_t measured) {
+  static const int64_t forced = [] {
+    const char* v = std::getenv("AECOMP_PACKED_BRGEMM_ROWS");
+    return v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(0);
+  }();
+  return forced ? forced : measured;
+}
+// Measured (one thread, the CompressedNet chain 784-128-64-32-10): int8 brgemm at 0.88x the VNNI
+// tiles at batch 32, 1.03x at 64, 1.08x at 256 (the activation quantization, the same on both
+// paths, is most of the time); codebook bf16 tiles 0.68x at batch 8, 1.19x at 16, 2.8x at 256.
+const int64_t kInt8BrgemmRows = brgemm_rows(64);
+const int64_t kCodebookBrgemmRows = brgemm_rows(16);
+
 // ---------------------------------------------------------------------------- ISA choice
 // The hand-written VNNI integer tiles run at the avx512 level (isa.h) when the CPU has VNNI.
 bool use_avx512() {
@@ -241,6 +261,57 @@ bool use_avx512() {
 // ---------------------------------------------------------------------------- AVX-512 kernels
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,avx2")
+
+// The integer path's epilogue for the 16 columns j0.. of a group: y = act(float(acc - zp colsum)
+// * (s sx) + b). Shared by the VNNI tiles below and the brgemm path (packed_brgemm.h), so both
+// round alike.
+struct IntEpi {
+  __mmask16 mk;
+  int nr;
+  __m512i zcs;
+  __m512 mul, bias;
+};
+
+__attribute__((always_inline)) inline IntEpi int_epi_avx512(const Layer& L, int64_t j0, QParams qp) {
+  IntEpi e;
+  e.nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - j0));
+  e.mk = e.nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << e.nr) - 1u);
+  const __m512i cs = _mm512_maskz_loadu_epi32(e.mk, L.colsum + j0);
+  e.mul = _mm512_mul_ps(_mm512_maskz_loadu_ps(e.mk, L.scale + j0), _mm512_set1_ps(qp.scale));
+  e.bias = L.bias ? _mm512_maskz_loadu_ps(e.mk, L.bias + j0) : _mm512_setzero_ps();
+  e.zcs = _mm512_mullo_epi32(_mm512_set1_epi32(qp.zp), cs);
+  return e;
+}
+
+__attribute__((always_inline)) inline void int_store_avx512(const IntEpi& e, __m512i acc, int act, float* o) {
+  __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, e.zcs));
+  y = _mm512_add_ps(_mm512_mul_ps(y, e.mul), e.bias);
+  if (act == 1) {
+    // max(y, 0) keeping NaN: max returns its second operand when either is NaN
+    _mm512_mask_storeu_ps(o, e.mk, _mm512_max_ps(_mm512_setzero_ps(), y));
+  } else if (act == 0) {
+    _mm512_mask_storeu_ps(o, e.mk, y);
+  } else {
+    alignas(64) float tmp[kGroup];
+    _mm512_store_ps(tmp, y);
+    store_row(o, tmp, nullptr, 1.0f, nullptr, e.nr, act);
+  }
+}
+
+// The brgemm path's tiles (int32 [mr][16] per group) through the same epilogue.
+struct IntBrgemmCtx {
+  const Layer* L;
+  QParams qp;
+  float* out;
+  int64_t ldo;
+};
+
+void int_brgemm_tile(void* ctx, const int32_t* c, int64_t ldc, int64_t i0, int64_t j0, int mr, int) {
+  const IntBrgemmCtx& t = *static_cast<const IntBrgemmCtx*>(ctx);
+  const IntEpi e = int_epi_avx512(*t.L, j0, t.qp);
+  for (int i = 0; i < mr; ++i)
+    int_store_avx512(e, _mm512_loadu_si512(c + i * ldc), t.L->act, t.out + (i0 + i) * t.ldo + j0);
+}
 
 // Integer tile: rows i0..i0+MR (edge rows repeat the last real row), groups g0..g0+NV.
 template <int MR, int NV>
@@ -264,31 +335,10 @@ __attribute__((always_inline)) inline void int_tile_avx512(const uint8_t* xq, in
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a, b[v]);
     }
   }
-  const __m512 sx = _mm512_set1_ps(qp.scale);
-  const __m512i zp = _mm512_set1_epi32(qp.zp);
-  alignas(64) float tmp[kGroup];
   for (int v = 0; v < NV; ++v) {
     const int64_t j0 = (g0 + v) * kGroup;
-    const int nr = static_cast<int>(std::min<int64_t>(kGroup, L.n - j0));
-    const __mmask16 mk = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1u);
-    const __m512i cs = _mm512_maskz_loadu_epi32(mk, L.colsum + j0);
-    const __m512 mul = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, L.scale + j0), sx);
-    const __m512 bias = L.bias ? _mm512_maskz_loadu_ps(mk, L.bias + j0) : _mm512_setzero_ps();
-    const __m512i zcs = _mm512_mullo_epi32(zp, cs);
-    for (int i = 0; i < mr; ++i) {
-      __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], zcs));
-      y = _mm512_add_ps(_mm512_mul_ps(y, mul), bias);
-      float* o = out + (i0 + i) * ldo + j0;
-      if (L.act == 1) {
-        // max(y, 0) keeping NaN: max returns its second operand when either is NaN
-        _mm512_mask_storeu_ps(o, mk, _mm512_max_ps(_mm512_setzero_ps(), y));
-      } else if (L.act == 0) {
-        _mm512_mask_storeu_ps(o, mk, y);
-      } else {
-        _mm512_store_ps(tmp, y);
-        store_row(o, tmp, nullptr, 1.0f, nullptr, nr, L.act);
-      }
-    }
+    const IntEpi e = int_epi_avx512(L, j0, qp);
+    for (int i = 0; i < mr; ++i) int_store_avx512(e, acc[i][v], L.act, out + (i0 + i) * ldo + j0);
   }
 }
 
@@ -310,21 +360,30 @@ void int_rows_avx512(const uint8_t* xq, int64_t kp, int64_t i0, int64_t i1, cons
 // cost more than the integer GEMM at batch 256): same results (min/max are exact; the division
 // and the round-to-nearest-even are the same IEEE operations).
 QParams dynamic_qparams_avx512(const float* x, int64_t m, int64_t k, int64_t ld) {
-  __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps(), bad = _mm512_setzero_ps();
+  // four independent accumulator sets (one set was latency-bound: 4 cycles a vector); min, max
+  // and the NaN/inf detector do not depend on the order
+  __m512 lo[4], hi[4], bad[4];
+  for (int a = 0; a < 4; ++a) lo[a] = hi[a] = bad[a] = _mm512_setzero_ps();
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < m; ++i) {
     const float* r = x + i * ld;
-    for (int64_t j = 0; j < k; j += 16) {
+    int64_t j = 0, a = 0;
+    for (; j < k; j += 16, a = (a + 1) & 3) {
       const __mmask16 mk = k - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - j)) - 1u);
       const __m512 v = _mm512_maskz_loadu_ps(mk, r + j);
-      lo = _mm512_min_ps(lo, v);
-      hi = _mm512_max_ps(hi, v);
-      bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));  // NaN once any v is NaN or inf
+      lo[a] = _mm512_min_ps(lo[a], v);
+      hi[a] = _mm512_max_ps(hi[a], v);
+      bad[a] = _mm512_add_ps(bad[a], _mm512_mul_ps(v, zero));  // NaN once any v is NaN or inf
     }
   }
+  for (int a = 1; a < 4; ++a) {
+    lo[0] = _mm512_min_ps(lo[0], lo[a]);
+    hi[0] = _mm512_max_ps(hi[0], hi[a]);
+    bad[0] = _mm512_add_ps(bad[0], bad[a]);
+  }
   QParams p;
-  p.finite = _mm512_reduce_add_ps(bad) == 0.0f;
-  const float l = std::min(0.0f, _mm512_reduce_min_ps(lo)), h = std::max(0.0f, _mm512_reduce_max_ps(hi));
+  p.finite = _mm512_reduce_add_ps(bad[0]) == 0.0f;
+  const float l = std::min(0.0f, _mm512_reduce_min_ps(lo[0])), h = std::max(0.0f, _mm512_reduce_max_ps(hi[0]));
   p.scale = h > l ? (h - l) / 255.0f : 1.0f;
   const float z = std::nearbyint(-l / p.scale);
   p.zp = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, z)));
@@ -370,8 +429,13 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
     if (use_avx512()) {
       const QParams qp = dynamic_qparams_avx512(x, m, L.k, ldx);
       if (qp.finite) {
-        xq.resize(static_cast<size_t>(m * kp));
+        if (xq.size() < static_cast<size_t>(m * kp)) xq.resize(static_cast<size_t>(m * kp));  // grow only
         quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
+        if (m >= kInt8BrgemmRows && cpu::brg::amx_enabled()) {  // AMX-INT8 (packed_brgemm.h)
+          cpu::isa_count(cpu::IsaLevel::Amx);
+          IntBrgemmCtx ctx{&L, qp, out, ldo};
+          return cpu::brg::int8_groups_brgemm(xq.data(), m, kp, L.w, L.n, &int_brgemm_tile, &ctx);
+        }
         cpu::isa_count(cpu::IsaLevel::Avx512);
         return int_layer_avx512(xq.data(), m, kp, L, qp, out, ldo);
       }
@@ -381,11 +445,16 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
       const cpu::mk::Isa isa = cpu::mk::active_isa();
       const QParams qp = AECOMP_MK_DISPATCH(isa, pk_dynamic_qparams, x, m, L.k, ldx);
       if (qp.finite) {
-        xq.resize(static_cast<size_t>(m * kp));
+        if (xq.size() < static_cast<size_t>(m * kp)) xq.resize(static_cast<size_t>(m * kp));  // grow only
         AECOMP_MK_DISPATCH(isa, pk_quantize_rows, x, m, L.k, ldx, qp, xq.data(), kp);
         return AECOMP_MK_DISPATCH(isa, pk_int_layer, xq.data(), m, kp, L, qp, out, ldo);
       }
     }
+  }
+  if (L.kind == kCodebook && L.bf16 && m >= kCodebookBrgemmRows && cpu::brg::amx_enabled()) {  // bf16 tiles
+    cpu::isa_count(cpu::IsaLevel::Amx);
+    return cpu::brg::codebook_bf16(x, m, ldx, L.table == 16 ? 1 : 2, L.w, L.scale, static_cast<int>(L.table), L.n,
+                                   L.k, L.bias, L.act, out, ldo);
   }
   // float path: the microkernel framework with the packed loaders (packed_isa.inc)
   cpu::mk::PkLayer P;
@@ -537,6 +606,7 @@ Chain parse_chain(at::TensorList data, at::IntArrayRef meta, c10::string_view ac
     L.bias = b.numel() ? b.data_ptr<float>() : nullptr;
     L.colsum = L.kind == kInt8 ? cs.data_ptr<int32_t>() : nullptr;
     L.integer = L.kind == kInt8 && compute != "float";
+    L.bf16 = L.kind == kCodebook && compute == "auto";
     TORCH_CHECK_VALUE(!(L.kind == kCodebook && compute == "int8"), kOp, ": layer ", l,
                       " is a codebook layer, which has no int8 path; use compute='auto' or 'float'");
     if (verify_contents && L.kind == kInt8) check_int8_contents(l, L);

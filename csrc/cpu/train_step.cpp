@@ -33,6 +33,7 @@
 #include "dense_gemm.h"
 #include "epilogue.h"
 #include "microkernel.h"
+#include "train_step.h"
 
 namespace aecomp {
 namespace cpu {
@@ -106,18 +107,9 @@ namespace {
 // Per param-group hyper-parameters, as the Python side packs them (aecomp/train/fused.py).
 enum HyperIdx : int { kKind, kLr, kBeta1, kBeta2, kEps, kWd, kDecoupled, kMomentum, kDampening, kNesterov, kH };
 
-struct ParamUpdate {
-  bool active = false;
-  mk::OptimArgs opt;
-  float* p = nullptr;
-  float* m = nullptr;
-  float* s = nullptr;
-  const Tensor* param = nullptr;
-  Tensor step;   // Adam's step counter (one element, float32 or float64)
-  double beta1 = 0, beta2 = 0;
-};
+}  // namespace
 
-void check_state(const char* what, size_t i, const std::optional<Tensor>& st, const Tensor& p) {
+static void check_state(const char* what, size_t i, const std::optional<Tensor>& st, const Tensor& p) {
   TORCH_CHECK_VALUE(st.has_value() && st->defined(), "aecomp::mlp_mse_train_step: ", what, "[", i,
                     "] is missing for a parameter that is updated");
   TORCH_CHECK_VALUE(st->sizes() == p.sizes() && st->scalar_type() == at::kFloat && st->is_contiguous() &&
@@ -201,7 +193,7 @@ void begin_update(ParamUpdate& u, const std::vector<double>& hyper, int64_t grou
 }
 
 // Bytes [begin, end) of a tensor's elements (contiguous, as the fused step requires).
-std::pair<uintptr_t, uintptr_t> byte_range(const Tensor& t) {
+static std::pair<uintptr_t, uintptr_t> byte_range(const Tensor& t) {
   const auto b = reinterpret_cast<uintptr_t>(t.data_ptr());
   return {b, b + static_cast<uintptr_t>(t.numel()) * t.element_size()};
 }
@@ -230,22 +222,19 @@ void check_no_shared_parameters(const std::vector<const Tensor*>& params, const 
   }
 }
 
-Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights,
-                          const std::vector<std::optional<Tensor>>& biases, const std::string& activations,
-                          const Tensor& target_in, const std::string& reduction, const std::vector<double>& hyper,
-                          const std::vector<int64_t>& group_of, const std::vector<std::optional<Tensor>>& state1,
-                          const std::vector<std::optional<Tensor>>& state2,
-                          const std::vector<std::optional<Tensor>>& steps, const std::vector<bool>& first) {
-  const char* op = "aecomp::mlp_mse_train_step";
-  at::NoGradGuard no_grad;
-  at::AutoDispatchBelowADInplaceOrView guard;
+std::tuple<std::vector<Act>, Reduction> check_step_args(
+    const char* op, const Tensor& x_in, const std::vector<Tensor>& weights,
+    const std::vector<std::optional<Tensor>>& biases, const std::string& activations, const Tensor& target_in,
+    const std::string& reduction, const std::vector<int64_t>& group_of, const std::vector<std::optional<Tensor>>& state1,
+    const std::vector<std::optional<Tensor>>& state2, const std::vector<std::optional<Tensor>>& steps,
+    const std::vector<bool>& first) {
   c10::List<std::optional<Tensor>> bl;
   for (const auto& b : biases) bl.push_back(b);
   check_mlp(op, x_in, weights, bl, /*gpu=*/false);
   TORCH_CHECK_VALUE(target_in.scalar_type() == at::kFloat && target_in.device().is_cpu(), op,
                     ": target must be a float32 CPU tensor; got ", target_in.scalar_type(), " on ", target_in.device());
   const size_t L = weights.size();
-  const std::vector<Act> acts = parse_activations(op, activations, L);
+  std::vector<Act> acts = parse_activations(op, activations, L);
   const Reduction red = parse_reduction(op, reduction);
   TORCH_CHECK_VALUE(red != Reduction::None, op, ": reduction must be 'mean' or 'sum'");
   TORCH_CHECK_VALUE(group_of.size() == 2 * L && state1.size() == 2 * L && state2.size() == 2 * L &&
@@ -256,6 +245,24 @@ Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights
                     x_in.device());
   for (size_t i = 0; i < L; ++i)
     TORCH_CHECK_VALUE(weights[i].scalar_type() == at::kFloat, op, ": weights[", i, "] is not float32");
+
+  return {std::move(acts), red};
+}
+
+namespace {
+
+Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights,
+                          const std::vector<std::optional<Tensor>>& biases, const std::string& activations,
+                          const Tensor& target_in, const std::string& reduction, const std::vector<double>& hyper,
+                          const std::vector<int64_t>& group_of, const std::vector<std::optional<Tensor>>& state1,
+                          const std::vector<std::optional<Tensor>>& state2,
+                          const std::vector<std::optional<Tensor>>& steps, const std::vector<bool>& first) {
+  const char* op = "aecomp::mlp_mse_train_step";
+  at::NoGradGuard no_grad;
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const size_t L = weights.size();
+  const auto [acts, red] = check_step_args(op, x_in, weights, biases, activations, target_in, reduction, group_of,
+                                           state1, state2, steps, first);
 
   const Tensor x = rows_contig(flatten_rows(x_in));
   const Tensor t = flatten_rows(target_in).contiguous();
