@@ -237,7 +237,23 @@ def test_every_inconsistency_is_refused_with_one_clear_error(op):
 
 # ------------------------------------------------------------------ the pybind11 entry points
 _NOT_TENSOR_ENTRIES = {"build_info", "cuda_kernel_image_error", "_set_cpu_gemm", "_get_cpu_gemm", "_cpu_isa",
-                       "_cpu_isa_info", "_cpu_isa_level", "_cpu_isa_runs", "_cpu_isa_reset", "_cpu_isa_parse"}
+                       "_cpu_isa_info", "_cpu_isa_level", "_cpu_isa_runs", "_cpu_isa_reset", "_cpu_isa_parse",
+                       "_brgemm_bf16", "_brgemm_describe", "_brgemm_level"}
+
+
+def _bf16(pattern):
+    """The bf16 entries check the engine first: where this CPU has none, that is the error."""
+    return pattern if _ext.load()[0]._brgemm_bf16() else r"no bf16 matrix engine|" + pattern
+
+
+def _bf16_saved():
+    """x [3, 6], weights 6 -> 4 -> 6 and what mlp_bf16_forward saved for them (or Nones where no engine)."""
+    C = _ext.load()[0]
+    x, ws = _x(3, 6), [_x(4, 6), _x(6, 4)]
+    if not C._brgemm_bf16():
+        return x, ws, _x(3, 6), [torch.zeros(0, dtype=torch.bfloat16)] * 5
+    out = C.mlp_bf16_forward(x, ws, [None, None], "relu,sigmoid", [True] * 2, [False] * 2, True)
+    return x, ws, out[0], list(out[1:])
 
 
 def _train_step_args(**change):
@@ -271,6 +287,42 @@ def _entry_cases():
             (lambda: C.mlp_mse_train_step(**_train_step_args(group_of=[0, 0])), r"expected 2 \* 2 entries"),
             (lambda: C.mlp_mse_train_step(**_train_step_args(x=_x(3, 6).double())), r"float32"),
         ],
+        "mlp_mse_train_step_bf16": [
+            (lambda: C.mlp_mse_train_step_bf16(**_train_step_args(target=_x(3, 5))),
+             _bf16(r"aecomp::mlp_mse_train_step_bf16: target")),
+            (lambda: C.mlp_mse_train_step_bf16(**_train_step_args(group_of=[0, 3, 0, -1])),
+             _bf16(r"group index 3 out of range")),
+            (lambda: C.mlp_mse_train_step_bf16(**_train_step_args(x=_x(3, 6).double())), _bf16(r"float32")),
+        ],
+        "mlp_bf16_forward": [
+            (lambda: C.mlp_bf16_forward(_x(3, 6), [_x(4, 7), _x(6, 4)], [None, None], "relu,sigmoid", [True] * 2,
+                                        [False] * 2, True), _bf16(r"mlp_bf16_forward: x has 6 features but weights\[0\] takes 7")),
+            (lambda: C.mlp_bf16_forward(_x(3, 6), [_x(4, 6), _x(6, 4)], [_x(3), None], "relu,sigmoid", [True] * 2,
+                                        [False] * 2, True), _bf16(r"mlp_bf16_forward: biases\[0\] must be")),
+            (lambda: C.mlp_bf16_forward(_x(3, 6), [_x(4, 6), _x(6, 4)], [None, None], "relu,sigmoid", [True],
+                                        [False], True), _bf16(r"need_w / need_b: one flag per layer")),
+        ],
+        "mlp_bf16_backward": [
+            (lambda: C.mlp_bf16_backward(_x(2, 6), *_bf16_saved()[:1], _bf16_saved()[2], _bf16_saved()[1],
+                                         [None, None], "relu,sigmoid", _bf16_saved()[3], [True] * 2, [False] * 2,
+                                         True), _bf16(r"mlp_bf16_backward: grad \[2, 6\]")),
+            # a saved hidden output from a smaller batch: was read past its end
+            (lambda: (lambda x, ws, y, sv: C.mlp_bf16_backward(
+                _x(3, 6), x, y, ws, [None, None], "relu,sigmoid", [sv[0][:1]] + sv[1:], [True] * 2, [False] * 2,
+                True))(*_bf16_saved()), _bf16(r"mlp_bf16_backward: saved H\[1\] must be")),
+            (lambda: (lambda x, ws, y, sv: C.mlp_bf16_backward(
+                _x(3, 6), x, y, ws, [None, None], "relu,sigmoid", sv[:2], [True] * 2, [False] * 2, True))(
+                *_bf16_saved()), _bf16(r"mlp_bf16_backward: the saved tensors")),
+        ],
+        "_brgemm_pack": [(lambda: C._brgemm_pack(_x(8, 16), 16), r"_brgemm_pack: expected a contiguous bfloat16")],
+        "_brgemm_gemm_bf16": [(lambda: C._brgemm_gemm_bf16(_x(4, 8).bfloat16(), _x(3, 16, 2).bfloat16(), 16),
+                               r"_brgemm_gemm_bf16: expected a \[m, k\]")],
+        "_brgemm_rows_bf16": [(lambda: C._brgemm_rows_bf16(_x(8)), r"_brgemm_rows_bf16: expected a 2-D float32")],
+        "_brgemm_rows_vnni": [(lambda: C._brgemm_rows_vnni(_x(8, 4).double()),
+                               r"_brgemm_rows_vnni: expected a 2-D float32")],
+        "_brgemm_store_t": [(lambda: C._brgemm_store_t(_x(8)), r"_brgemm_store_t: expected a 2-D float32")],
+        "_brgemm_weight_t_vnni": [(lambda: C._brgemm_weight_t_vnni(torch.ones(4, 4, dtype=torch.int32)),
+                                   r"_brgemm_weight_t_vnni: expected a 2-D float32")],
         "_mk_linear_fwd": [(lambda: C._mk_linear_fwd(x, w[:, :3], None, "relu"), r"aecomp::_mk_linear_fwd: x.shape")],
         "_mk_dgrad": [(lambda: C._mk_dgrad(_x(4, 3), _x(2, 5), None, "none"), r"aecomp::_mk_dgrad: w must be 2-D \[3, \*\]"),
                       (lambda: C._mk_dgrad(_x(4, 3), _x(3, 5), _x(4, 2), "relu"), r"y_below must be 2-D \[4, 5\]")],
@@ -288,7 +340,7 @@ def test_every_extension_entry_point_has_cases():
 @pytest.mark.parametrize("entry", sorted(_entry_cases()))
 def test_extension_entry_points_refuse_inconsistent_arguments(entry):
     for call, pattern in _entry_cases()[entry]:
-        with pytest.raises((ValueError, TypeError)) as info:
+        with pytest.raises((ValueError, TypeError, RuntimeError)) as info:  # RuntimeError: no bf16 engine
             call()
         msg = str(info.value).splitlines()[0]
         assert re.search(pattern, msg), f"{entry}: {msg!r} does not match {pattern!r}"

@@ -159,7 +159,7 @@ def test_c_entry_refuses_bad_input():
     with pytest.raises(ValueError, match="empty batch"):
         C.mlp_mse_train_step_bf16(torch.rand(0, 6), ws, bs, "relu,sigmoid", torch.rand(0, 6), "mean", [], [-1] * 4,
                                   none4, none4, none4, [False] * 4)
-    with pytest.raises(ValueError, match="the fused step runs float32; got x of dtype Double"):
+    with pytest.raises(ValueError, match="the fused step runs float32 CPU tensors; got x of dtype Double"):
         C.mlp_mse_train_step_bf16(torch.rand(2, 6).double(), [w.double() for w in ws], [b.double() for b in bs],
                                   "relu,sigmoid", torch.rand(2, 6), "mean", [], [-1] * 4, none4, none4, none4,
                                   [False] * 4)

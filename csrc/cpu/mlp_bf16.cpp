@@ -144,6 +144,7 @@ std::vector<std::optional<Tensor>> mlp_bf16_backward(const Tensor& grad, const T
                                                      bool need_x) {
   const char* op = "aecomp._C.mlp_bf16_backward";
   at::NoGradGuard no_grad;
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be [batch, features], got ", shape_str(x));
   const int64_t M = x.size(0);
   bf16c::Chain c = bf16_chain_from(op, M, weights, biases, activations);
   const size_t L = weights.size();
@@ -152,12 +153,28 @@ std::vector<std::optional<Tensor>> mlp_bf16_backward(const Tensor& grad, const T
   TORCH_CHECK_VALUE(grad.sizes() == y.sizes() && y.sizes() == at::IntArrayRef({M, c.dim[L]}), op, ": grad ",
                     shape_str(grad), " and y ", shape_str(y), " must both be [", M, ", ", c.dim[L], "]");
   const Tensor g = grad.scalar_type() == at::kFloat ? grad.contiguous() : grad.to(at::kFloat).contiguous();
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.is_cpu(), op, ": y must be a float32 CPU tensor, got ",
+                    y.scalar_type(), " on ", y.device());
+  // Each saved tensor is empty (not saved) or exactly what mlp_bf16_forward made for this batch
+  // and these weights: anything else would be read past its end.
+  auto check_saved = [&](const Tensor& t, int64_t want, const char* what, size_t i) {
+    if (t.numel() == 0) return;
+    TORCH_CHECK_VALUE(t.scalar_type() == at::kBFloat16 && t.is_cpu() && t.is_contiguous() && t.numel() == want, op,
+                      ": saved ", what, "[", i, "] must be a contiguous bfloat16 CPU tensor of ", want,
+                      " elements (mlp_bf16_forward's, for this batch and these weights), got ", t.scalar_type(), " ",
+                      shape_str(t));
+  };
+  for (size_t i = 1; i < L; ++i) check_saved(saved[i - 1], c.h_size(i), "H", i);
+  for (size_t i = 0; i < L; ++i) check_saved(saved[L - 1 + i], c.hv_size(i), "HV", i);
+  for (size_t i = 0; i < L; ++i) check_saved(saved[2 * L - 1 + i], c.wv_size(i), "WV", i);
   std::vector<Tensor> keep;
   for (size_t i = 1; i < L; ++i) c.H[i] = ptr(saved[i - 1]);
   for (size_t i = 0; i < L; ++i) c.HV[i] = ptr(saved[L - 1 + i]);
   for (size_t i = 0; i < L; ++i) c.WV[i] = ptr(saved[2 * L - 1 + i]);
   std::vector<bool> below(L + 1, need_x);
   for (size_t i = 0; i < L; ++i) below[i + 1] = below[i] || need_w[i] || need_b[i];
+  for (size_t i = 1; i < L; ++i)
+    TORCH_CHECK_VALUE(!below[i] || c.H[i], op, ": layer ", i, " has no saved input activation for the gradient below it");
   for (size_t i = 0; i < L; ++i) {
     TORCH_CHECK_VALUE(!need_w[i] || c.HV[i], op, ": layer ", i, " has no saved input for its weight gradient");
     TORCH_CHECK_VALUE(!(i > 0 ? below[i] : need_x) || c.WV[i], op, ": layer ", i, " has no saved weight for its dgrad");
