@@ -246,6 +246,13 @@ def _bf16(pattern):
     return pattern if _ext.load()[0]._brgemm_bf16() else r"no bf16 matrix engine|" + pattern
 
 
+def _brg(entry, pattern):
+    """The brgemm helpers refuse first where brgemm is off (and pack where it is not AMX)."""
+    C = _ext.load()[0]
+    off = not C._brgemm_bf16() or (entry == "_brgemm_pack" and C._brgemm_level() != "amx")
+    return f"{entry}: " + (r"(no bf16 brgemm here|cpublas::pack needs AMX)" if off else pattern)
+
+
 def _bf16_saved():
     """x [3, 6], weights 6 -> 4 -> 6 and what mlp_bf16_forward saved for them (or Nones where no engine)."""
     C = _ext.load()[0]
@@ -314,15 +321,15 @@ def _entry_cases():
                 _x(3, 6), x, y, ws, [None, None], "relu,sigmoid", sv[:2], [True] * 2, [False] * 2, True))(
                 *_bf16_saved()), _bf16(r"mlp_bf16_backward: the saved tensors")),
         ],
-        "_brgemm_pack": [(lambda: C._brgemm_pack(_x(8, 16), 16), r"_brgemm_pack: expected a contiguous bfloat16")],
+        "_brgemm_pack": [(lambda: C._brgemm_pack(_x(8, 16), 16), _brg("_brgemm_pack", r"expected a contiguous bfloat16"))],
         "_brgemm_gemm_bf16": [(lambda: C._brgemm_gemm_bf16(_x(4, 8).bfloat16(), _x(3, 16, 2).bfloat16(), 16),
-                               r"_brgemm_gemm_bf16: expected a \[m, k\]")],
-        "_brgemm_rows_bf16": [(lambda: C._brgemm_rows_bf16(_x(8)), r"_brgemm_rows_bf16: expected a 2-D float32")],
+                               _brg("_brgemm_gemm_bf16", r"expected a \[m, k\]"))],
+        "_brgemm_rows_bf16": [(lambda: C._brgemm_rows_bf16(_x(8)), _brg("_brgemm_rows_bf16", r"expected a 2-D float32"))],
         "_brgemm_rows_vnni": [(lambda: C._brgemm_rows_vnni(_x(8, 4).double()),
-                               r"_brgemm_rows_vnni: expected a 2-D float32")],
-        "_brgemm_store_t": [(lambda: C._brgemm_store_t(_x(8)), r"_brgemm_store_t: expected a 2-D float32")],
+                               _brg("_brgemm_rows_vnni", r"expected a 2-D float32"))],
+        "_brgemm_store_t": [(lambda: C._brgemm_store_t(_x(8)), _brg("_brgemm_store_t", r"expected a 2-D float32"))],
         "_brgemm_weight_t_vnni": [(lambda: C._brgemm_weight_t_vnni(torch.ones(4, 4, dtype=torch.int32)),
-                                   r"_brgemm_weight_t_vnni: expected a 2-D float32")],
+                                   _brg("_brgemm_weight_t_vnni", r"expected a 2-D float32"))],
         "_mk_linear_fwd": [(lambda: C._mk_linear_fwd(x, w[:, :3], None, "relu"), r"aecomp::_mk_linear_fwd: x.shape")],
         "_mk_dgrad": [(lambda: C._mk_dgrad(_x(4, 3), _x(2, 5), None, "none"), r"aecomp::_mk_dgrad: w must be 2-D \[3, \*\]"),
                       (lambda: C._mk_dgrad(_x(4, 3), _x(3, 5), _x(4, 2), "relu"), r"y_below must be 2-D \[4, 5\]")],
