@@ -146,3 +146,4 @@ def test_int8_quantization_ties_round_like_the_division():
         hq = torch.clamp(torch.round(xb / sx_b) + zp_b, 0, 255).long()
         want = ((hq - zp_b.long()) @ q.long().T).float() * (s.float() * sx_b)
         assert torch.equal(chain(xb), want)
+

@@ -258,3 +258,23 @@ def test_packed_layouts_do_not_import_the_triton_backend():
     imported = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
     modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [m for m in imported + modules if "_triton" in m or m == "triton"], imported + modules
+
+
+@pytest.mark.parametrize("k", [784, 70, 16, 3])
+@pytest.mark.parametrize("rows", [1, 7, 64, 257])
+def test_int8_quantization_matches_the_division_on_random_data(k, rows):
+    """The quantizer's multiply-by-reciprocal path (the division only for lanes near a
+    half-integer) gives the division's integers on random data of every shape: 64-wide steps,
+    16-wide tails and odd widths, on the AVX-512 VNNI path (and from 64 rows AMX, where the CPU has it); scales from tiny to large."""
+    from aecomp.compress.quantize import quantize_per_channel
+
+    q, s = quantize_per_channel(torch.randn(16, k) / 8)
+    chain = PackedChain([int8_layer(q, s, None, "none")])
+    for mag in (1e-30, 1e-3, 1.0, 3e4):
+        xb = (torch.randn(rows, k) * mag).float()
+        lo_b, hi_b = min(float(xb.min()), 0.0), max(float(xb.max()), 0.0)
+        sx_b = (torch.tensor(hi_b) - torch.tensor(lo_b)) / 255.0  # in float32, as the kernel
+        zp_b = torch.clamp(torch.round(-torch.tensor(lo_b) / sx_b), 0, 255)
+        hq = torch.clamp(torch.round(xb / sx_b) + zp_b, 0, 255).long()
+        want = ((hq - zp_b.long()) @ q.long().T).float() * (s.float() * sx_b)
+        assert torch.equal(chain(xb), want), (k, rows, mag)

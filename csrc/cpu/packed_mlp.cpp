@@ -64,6 +64,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <limits>
 #include <vector>
 
 #include "brgemm.h"
@@ -360,30 +361,36 @@ void int_rows_avx512(const uint8_t* xq, int64_t kp, int64_t i0, int64_t i1, cons
 // cost more than the integer GEMM at batch 256): same results (min/max are exact; the division
 // and the round-to-nearest-even are the same IEEE operations).
 QParams dynamic_qparams_avx512(const float* x, int64_t m, int64_t k, int64_t ld) {
-  // four independent accumulator sets (one set was latency-bound: 4 cycles a vector); min, max
-  // and the NaN/inf detector do not depend on the order
-  __m512 lo[4], hi[4], bad[4];
-  for (int a = 0; a < 4; ++a) lo[a] = hi[a] = bad[a] = _mm512_setzero_ps();
+  // four independent accumulator sets in registers, 64 floats a step (one set was latency-bound:
+  // 4 cycles a vector; sets indexed at run time lived on the stack: store-forwarding chains); min,
+  // max and the NaN/inf detector do not depend on the order
+  __m512 lo0 = _mm512_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0;
+  __m512 hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0;
+  __m512 bad0 = lo0, bad1 = lo0, bad2 = lo0, bad3 = lo0;
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < m; ++i) {
     const float* r = x + i * ld;
-    int64_t j = 0, a = 0;
-    for (; j < k; j += 16, a = (a + 1) & 3) {
+    int64_t j = 0;
+    for (; j + 64 <= k; j += 64) {
+      const __m512 v0 = _mm512_loadu_ps(r + j), v1 = _mm512_loadu_ps(r + j + 16);
+      const __m512 v2 = _mm512_loadu_ps(r + j + 32), v3 = _mm512_loadu_ps(r + j + 48);
+      lo0 = _mm512_min_ps(lo0, v0), hi0 = _mm512_max_ps(hi0, v0), bad0 = _mm512_fmadd_ps(v0, zero, bad0);
+      lo1 = _mm512_min_ps(lo1, v1), hi1 = _mm512_max_ps(hi1, v1), bad1 = _mm512_fmadd_ps(v1, zero, bad1);
+      lo2 = _mm512_min_ps(lo2, v2), hi2 = _mm512_max_ps(hi2, v2), bad2 = _mm512_fmadd_ps(v2, zero, bad2);
+      lo3 = _mm512_min_ps(lo3, v3), hi3 = _mm512_max_ps(hi3, v3), bad3 = _mm512_fmadd_ps(v3, zero, bad3);
+    }
+    for (; j < k; j += 16) {
       const __mmask16 mk = k - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - j)) - 1u);
-      const __m512 v = _mm512_maskz_loadu_ps(mk, r + j);
-      lo[a] = _mm512_min_ps(lo[a], v);
-      hi[a] = _mm512_max_ps(hi[a], v);
-      bad[a] = _mm512_add_ps(bad[a], _mm512_mul_ps(v, zero));  // NaN once any v is NaN or inf
+      const __m512 v = _mm512_maskz_loadu_ps(mk, r + j);  // masked lanes are 0: neutral (0 is in range)
+      lo0 = _mm512_min_ps(lo0, v), hi0 = _mm512_max_ps(hi0, v), bad0 = _mm512_fmadd_ps(v, zero, bad0);
     }
   }
-  for (int a = 1; a < 4; ++a) {
-    lo[0] = _mm512_min_ps(lo[0], lo[a]);
-    hi[0] = _mm512_max_ps(hi[0], hi[a]);
-    bad[0] = _mm512_add_ps(bad[0], bad[a]);
-  }
+  lo0 = _mm512_min_ps(_mm512_min_ps(lo0, lo1), _mm512_min_ps(lo2, lo3));
+  hi0 = _mm512_max_ps(_mm512_max_ps(hi0, hi1), _mm512_max_ps(hi2, hi3));
+  bad0 = _mm512_add_ps(_mm512_add_ps(bad0, bad1), _mm512_add_ps(bad2, bad3));  // NaN once any v is NaN or inf
   QParams p;
-  p.finite = _mm512_reduce_add_ps(bad[0]) == 0.0f;
-  const float l = std::min(0.0f, _mm512_reduce_min_ps(lo[0])), h = std::max(0.0f, _mm512_reduce_max_ps(hi[0]));
+  p.finite = _mm512_reduce_add_ps(bad0) == 0.0f;
+  const float l = std::min(0.0f, _mm512_reduce_min_ps(lo0)), h = std::max(0.0f, _mm512_reduce_max_ps(hi0));
   p.scale = h > l ? (h - l) / 255.0f : 1.0f;
   const float z = std::nearbyint(-l / p.scale);
   p.zp = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, z)));
@@ -391,18 +398,52 @@ QParams dynamic_qparams_avx512(const float* x, int64_t m, int64_t k, int64_t ld)
 }
 
 void quantize_rows_avx512(const float* x, int64_t m, int64_t k, int64_t ld, QParams p, uint8_t* xq, int64_t kp) {
-  const __m512 sc = _mm512_set1_ps(p.scale), zp = _mm512_set1_ps(static_cast<float>(p.zp));
-  const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
+  // x / scale rounded to nearest even, + zero point, clamped to [0, 255]: the integer of the IEEE
+  // division (onnxruntime's). On 512-bit vectors only two ports compute, so the loop is counted
+  // in vector operations:
+  // * the division is the slowest (one zmm vdivps per 10-16 cycles): the quotient comes from
+  //   y = x * (1/scale), and the division runs only for lanes near a half-integer. l <= x <= h and
+  //   scale = (h - l) / 255 give |x / scale| <= 255 (1 + 3u), so |y - fl(x / scale)| <= 255 * 3u
+  //   (u = 2^-24) < 4.6e-5 < kNearTie: a y farther than kNearTie from every n + 1/2 rounds to the
+  //   same integer as the division; the test is |y - round(y)| > 1/2 - kNearTie.
+  // * the clamp is the saturating packs' (int32 -> int16 -> uint8: exact on [0, 255], and
+  //   |round(y) + zp| < 2^15), which also put 64 values in one vector for one store (four
+  //   masked byte-narrowing stores, vpmovdb to memory, were the loop's bottleneck); per 128-bit
+  //   lane L they leave the dwords (a, b, c, d)[4L .. 4L+3], put back in order by one vpermd.
+  constexpr float kNearTie = 1.0f / 8192.0f;
+  const float rcp = 1.0f / p.scale;
+  const bool by_rcp = std::isfinite(rcp) && p.scale >= std::numeric_limits<float>::min();
+  const __m512 sc = _mm512_set1_ps(p.scale), rc = _mm512_set1_ps(rcp);
+  const __m512 far = _mm512_set1_ps(0.5f - kNearTie);
+  const __m512i zp = _mm512_set1_epi32(p.zp);
+  auto q32 = [&](__m512 v) {  // round(x / scale) + zp as int32, not clamped
+    __m512 r;
+    if (by_rcp) {
+      const __m512 y = _mm512_mul_ps(v, rc);
+      r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __mmask16 tie = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(y, r)), far, _CMP_GT_OQ);
+      if (tie)
+        r = _mm512_mask_roundscale_ps(r, tie, _mm512_div_ps(v, sc), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      r = _mm512_roundscale_ps(_mm512_div_ps(v, sc), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    return _mm512_add_epi32(_mm512_cvtps_epi32(r), zp);
+  };
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
   for (int64_t i = 0; i < m; ++i) {
     const float* r = x + i * ld;
     uint8_t* o = xq + i * kp;
     int64_t j = 0;
+    for (; j + 64 <= k; j += 64) {
+      const __m512i ab = _mm512_packs_epi32(q32(_mm512_loadu_ps(r + j)), q32(_mm512_loadu_ps(r + j + 16)));
+      const __m512i cd = _mm512_packs_epi32(q32(_mm512_loadu_ps(r + j + 32)), q32(_mm512_loadu_ps(r + j + 48)));
+      _mm512_storeu_si512(o + j, _mm512_permutexvar_epi32(order, _mm512_packus_epi16(ab, cd)));
+    }
     for (; j < k; j += 16) {
       const __mmask16 mk = k - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - j)) - 1u);
-      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mk, r + j), sc),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(q, zp)));
-      _mm_mask_storeu_epi8(o + j, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+      const __m512i q = _mm512_min_epi32(hi, _mm512_max_epi32(lo, q32(_mm512_maskz_loadu_ps(mk, r + j))));
+      _mm_mask_storeu_epi8(o + j, mk, _mm512_cvtepi32_epi8(q));
     }
     for (j = k; j < kp; ++j) o[j] = static_cast<uint8_t>(p.zp);
   }
