@@ -202,8 +202,9 @@ static std::pair<uintptr_t, uintptr_t> byte_range(const Tensor& t) {
 // one gradient, the sum over its uses, and one update. The fused optimizer updates each slot
 // as soon as that slot's gradient is complete (and the dgrad of a lower layer reads W before
 // its update), so it cannot accumulate: refuse, naming both slots.
-void check_no_shared_parameters(const std::vector<const Tensor*>& params, const std::vector<ParamUpdate>& up,
-                                size_t L) {
+namespace {
+void check_no_shared_parameters(const char* op, const std::vector<const Tensor*>& params,
+                                const std::vector<ParamUpdate>& up, size_t L) {
   auto name = [&](size_t i) {
     return (i < L ? "weights[" + std::to_string(i) : "biases[" + std::to_string(i - L)) + "]";
   };
@@ -213,13 +214,36 @@ void check_no_shared_parameters(const std::vector<const Tensor*>& params, const 
     for (size_t j = i + 1; j < params.size(); ++j) {
       if (params[j] == nullptr || params[j]->numel() == 0 || !(up[i].active || up[j].active)) continue;
       const auto rj = byte_range(*params[j]);
-      TORCH_CHECK_VALUE(ri.second <= rj.first || rj.second <= ri.first, "aecomp::mlp_mse_train_step: ", name(i),
+      TORCH_CHECK_VALUE(ri.second <= rj.first || rj.second <= ri.first, op, ": ", name(i),
                         " and ", name(j),
                         " share memory (one parameter used by two layers); the fused optimizer updates each "
                         "slot as its gradient completes and cannot sum a shared parameter's gradients. "
                         "aecomp.train.FusedStep takes its plain path for such models");
     }
   }
+}
+}  // namespace
+
+std::vector<ParamUpdate> plan_updates(const char* op, const std::vector<Tensor>& weights,
+                                      const std::vector<std::optional<Tensor>>& biases,
+                                      const std::vector<double>& hyper, const std::vector<int64_t>& group_of,
+                                      const std::vector<std::optional<Tensor>>& state1,
+                                      const std::vector<std::optional<Tensor>>& state2,
+                                      const std::vector<std::optional<Tensor>>& steps, const std::vector<bool>& first) {
+  const size_t L = weights.size();
+  std::vector<ParamUpdate> up(2 * L);
+  std::vector<const Tensor*> params(2 * L, nullptr);
+  for (size_t i = 0; i < L; ++i) {
+    params[i] = &weights[i];
+    up[i] = plan_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
+  }
+  for (size_t i = 0; i < L; ++i) {
+    if (!biases[i].has_value()) continue;
+    params[L + i] = &*biases[i];
+    up[L + i] = plan_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
+  }
+  check_no_shared_parameters(op, params, up, L);
+  return up;
 }
 
 std::tuple<std::vector<Act>, Reduction> check_step_args(
@@ -271,18 +295,7 @@ Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights
   const int64_t M = x.size(0);
 
   // updates, in parameter order W_0..W_{L-1}, b_0..b_{L-1}: all checked first, then begun
-  std::vector<ParamUpdate> up(2 * L);
-  std::vector<const Tensor*> params(2 * L, nullptr);
-  for (size_t i = 0; i < L; ++i) {
-    params[i] = &weights[i];
-    up[i] = plan_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
-  }
-  for (size_t i = 0; i < L; ++i) {
-    if (!biases[i].has_value()) continue;
-    params[L + i] = &*biases[i];
-    up[L + i] = plan_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
-  }
-  check_no_shared_parameters(params, up, L);
+  std::vector<ParamUpdate> up = plan_updates(op, weights, biases, hyper, group_of, state1, state2, steps, first);
 
   // forward
   std::vector<Tensor> hs;  // h_0 = x, h_{i+1} = y_i
@@ -311,8 +324,8 @@ Tensor mlp_mse_train_step(const Tensor& x_in, const std::vector<Tensor>& weights
     // weight decay and momentum apply), so the update runs with a zero gradient.
     for (size_t i = 0; i < 2 * L; ++i) {
       if (!up[i].active) continue;
-      const std::vector<float> zero(static_cast<size_t>(params[i]->numel()), 0.0f);
-      mk::optim_update(up[i].opt, up[i].p, up[i].m, up[i].s, zero.data(), params[i]->numel());
+      const std::vector<float> zero(static_cast<size_t>(up[i].param->numel()), 0.0f);
+      mk::optim_update(up[i].opt, up[i].p, up[i].m, up[i].s, zero.data(), up[i].param->numel());
     }
     return loss;
   }

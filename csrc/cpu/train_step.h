@@ -38,9 +38,16 @@ ParamUpdate plan_update(size_t i, const at::Tensor& p, const std::vector<double>
 // The side effects before the update: the version counter, Adam's step count and its bias
 // corrections (in double, like torch.optim.Adam).
 void begin_update(ParamUpdate& u, const std::vector<double>& hyper, int64_t group);
-// Refuses two slots (weights[i] / biases[i], i < L) that share memory, one of them updated.
-void check_no_shared_parameters(const std::vector<const at::Tensor*>& params, const std::vector<ParamUpdate>& up,
-                                size_t L);
+// Every parameter's update, in parameter order W_0..W_{L-1}, b_0..b_{L-1} (plan_update for
+// each), and refuses two slots that share memory, one of them updated: all checked, nothing
+// changed yet (begin_update comes after).
+std::vector<ParamUpdate> plan_updates(const char* op, const std::vector<at::Tensor>& weights,
+                                      const std::vector<std::optional<at::Tensor>>& biases,
+                                      const std::vector<double>& hyper, const std::vector<int64_t>& group_of,
+                                      const std::vector<std::optional<at::Tensor>>& state1,
+                                      const std::vector<std::optional<at::Tensor>>& state2,
+                                      const std::vector<std::optional<at::Tensor>>& steps,
+                                      const std::vector<bool>& first);
 
 // The argument checks of a fused step (x, the chain, the target, the per-parameter lists); the
 // activations and the reduction ('mean' or 'sum').

@@ -130,18 +130,7 @@ Tensor mlp_mse_train_step_bf16(const Tensor& x_in, const std::vector<Tensor>& we
   bf16c::Chain c = bf16_chain_from(op, M, weights, biases, activations);  // checked before anything changes
 
   // the updates, in parameter order W_0..W_{L-1}, b_0..b_{L-1}: all checked first, then begun
-  std::vector<ParamUpdate> up(2 * L);
-  std::vector<const Tensor*> params(2 * L, nullptr);
-  for (size_t i = 0; i < L; ++i) {
-    params[i] = &weights[i];
-    up[i] = plan_update(i, weights[i], hyper, group_of[i], state1, state2, steps, first[i]);
-  }
-  for (size_t i = 0; i < L; ++i) {
-    if (!biases[i].has_value()) continue;
-    params[L + i] = &*biases[i];
-    up[L + i] = plan_update(L + i, *biases[i], hyper, group_of[L + i], state1, state2, steps, first[L + i]);
-  }
-  check_no_shared_parameters(params, up, L);
+  std::vector<ParamUpdate> up = plan_updates(op, weights, biases, hyper, group_of, state1, state2, steps, first);
   for (size_t i = 0; i < 2 * L; ++i) begin_update(up[i], hyper, group_of[i]);
   std::vector<bool> below(L + 1, false);  // below[k]: some layer under k updates a parameter
   for (size_t i = 0; i < L; ++i) below[i + 1] = below[i] || up[i].active || up[L + i].active;
