@@ -91,7 +91,9 @@ def test_frozen_stays_frozen_through_pruning_and_weight_sharing(digits, trained_
     train_compressed(net, tr.x, tr.y, epochs=1, lr=1e-2)
     enc = [m.weight.detach().clone() for m in net.encoder.layers]
     head = net.head.layers[0].weight.detach().clone()
-    pruned = prune_and_retrain(net, 0.7, tr.x, tr.y, x_val=va.x, y_val=va.y, epochs=2, lr=1e-2)
+    # no validation split here: with one, the best-validation weights can be those before any
+    # retraining (epoch 0), and the head check below would see no change (seed 903575710)
+    pruned = prune_and_retrain(net, 0.7, tr.x, tr.y, epochs=2, lr=1e-2)
     for m, w in zip(pruned.encoder.layers, enc):
         kept = m.weight != 0
         assert 0.25 < float(kept.float().mean()) < 0.35
