@@ -207,8 +207,10 @@ def prepare_input(x: Any, scaling: Optional[Preprocessing], features: int, where
             raise TypeError(f"{where}: x has dtype {x.dtype}, but this model file records no input scaling (written "
                             f"before format 2, or without one), so integer inputs cannot be turned into what it was "
                             f"trained on; pass float32 inputs scaled as in training")
-        return x.to(torch.float32)
-    xf = x.to(torch.float32)
+    # x itself when it is float32 already (what .to gives too, at ~0.8 us of dispatch a call)
+    xf = x if x.dtype == torch.float32 else x.to(torch.float32)
+    if scaling is None:
+        return xf
     if scaling.kind == "none":
         return xf
     return (xf - scaling.shift.to(xf.device)) / scaling.scale.to(xf.device)

@@ -68,6 +68,7 @@ class PackedModel:
         self.config = config
         self.chain = chain
         self.source = source
+        self._where = f"PackedModel({os.path.basename(source) or 'in memory'})"  # for errors; made once
         self.file_bytes = file_bytes
         self.kinds = kinds or [layer.kind for layer in chain.layers]
         self.meta = meta
@@ -83,8 +84,7 @@ class PackedModel:
         return self.meta.labels if self.meta is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        where = f"PackedModel({os.path.basename(self.source) or 'in memory'})"
-        return ops.packed_mlp(prepare_input(x, self.input_scaling, self.in_features, where), self.chain)
+        return ops.packed_mlp(prepare_input(x, self.input_scaling, self.in_features, self._where), self.chain)
 
     forward = __call__
 
