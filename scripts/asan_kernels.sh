@@ -3,6 +3,8 @@
 #
 #   bash scripts/asan_kernels.sh            # build (incremental after the first run) and test
 #   bash scripts/asan_kernels.sh -k packed  # extra arguments go to pytest
+#   AECOMP_ASAN_ISA=amx bash scripts/asan_kernels.sh -k "bf16 or brgemm"   # the matrix-engine
+#       paths (brgemm runs from the avx512 level up): their packing, epilogues and checks
 #
 # What it does:
 #  1. copies this checkout's files (tracked and untracked, not ignored) to build/asan/tree, so
@@ -60,12 +62,14 @@ setup(name="aecomp-asan", ext_modules=[ext], script_args=["-q", "build_ext", "--
 EOF
 ) || { tail -40 "$TREE/build.log" >&2; echo "asan_kernels.sh: the sanitized build failed" >&2; exit 2; }
 built=$(date +%s)
-echo "== built in $((built - start)) s; running the kernel tests under ASan + UBSan (AECOMP_CPU_ISA=generic)"
+ISA=${AECOMP_ASAN_ISA:-generic}
+echo "== built in $((built - start)) s; running the kernel tests under ASan + UBSan (AECOMP_CPU_ISA=$ISA)"
 
 TESTS=(tests/test_op_arguments.py tests/test_microkernel.py tests/test_linear_act.py tests/test_mse.py
        tests/test_mlp.py tests/test_packed.py tests/test_packed_ops.py tests/test_fused_optim.py
        tests/test_fused_step.py tests/test_fused_step_contract.py tests/test_errors.py tests/test_double_backward.py
-       tests/test_relu_nan.py tests/test_op_registration.py tests/test_cpu_isa.py)
+       tests/test_relu_nan.py tests/test_op_registration.py tests/test_cpu_isa.py tests/test_brgemm.py
+       tests/test_mlp_bf16.py tests/test_train_bf16.py tests/test_packed_brgemm.py)
 cd "$TREE"
 # Reports go to files (pytest captures stderr, and a process that a report ends cannot replay it).
 rm -f "$TREE"/sanitizer.*
@@ -73,7 +77,7 @@ status=0
 env LD_PRELOAD="$PRELOAD" \
     ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_odr_violation=0:alloc_dealloc_mismatch=0:log_path=$TREE/sanitizer" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$TREE/sanitizer" \
-    AECOMP_CPU_ISA=generic PYTHONDONTWRITEBYTECODE=1 \
+    AECOMP_CPU_ISA=$ISA PYTHONDONTWRITEBYTECODE=1 \
     "$PY" -m pytest -q -p no:cacheprovider -x -k "not triton and not fused_chain_kernel" "${TESTS[@]}" "$@" || status=$?
 end=$(date +%s)
 if compgen -G "$TREE/sanitizer.*" > /dev/null; then
