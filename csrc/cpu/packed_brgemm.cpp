@@ -38,15 +38,20 @@ namespace {
 constexpr int64_t kGroup = 16;
 constexpr int64_t kRows = 32;  // rows of one brgemm call (A rows stay in L1 across the groups)
 
+// n elements of scratch, grow-only, starting on a 64-byte boundary: the tile loads of a buffer
+// that malloc placed off a cache line crossed lines, and the time moved from one process to the
+// next with where the buffer landed
 template <class T>
 T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
+  const int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
+  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(static_cast<size_t>(n + pad));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<T*>(a + (64 - a % 64) % 64);
 }
 }  // namespace
 
-void int8_groups_brgemm(const uint8_t* xq, int64_t m, int64_t kp, const uint8_t* w, int64_t n, Int8TileFn epi,
-                        void* ctx) {
+void int8_groups_brgemm(const uint8_t* xq, int64_t m, int64_t kp, int64_t lda, const uint8_t* w, int64_t n,
+                        Int8TileFn epi, void* ctx) {
   // The groups side by side ([kp/4][G * 16][4]: one VNNI B of all columns), copied per call into a
   // scratch buffer: one brgemm call per 16 columns runs AMX at a fraction of its rate (measured
   // 525 against 20 us for 256 x 784 x 128), and the copy is N * kp bytes (~5 us for 784 x 128).
@@ -62,7 +67,7 @@ void int8_groups_brgemm(const uint8_t* xq, int64_t m, int64_t kp, const uint8_t*
     const int64_t mr = std::min(kRows, m - i0);
     for (int64_t j0 = 0; j0 < n; j0 += kCols) {
       const int64_t nr = std::min(kCols, n - j0);
-      gemm_u8s8(mr, nr, kp, kp, ldb, nr, xq + i0 * kp, b + j0 * 4, c);
+      gemm_u8s8(mr, nr, kp, lda, ldb, nr, xq + i0 * lda, b + j0 * 4, c);
       for (int64_t s = 0; s < nr; s += kGroup)  // the epilogue takes one group of 16 columns
         epi(ctx, c + s, nr, i0, j0 + s, static_cast<int>(mr), static_cast<int>(std::min(kGroup, n - j0 - s)));
     }

@@ -470,13 +470,21 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
     if (use_avx512()) {
       const QParams qp = dynamic_qparams_avx512(x, m, L.k, ldx);
       if (qp.finite) {
-        if (xq.size() < static_cast<size_t>(m * kp)) xq.resize(static_cast<size_t>(m * kp));  // grow only
-        quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
         if (m >= kInt8BrgemmRows && cpu::brg::amx_enabled()) {  // AMX-INT8 (packed_brgemm.h)
+          // rows of A 64-byte aligned (stride lda, a multiple of 64, padded with zp past kp): the
+          // tile loads of unaligned rows crossed cache lines, and the time moved with where malloc
+          // put the buffer (93 to 147 us for the CompressedNet at batch 256, from one process to
+          // the next)
+          const int64_t lda = (kp + 63) / 64 * 64;
+          if (xq.size() < static_cast<size_t>(m * lda + 64)) xq.resize(static_cast<size_t>(m * lda + 64));
+          uint8_t* xa = xq.data() + ((64 - reinterpret_cast<uintptr_t>(xq.data()) % 64) % 64);
+          quantize_rows_avx512(x, m, L.k, ldx, qp, xa, lda);
           cpu::isa_count(cpu::IsaLevel::Amx);
           IntBrgemmCtx ctx{&L, qp, out, ldo};
-          return cpu::brg::int8_groups_brgemm(xq.data(), m, kp, L.w, L.n, &int_brgemm_tile, &ctx);
+          return cpu::brg::int8_groups_brgemm(xa, m, kp, lda, L.w, L.n, &int_brgemm_tile, &ctx);
         }
+        if (xq.size() < static_cast<size_t>(m * kp)) xq.resize(static_cast<size_t>(m * kp));  // grow only
+        quantize_rows_avx512(x, m, L.k, ldx, qp, xq.data(), kp);
         cpu::isa_count(cpu::IsaLevel::Avx512);
         return int_layer_avx512(xq.data(), m, kp, L, qp, out, ldo);
       }
