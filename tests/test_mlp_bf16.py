@@ -157,3 +157,14 @@ def test_without_the_engine_the_float32_op_runs():
     out = subprocess.run([sys.executable, "-c", _SUB], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
+
+
+@needs_bf16
+def test_sigmoid_saturates_on_huge_and_infinite_pre_activations():
+    """sigmoid(+inf) = 1 and sigmoid(3e20) = 1 as torch's (the bf16 epilogue's e^-v was clamped
+    from above only: +inf or v > ~2e14 gave NaN); -inf -> 0; NaN stays NaN."""
+    b = torch.tensor([float("inf"), 3e20, 1e15, float("-inf"), -3e20, 0.0, float("nan"), 2.0])
+    ws, bs = [torch.zeros(8, 6)], [b]
+    y = _bf16.mlp_bf16(torch.rand(5, 6), ws, bs, ["sigmoid"])
+    want = torch.sigmoid(b).expand(5, 8)
+    torch.testing.assert_close(y, want, equal_nan=True, atol=1e-6, rtol=0)

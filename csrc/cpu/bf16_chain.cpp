@@ -36,11 +36,7 @@ namespace {
 constexpr int64_t kMb = 32, kNb = 64;  // output tile of one brgemm call (kMb even: VNNI row pairs)
 constexpr int64_t kWgradRow = 1024;    // weight gradients of layers up to this width: whole-row tiles
 
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
+using brg::grow;  // 64-byte aligned scratch
 
 // C [M, N] = A [M, K] B, tile by tile into a float32 [mr][nr] buffer, then epi(c, i0, j0, mr, nr, rb).
 // nb: the tile width (kNb; a weight gradient may take whole rows, so its epilogue sees contiguous
@@ -95,8 +91,10 @@ inline __m512 act_ps(__m512 v, int act) {
   if (act == 1) return _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays NaN (max returns v)
   if (act == 2) {  // 1 / (1 + e^-v): reciprocal estimate (2^-14) and one Newton step (float32 accuracy)
     const __m512 one = _mm512_set1_ps(1.0f);
-    // e^-v capped at e^88 (finite: the Newton step never sees inf * 0); NaN stays NaN
-    const __m512 e = exp_ps(_mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), v)));
+    // -v clamped to [-88, 88] (e^-v finite and exp_ps's argument reduction exact: v = +inf or
+    // v > ~2e14 gave NaN, not 1); NaN stays NaN (min / max return their second operand, v)
+    const __m512 e = exp_ps(_mm512_max_ps(_mm512_set1_ps(-88.0f),
+                                          _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), v))));
     const __m512 d = _mm512_add_ps(one, e);
     const __m512 r = _mm512_rcp14_ps(d);
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, one), r);

@@ -43,6 +43,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace aecomp {
 namespace cpu {
@@ -85,6 +86,19 @@ void rows_to_vnni(const float* x, int64_t m, int64_t k, int64_t ldx, bf16* out, 
 void weight_t_to_vnni(const float* w, int64_t n, int64_t k, int64_t ldw, bf16* out);
 // The transposed store: out[j * ldo + i] = bf16(x[i * ldx + j]) for i < m, j < k.
 void store_t_bf16(const float* x, int64_t m, int64_t k, int64_t ldx, bf16* out, int64_t ldo);
+
+// n elements of grow-only scratch held in v, starting on a 64-byte boundary: the brgemm operands
+// of a buffer that malloc placed off a cache line made tile loads cross lines, and the time moved
+// from one process to the next with where it landed. A growth zero-fills the whole buffer (the
+// contents are not kept across it).
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  static_assert(64 % sizeof(T) == 0, "grow: element size must divide 64");
+  const int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
+  if (static_cast<int64_t>(v.size()) < n + pad) v.assign(static_cast<size_t>(n + pad), T());
+  const uintptr_t a = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<T*>(a + (64 - a % 64) % 64);
+}
 
 }  // namespace brg
 }  // namespace cpu

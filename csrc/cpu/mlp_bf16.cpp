@@ -49,9 +49,9 @@ bf16c::Chain bf16_chain_from(const char* op, int64_t M, const std::vector<Tensor
                       w.scalar_type(), " ", shape_str(w));
     if (biases[i].has_value())
       TORCH_CHECK_VALUE(biases[i]->scalar_type() == at::kFloat && biases[i]->is_contiguous() &&
-                            biases[i]->dim() == 1 && biases[i]->size(0) == w.size(0),
-                        op, ": biases[", i, "] must be a contiguous float32 [", w.size(0), "] tensor, got ",
-                        shape_str(*biases[i]));
+                            biases[i]->is_cpu() && biases[i]->dim() == 1 && biases[i]->size(0) == w.size(0),
+                        op, ": biases[", i, "] must be a contiguous float32 CPU [", w.size(0), "] tensor, got ",
+                        biases[i]->scalar_type(), " ", shape_str(*biases[i]), " on ", biases[i]->device());
     c.dim.push_back(w.size(0));
     c.w.push_back(w.data_ptr<float>());
     c.b.push_back(biases[i].has_value() ? biases[i]->data_ptr<float>() : nullptr);
@@ -153,8 +153,9 @@ std::vector<std::optional<Tensor>> mlp_bf16_backward(const Tensor& grad, const T
   TORCH_CHECK_VALUE(grad.sizes() == y.sizes() && y.sizes() == at::IntArrayRef({M, c.dim[L]}), op, ": grad ",
                     shape_str(grad), " and y ", shape_str(y), " must both be [", M, ", ", c.dim[L], "]");
   const Tensor g = grad.scalar_type() == at::kFloat ? grad.contiguous() : grad.to(at::kFloat).contiguous();
-  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.is_cpu(), op, ": y must be a float32 CPU tensor, got ",
-                    y.scalar_type(), " on ", y.device());
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.is_cpu() && grad.is_cpu(), op,
+                    ": y (float32) and grad must be CPU tensors, got y ", y.scalar_type(), " on ", y.device(),
+                    ", grad on ", grad.device());
   // Each saved tensor is empty (not saved) or exactly what mlp_bf16_forward made for this batch
   // and these weights: anything else would be read past its end.
   auto check_saved = [&](const Tensor& t, int64_t want, const char* what, size_t i) {

@@ -38,16 +38,6 @@ namespace {
 constexpr int64_t kGroup = 16;
 constexpr int64_t kRows = 32;  // rows of one brgemm call (A rows stay in L1 across the groups)
 
-// n elements of scratch, grow-only, starting on a 64-byte boundary: the tile loads of a buffer
-// that malloc placed off a cache line crossed lines, and the time moved from one process to the
-// next with where the buffer landed
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  const int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
-  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(static_cast<size_t>(n + pad));
-  const uintptr_t a = reinterpret_cast<uintptr_t>(v.data());
-  return reinterpret_cast<T*>(a + (64 - a % 64) % 64);
-}
 }  // namespace
 
 void int8_groups_brgemm(const uint8_t* xq, int64_t m, int64_t kp, int64_t lda, const uint8_t* w, int64_t n,

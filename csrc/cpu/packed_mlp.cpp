@@ -476,8 +476,7 @@ void run_layer(const Layer& L, const float* x, int64_t m, int64_t ldx, float* ou
           // put the buffer (93 to 147 us for the CompressedNet at batch 256, from one process to
           // the next)
           const int64_t lda = (kp + 63) / 64 * 64;
-          if (xq.size() < static_cast<size_t>(m * lda + 64)) xq.resize(static_cast<size_t>(m * lda + 64));
-          uint8_t* xa = xq.data() + ((64 - reinterpret_cast<uintptr_t>(xq.data()) % 64) % 64);
+          uint8_t* xa = cpu::brg::grow(xq, m * lda);
           quantize_rows_avx512(x, m, L.k, ldx, qp, xa, lda);
           cpu::isa_count(cpu::IsaLevel::Amx);
           IntBrgemmCtx ctx{&L, qp, out, ldo};

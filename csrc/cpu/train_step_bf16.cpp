@@ -57,11 +57,7 @@ namespace {
 using at::Tensor;
 using brg::bf16;
 
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
+using brg::grow;  // 64-byte aligned scratch
 
 Tensor rows_2d(const Tensor& t) {
   Tensor f = flatten_rows(t);
