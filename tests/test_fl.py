@@ -686,6 +686,28 @@ def test_the_choice_reads_validation_only():
     assert choose(run, s, log=lambda line: None)["chosen"]["coding"] == "int8"
 
 
+def test_choose_keeps_the_options_for_the_fields_it_leaves_out():
+    """``--latent 24 --choose coding=A,B`` compares codings at latent 24 (it took FLSettings'
+    default latent, 16, silently)."""
+    from aecomp.fl.cli import _parse_choose
+
+    assert _parse_choose("coding=int8,kmeans:4", 24, 48, "int8") == ((24, 48, "int8"), (24, 48, "kmeans:4"))
+    assert _parse_choose("latent=8,12", 24, 48, "kmeans:3") == ((8, 48, "kmeans:3"), (12, 48, "kmeans:3"))
+    assert _parse_choose("", 24, 48, "int8") == ()
+
+
+def test_a_candidate_job_is_never_run_on_the_test_split():
+    """A --choose candidate (split "val") carries validation outcomes only; a final repeat both."""
+    from aecomp.fl.apps import make_client_app, run_job
+    from aecomp.fl.settings import FLSettings, Job
+
+    s = FLSettings(clients=3, rounds=1, local_epochs=1, round_timeout=30)
+    grid = GridWrapper(LoopbackGrid(make_client_app(s), nodes=(5, 6, 7)))
+    cand = run_job(Job("small+coding", 0, 16, 32, "kmeans:4", "val"), grid, s, log=lambda line: None)
+    assert "test_correct" not in cand and "test_accuracy" not in cand and len(cand["val_correct"]) > 0
+    assert cand["val_accuracy"] == 100.0 * sum(cand["val_correct"]) / len(cand["val_correct"])
+
+
 def test_a_zero_reference_message_starts_a_new_residual():
     """Regression: the residual of one run (or job) leaked into the next one's first update when
     the two models had the same layout (an aecomp fl run trains several in a row)."""

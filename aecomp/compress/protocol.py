@@ -325,21 +325,22 @@ def combine_gaps(gaps: Sequence[Gap], level: float = 0.95) -> GapInterval:
 class Evaluation:
     """One model in one repeat: its file size and, per image, whether it was right
     (``val_correct`` on the validation split, ``test_correct`` on the test split, both in the
-    order of the split, so rows of the same repeat pair up image by image)."""
+    order of the split, so rows of the same repeat pair up image by image). ``test_correct`` is
+    None for a model that is only a candidate of a choice made on validation (never tested)."""
 
     name: str
     repeat: int
     bytes: int
     val_correct: np.ndarray
-    test_correct: np.ndarray
+    test_correct: Optional[np.ndarray] = None
 
     @property
     def val_accuracy(self) -> float:
         return 100.0 * float(np.mean(self.val_correct))
 
     @property
-    def test_accuracy(self) -> float:
-        return 100.0 * float(np.mean(self.test_correct))
+    def test_accuracy(self) -> Optional[float]:
+        return None if self.test_correct is None else 100.0 * float(np.mean(self.test_correct))
 
 
 @dataclass
@@ -351,14 +352,14 @@ class RowStats:
     repeats: int
     bytes: Spread
     val: Spread
-    test: Spread
+    test: Optional[Spread]  # None when the model was not tested (a candidate chosen among on validation)
     val_gap: Optional[GapInterval] = None
     test_gap: Optional[GapInterval] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, object]:
         return {"name": self.name, "repeats": self.repeats, "bytes": self.bytes.to_dict(),
-                "val_accuracy": self.val.to_dict(), "test_accuracy": self.test.to_dict(),
+                "val_accuracy": self.val.to_dict(), "test_accuracy": self.test.to_dict() if self.test else None,
                 "val_gap": self.val_gap.to_dict() if self.val_gap else None,
                 "test_gap": self.test_gap.to_dict() if self.test_gap else None, **self.extra}
 
@@ -379,15 +380,17 @@ def summarize(evaluations: Iterable[Evaluation], baseline: str, level: float = 0
     out: Dict[str, RowStats] = {}
     for name, reps in by_name.items():
         ordered = [reps[r] for r in sorted(reps)]
-        row = RowStats(name, len(ordered), spread(e.bytes for e in ordered),
-                       spread(e.val_accuracy for e in ordered), spread(e.test_accuracy for e in ordered))
+        tested = all(e.test_correct is not None for e in ordered)
+        row = RowStats(name, len(ordered), spread(e.bytes for e in ordered), spread(e.val_accuracy for e in ordered),
+                       spread(e.test_accuracy for e in ordered) if tested else None)
         if name != baseline:
             missing = [e.repeat for e in ordered if e.repeat not in base]
             if missing:
                 raise ValueError(f"summarize: {name!r} has repeat(s) {missing} that the baseline lacks")
             row.val_gap = combine_gaps([paired_gap(e.val_correct, base[e.repeat].val_correct) for e in ordered], level)
-            row.test_gap = combine_gaps([paired_gap(e.test_correct, base[e.repeat].test_correct) for e in ordered],
-                                        level)
+            if tested and all(base[e.repeat].test_correct is not None for e in ordered):
+                row.test_gap = combine_gaps([paired_gap(e.test_correct, base[e.repeat].test_correct)
+                                             for e in ordered], level)
         out[name] = row
     return out
 

@@ -186,7 +186,7 @@ def _recommendation_doc(rec, by_name: Dict[str, Dict[str, Any]], base: Dict[str,
             "bytes_mean": rec.row.bytes.mean, "ratio_mean": _rep(base, "bytes")["mean"] / rec.row.bytes.mean
             if _rep(base, "bytes") else None,
             "family": fam, "uses_autoencoder": fam.startswith("compressed-"), "description": m.get("description"),
-            "val_accuracy": rec.row.val.to_dict(), "test_accuracy": rec.row.test.to_dict(),
+            "val_accuracy": rec.row.val.to_dict(), "test_accuracy": rec.row.test.to_dict() if rec.row.test else None,
             "val_gap": rec.row.val_gap.to_dict() if rec.row.val_gap else None,
             "test_gap": rec.row.test_gap.to_dict() if rec.row.test_gap else None,
             "compared": rec.compared, "points": rec.points, "reason": rec.reason}

@@ -251,6 +251,17 @@ def _phase(job: Job, task: str, grid: Grid, counter: CountingGrid, model: torch.
     return load_record(model, res.arrays) if len(res.arrays) else model
 
 
+def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image, whether ``model`` (in eval mode) gets it right."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x).argmax(1) == y
+    finally:
+        model.train(was)
+
+
 def run_job(job: Job, grid: Grid, s: FLSettings, log: Callable[[str], None], first: bool = False,
             last: bool = False) -> Dict[str, Any]:
     """One federated training (a set-up on one repeat); returns its record (rows per round, bytes,
@@ -290,12 +301,13 @@ def run_job(job: Job, grid: Grid, s: FLSettings, log: Callable[[str], None], fir
     out = {"setup": job.setup, "seed": job.seed, "latent": job.latent, "head_hidden": job.head_hidden,
            "coding": job.coding, "split": job.split, "rounds": rows, "params": params,
            "seconds": round(time.perf_counter() - t0, 2),
-           "val_accuracy": accuracy(model, splits.val.x, splits.val.y),
-           "test_accuracy": accuracy(model, splits.test.x, splits.test.y),
            "bytes_total": total, "bytes_down": sum(r["bytes_down"] for r in rows),
            "bytes_up": sum(r["bytes_up"] for r in rows), "bytes_per_round": total / len(rows) if rows else 0.0,
            "failures": sum(r["failures"] for r in rows)}
-    with torch.no_grad():  # the paired gaps need each image's outcome (aecomp.compress.protocol)
-        out["val_correct"] = (model(splits.val.x).argmax(1) == splits.val.y).to(torch.uint8).tolist()
-        out["test_correct"] = (model(splits.test.x).argmax(1) == splits.test.y).to(torch.uint8).tolist()
+    # each image's outcome, once per split (the paired gaps of aecomp.compress.protocol need them);
+    # a --choose candidate (split "val") is never run on the test split
+    for name in ("val", "test") if job.split == "test" else ("val",):
+        part = getattr(splits, name)
+        out[f"{name}_correct"] = _correct(model, part.x, part.y).to(torch.uint8).tolist()
+        out[f"{name}_accuracy"] = 100.0 * sum(out[f"{name}_correct"]) / len(part) if len(part) else math.nan
     return out

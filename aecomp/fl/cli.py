@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="fault injection (deployment): that client's SuperNode is killed half-way through that round")
 
 
-def _parse_choose(text) -> Tuple[Tuple[int, int, str], ...]:
+def _parse_choose(text, latent: int, head: int, coding: str) -> Tuple[Tuple[int, int, str], ...]:
+    """--choose's candidates; a field it leaves out keeps the value of its own option (--latent,
+    --head-hidden, --coding)."""
     if not text:
         return ()
     fields = {"latent": [], "head": [], "coding": []}
@@ -89,11 +91,11 @@ def _parse_choose(text) -> Tuple[Tuple[int, int, str], ...]:
             raise UsageError(f"--choose {text!r}: expected 'latent=A,B;head=C,D;coding=E,F' (any of the three)")
         fields[key] = [v.strip() for v in values.split(",") if v.strip()]
     try:
-        latents = [int(x) for x in fields["latent"]] or [FLSettings().latent]
-        heads = [int(x) for x in fields["head"]] or [FLSettings().head_hidden]
+        latents = [int(x) for x in fields["latent"]] or [latent]
+        heads = [int(x) for x in fields["head"]] or [head]
     except ValueError:
         raise UsageError(f"--choose {text!r}: latent and head take integers") from None
-    codings = fields["coding"] or [FLSettings().coding]
+    codings = fields["coding"] or [coding]
     return tuple(itertools.product(latents, heads, codings))
 
 
@@ -110,7 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> FLSettings:
                       hidden=args.hidden, head_hidden=args.head_hidden, coding=args.coding, seed=args.seed,
                       repeats=args.repeats, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                       round_timeout=args.round_timeout, engine=args.engine, drop=drop, kill=kill,
-                      backend=args.backend, num_cpus=args.num_cpus, candidates=_parse_choose(args.choose))
+                      backend=args.backend, num_cpus=args.num_cpus,
+                      candidates=_parse_choose(args.choose, args.latent, args.head_hidden, args.coding))
 
 
 def _check_install(engine: str) -> None:

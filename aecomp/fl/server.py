@@ -18,7 +18,6 @@ process (``aecomp.fl.engine``) reads both, whichever engine ran the ServerApp.
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Callable, Dict
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from ..train.checkpoint import atomic_write
 from .apps import run_job
 from .settings import FLError, FLSettings, Job, jobs_of
 
@@ -36,10 +36,7 @@ TOLERANCE = 0.5  # percentage points: the issue's accuracy target, used for the 
 
 
 def _write_json(path: str, doc: Dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, allow_nan=True)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, allow_nan=True).encode())
 
 
 def server_main(grid: Grid, s: FLSettings, files: Dict[str, str], log: Callable[[str], None]) -> Dict[str, Any]:
@@ -71,14 +68,16 @@ def server_main(grid: Grid, s: FLSettings, files: Dict[str, str], log: Callable[
     return doc
 
 
-def evaluation(name: str, repeat: int, job: Dict[str, Any]):
-    """A job as the protocol's :class:`~aecomp.compress.protocol.Evaluation` (its "bytes": per round)."""
+def evaluation(name: str, repeat: int, job: Dict[str, Any], tested: bool = True):
+    """A job as the protocol's :class:`~aecomp.compress.protocol.Evaluation` (its "bytes": per round);
+    ``tested=False``: validation only, whatever the job carries (a candidate of the choice)."""
     import numpy as np
 
     from ..compress.protocol import Evaluation
 
+    test = job.get("test_correct") if tested else None  # a --choose candidate is never tested
     return Evaluation(name, repeat, job["bytes_per_round"], np.asarray(job["val_correct"], dtype=bool),
-                      np.asarray(job["test_correct"], dtype=bool))
+                      None if test is None else np.asarray(test, dtype=bool))
 
 
 def choose(run: Callable[[Job], Dict[str, Any]], s: FLSettings, log: Callable[[str], None]) -> Dict[str, Any]:
@@ -90,13 +89,15 @@ def choose(run: Callable[[Job], Dict[str, Any]], s: FLSettings, log: Callable[[s
 
     repeats = range(min(2, s.repeats))
     seeds = [repeat_seed(s.seed, r) for r in repeats]
-    evals = [evaluation("baseline", r, run(Job("baseline", seeds[r], s.latent, s.head_hidden, None, "val")))
+    evals = [evaluation("baseline", r, run(Job("baseline", seeds[r], s.latent, s.head_hidden, None, "val")),
+                        tested=False)
              for r in repeats]
     labels = {}
     for latent, head, coding in s.candidates:
         label = f"latent {latent}, head {head}, {coding}"
         labels[label] = (latent, head, coding)
-        evals += [evaluation(label, r, run(Job("compressed+coding", seeds[r], latent, head, coding, "val")))
+        evals += [evaluation(label, r, run(Job("compressed+coding", seeds[r], latent, head, coding, "val")),
+                             tested=False)
                   for r in repeats]
     rows = summarize(evals, "baseline")
     rec = smallest_within(rows.values(), "baseline", points=TOLERANCE)
@@ -109,7 +110,7 @@ def choose(run: Callable[[Job], Dict[str, Any]], s: FLSettings, log: Callable[[s
         f"{pick.val_gap.mean:+.2f} pt" + ("" if within else f"; no candidate within {TOLERANCE} pt: the best on "
                                                               f"validation") + ")")
     return {"seeds": seeds, "tolerance": TOLERANCE, "compared": len(labels), "reason": rec.reason,
-            "rows": [dict(r.to_dict(), test_accuracy=None, test_gap=None) for r in rows.values()],
+            "rows": [r.to_dict() for r in rows.values()],  # validation only: candidates are not tested
             "chosen": chosen}
 
 
